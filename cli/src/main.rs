@@ -1,0 +1,2 @@
+//! The `annal` auditor CLI.
+fn main() {}

@@ -1,0 +1,1 @@
+//! annal: an embeddable, event-sourced durable workflow engine.

@@ -1,0 +1,25 @@
+//! # annal-storage
+//!
+//! The durable event log under the annal workflow engine. It knows bytes, runs and sequence
+//! numbers, and nothing of workflows.
+//!
+//! - [`frame`]: every stored record is CRC-framed; damage is reported, never decoded.
+//! - [`keys`]: one ordered keyspace; big-endian integers so scans come back in numeric order.
+//! - [`LogStore`]: atomic, seq-checked appends with their index updates; CRC-checked reads.
+//! - [`SledStore`]: sled 0.34.7 with a group committer and real fsync in `PowerSafe` mode.
+//! - [`SimStore`]: in-memory twin that separates durable from volatile bytes and can crash.
+
+pub mod error;
+pub mod frame;
+pub mod keys;
+mod sim_store;
+mod sled_store;
+mod store;
+
+pub use error::{CorruptReason, Error, Result};
+pub use sim_store::SimStore;
+pub use sled_store::{SledConfig, SledStore};
+pub use store::{
+    check_record, decode_meta, encode_meta, plan_append, read_all, AppendBatch, Durability,
+    GateId, IndexOp, LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
+};

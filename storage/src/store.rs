@@ -1,0 +1,354 @@
+//! The [`LogStore`] trait, its data types, and the translation of one append into key writes
+//! that both backends share (so they cannot disagree on layout or checks).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CorruptReason, Error, Result};
+use crate::{frame, keys};
+
+/// A run's identity: 16 bytes (the engine uses UUIDs).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RunId(pub [u8; 16]);
+
+/// An approval gate's identity: 16 bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GateId(pub [u8; 16]);
+
+fn fmt_uuid(bytes: &[u8; 16], f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            f.write_str("-")?;
+        }
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fmt_uuid(&self.0, f)
+    }
+}
+impl std::fmt::Debug for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fmt_uuid(&self.0, f)
+    }
+}
+impl std::fmt::Display for GateId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fmt_uuid(&self.0, f)
+    }
+}
+impl std::fmt::Debug for GateId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        fmt_uuid(&self.0, f)
+    }
+}
+
+/// Per-run metadata kept beside the log. Storage interprets only `next_seq` (which it owns)
+/// and `status` (which it indexes); the meaning of status codes belongs to the engine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// Registered workflow name.
+    pub workflow: String,
+    /// Workflow version the run is pinned to.
+    pub version: u32,
+    /// Engine-defined status code, indexed under `S`.
+    pub status: u8,
+    /// The seq the next appended event gets. Set by the store on every append.
+    pub next_seq: u64,
+    /// When the run was created (engine clock, ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When the run last changed.
+    pub updated_ms: u64,
+    /// When a parked run wants to be woken, if it waits on time.
+    pub wake_ms: Option<u64>,
+    /// Human-readable reason for the status (why it is blocked, escalated, …).
+    pub note: String,
+}
+
+/// One change to an index, applied atomically with the events of its append. The run is the
+/// append's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IndexOp {
+    /// Register a due time (timer, backoff wake-up, approval deadline).
+    PutTimer {
+        /// Due time, ms since the Unix epoch.
+        fire_at_ms: u64,
+        /// Engine-chosen id, unique within the run.
+        id: u32,
+    },
+    /// Remove a due time registered earlier (absent entries are ignored).
+    DeleteTimer {
+        /// Due time it was registered with.
+        fire_at_ms: u64,
+        /// Its id.
+        id: u32,
+    },
+    /// Claim a start-dedupe key for this run. Fails the whole append with
+    /// [`Error::DedupeTaken`] when another run holds it.
+    ClaimDedupe {
+        /// The caller's key, stored verbatim.
+        key: Vec<u8>,
+    },
+    /// Register an approval gate of this run.
+    PutGate {
+        /// The gate.
+        gate: GateId,
+        /// Command position of the approval in the run.
+        step: u32,
+    },
+    /// Remove an approval gate (absent entries are ignored).
+    DeleteGate {
+        /// The gate.
+        gate: GateId,
+    },
+}
+
+/// One atomic append: the events, the run's metadata and the index changes land together or
+/// not at all.
+#[derive(Debug, Clone)]
+pub struct AppendBatch {
+    /// Run appended to.
+    pub run: RunId,
+    /// The seq the first event gets; must equal the log's next seq (0 for a new run), else
+    /// [`Error::Conflict`] and nothing is written.
+    pub expected_next_seq: u64,
+    /// Encoded events (unframed; the store frames them), seqs `expected_next_seq..`.
+    pub events: Vec<Vec<u8>>,
+    /// New metadata (its `next_seq` is overwritten). Required when the run is new; `None`
+    /// keeps the stored metadata with `next_seq` advanced.
+    pub meta: Option<RunMeta>,
+    /// Index changes.
+    pub index: Vec<IndexOp>,
+}
+
+/// Ticket of an applied append, in commit order; pass it to [`LogStore::wait_durable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub u64);
+
+/// One stored event, CRC-checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Sequence number within the run.
+    pub seq: u64,
+    /// The event payload (frame removed).
+    pub payload: Vec<u8>,
+}
+
+/// A due-time index entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimerEntry {
+    /// Due time, ms since the Unix epoch.
+    pub fire_at_ms: u64,
+    /// The run to wake.
+    pub run: RunId,
+    /// The engine's id for it.
+    pub id: u32,
+}
+
+/// When an append counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Durability {
+    /// Survives power loss: sled flush, then fsync of the `db` file and its directory, once per
+    /// group commit. The default.
+    #[default]
+    PowerSafe,
+    /// Survives a process crash, not a power cut: sled flush only.
+    ProcessSafe,
+    /// Acknowledged once applied; sled flushes in the background. Tests and demos.
+    Buffered,
+}
+
+/// The durable, per-run, append-only event log with the indexes the engine needs.
+///
+/// Writers are serialised per run by `expected_next_seq`; the store enforces it rather than
+/// trusting callers. All reads check frames and report damage as [`Error::Corrupt`].
+#[async_trait::async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Applies one batch atomically and returns its position once applied (visible to reads,
+    /// not yet necessarily durable).
+    async fn append(&self, batch: AppendBatch) -> Result<Position>;
+
+    /// Resolves once everything up to `position` is durable in the store's mode.
+    async fn wait_durable(&self, position: Position) -> Result<()>;
+
+    /// [`append`](Self::append) then [`wait_durable`](Self::wait_durable).
+    async fn append_durable(&self, batch: AppendBatch) -> Result<Position> {
+        let position = self.append(batch).await?;
+        self.wait_durable(position).await?;
+        Ok(position)
+    }
+
+    /// Up to `max` events of `run` from `from_seq` on, in seq order, each CRC-checked; a hole
+    /// in the sequence is reported as corruption.
+    async fn read(&self, run: RunId, from_seq: u64, max: usize) -> Result<Vec<Record>>;
+
+    /// The run's metadata, if the run exists.
+    async fn meta(&self, run: RunId) -> Result<Option<RunMeta>>;
+
+    /// All runs with their metadata, in run id order.
+    async fn runs(&self) -> Result<Vec<(RunId, RunMeta)>>;
+
+    /// Runs whose status is `status`, from the status index.
+    async fn runs_with_status(&self, status: u8) -> Result<Vec<RunId>>;
+
+    /// Up to `max` index entries due at or before `up_to_ms`, earliest first.
+    async fn due_timers(&self, up_to_ms: u64, max: usize) -> Result<Vec<TimerEntry>>;
+
+    /// The earliest due-time entry, if any.
+    async fn next_timer(&self) -> Result<Option<TimerEntry>>;
+
+    /// The run holding a start-dedupe key.
+    async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>>;
+
+    /// The run and command position of an approval gate.
+    async fn gate(&self, gate: GateId) -> Result<Option<(RunId, u32)>>;
+
+    /// Deletes a run: its events, metadata and every index entry pointing at it, atomically.
+    async fn purge(&self, run: RunId) -> Result<()>;
+
+    /// The store's durability mode.
+    fn durability(&self) -> Durability;
+}
+
+/// Reads all events of a run, CRC-checked and gap-checked.
+pub async fn read_all(store: &dyn LogStore, run: RunId) -> Result<Vec<Record>> {
+    store.read(run, 0, usize::MAX).await
+}
+
+/// Encodes metadata in a frame.
+pub fn encode_meta(meta: &RunMeta) -> Vec<u8> {
+    let payload = bincode::serialize(meta).expect("RunMeta always serialises");
+    frame::encode(&payload)
+}
+
+/// Decodes framed metadata.
+pub fn decode_meta(run: RunId, bytes: &[u8]) -> Result<RunMeta> {
+    let payload = frame::decode(bytes)
+        .map_err(|e| Error::CorruptMeta { run, reason: CorruptReason::Frame(e) })?;
+    bincode::deserialize(payload)
+        .map_err(|e| Error::CorruptMeta { run, reason: CorruptReason::Undecodable(e.to_string()) })
+}
+
+/// Checks one stored event record: its key must carry `expected_seq` and its frame must be
+/// intact.
+pub fn check_record(run: RunId, expected_seq: u64, found_seq: u64, bytes: &[u8]) -> Result<Record> {
+    if found_seq != expected_seq {
+        return Err(Error::Corrupt {
+            run,
+            seq: expected_seq,
+            reason: CorruptReason::Gap { expected_seq, found_seq },
+        });
+    }
+    let payload = frame::decode(bytes)
+        .map_err(|e| Error::Corrupt { run, seq: found_seq, reason: CorruptReason::Frame(e) })?;
+    Ok(Record { seq: found_seq, payload: payload.to_vec() })
+}
+
+/// One key write of a planned append: `Some(value)` inserts, `None` removes.
+pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// Turns an append into the exact key writes both backends apply, after checking the
+/// expected seq and dedupe claims against the current state read through `get`.
+///
+/// Backends must call this and apply its result with no other write to the same run in
+/// between (both do so from a single committer).
+pub fn plan_append(
+    batch: AppendBatch,
+    get: &dyn Fn(&[u8]) -> Result<Option<Vec<u8>>>,
+) -> Result<Vec<Write>> {
+    let run = batch.run;
+    let stored = match get(&keys::meta(run))? {
+        Some(bytes) => Some(decode_meta(run, &bytes)?),
+        None => None,
+    };
+    let found = stored.as_ref().map_or(0, |m| m.next_seq);
+    if found != batch.expected_next_seq {
+        return Err(Error::Conflict { run, expected: batch.expected_next_seq, found });
+    }
+    let mut meta = match (batch.meta, &stored) {
+        (Some(meta), _) => meta,
+        (None, Some(stored)) => stored.clone(),
+        (None, None) => return Err(Error::UnknownRun(run)),
+    };
+    meta.next_seq = found + batch.events.len() as u64;
+
+    let mut writes: Vec<Write> = Vec::with_capacity(batch.events.len() + batch.index.len() + 3);
+    for (i, payload) in batch.events.iter().enumerate() {
+        writes.push((keys::event(run, found + i as u64), Some(frame::encode(payload))));
+    }
+    match &stored {
+        Some(old) if old.status != meta.status => {
+            writes.push((keys::status(old.status, run), None));
+            writes.push((keys::status(meta.status, run), Some(Vec::new())));
+        }
+        Some(_) => {}
+        None => writes.push((keys::status(meta.status, run), Some(Vec::new()))),
+    }
+    writes.push((keys::meta(run), Some(encode_meta(&meta))));
+    for op in batch.index {
+        match op {
+            IndexOp::PutTimer { fire_at_ms, id } => {
+                writes.push((keys::timer(fire_at_ms, run, id), Some(Vec::new())));
+            }
+            IndexOp::DeleteTimer { fire_at_ms, id } => {
+                writes.push((keys::timer(fire_at_ms, run, id), None));
+            }
+            IndexOp::ClaimDedupe { key } => {
+                let key = keys::dedupe(&key);
+                if let Some(holder) = get(&key)? {
+                    let existing = keys::parse_run_value(&holder).ok_or_else(|| {
+                        Error::CorruptIndex { reason: CorruptReason::BadKey(key.clone()) }
+                    })?;
+                    if existing != run {
+                        return Err(Error::DedupeTaken { existing });
+                    }
+                }
+                writes.push((key, Some(run.0.to_vec())));
+            }
+            IndexOp::PutGate { gate, step } => {
+                writes.push((keys::gate(gate), Some(keys::gate_value(run, step))));
+            }
+            IndexOp::DeleteGate { gate } => writes.push((keys::gate(gate), None)),
+        }
+    }
+    Ok(writes)
+}
+
+/// Key/value pairs under a prefix, as a backend scans them.
+pub type Scan<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Plans the deletion of a run: its events, metadata, status entry, and every timer, dedupe
+/// and gate entry that points at it. Retention is rare, so scanning the small index
+/// keyspaces is acceptable.
+pub fn plan_purge(run: RunId, scan: Scan<'_>) -> Result<Vec<Write>> {
+    let mut writes: Vec<Write> = Vec::new();
+    for (k, _) in scan(&keys::event_prefix(run))? {
+        writes.push((k, None));
+    }
+    for (k, v) in scan(&keys::meta(run))? {
+        if k.len() == 17 {
+            let meta = decode_meta(run, &v)?;
+            writes.push((keys::status(meta.status, run), None));
+            writes.push((k, None));
+        }
+    }
+    for (k, _) in scan(&[keys::TIMER])? {
+        if keys::parse_timer(&k).is_some_and(|t| t.run == run) {
+            writes.push((k, None));
+        }
+    }
+    for (k, v) in scan(&[keys::DEDUPE])? {
+        if keys::parse_run_value(&v) == Some(run) {
+            writes.push((k, None));
+        }
+    }
+    for (k, v) in scan(&[keys::GATE])? {
+        if keys::parse_gate_value(&v).is_some_and(|(r, _)| r == run) {
+            writes.push((k, None));
+        }
+    }
+    Ok(writes)
+}

@@ -1,0 +1,1 @@
+//! annal integration tests: one binary.
