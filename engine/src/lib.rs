@@ -1,1 +1,24 @@
-//! annal: an embeddable, event-sourced durable workflow engine.
+//! # annal
+//!
+//! An embeddable, event-sourced durable workflow engine. Workflows are plain `async fn`s;
+//! every decision is an event in a CRC-framed log (see [`annal_storage`]), and a run's state
+//! is rebuilt by replaying that log through the same code, so a crash at any instant resumes
+//! where the recorded outcomes end.
+
+pub mod clock;
+pub mod codec;
+mod context;
+pub mod error;
+pub mod event;
+pub mod policy;
+pub mod replay;
+mod runtime;
+mod status;
+
+pub use annal_storage::{Durability, RunId};
+pub use context::{Attempt, Ctx, StepBuilder};
+pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
+pub use event::{Event, EventKind, Payload};
+pub use policy::{Backoff, FailureClass, OnExhaust, RetryPolicy, StepClass, StepFailure};
+pub use runtime::{read_history, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
+pub use status::RunStatus;

@@ -1,1 +1,4 @@
-//! annal integration tests: one binary.
+//! annal integration tests: one binary, one module per area.
+
+mod core;
+mod support;

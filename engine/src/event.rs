@@ -1,0 +1,292 @@
+//! The event schema: the only types written to the log.
+//!
+//! # Evolution rules (schema v1)
+//! - Events are bincode 1.3.3 encoded ([`crate::codec`]); bincode is not self-describing, so
+//!   the enum variant index *is* the format. New variants go at the **end** of [`EventKind`];
+//!   never reorder, rename-by-reorder or remove a variant.
+//! - A variant's fields never change. A new field means a new variant (e.g. `StepCompletedV2`)
+//!   and decoding keeps accepting the old one.
+//! - Only externally tagged enums and no `skip_serializing_if`: bincode cannot decode either.
+//! - User values (inputs, outputs, signal payloads) are [`Payload`]s: JSON bytes, so an
+//!   auditor can read them without the workflow's types, and a workflow's output struct can
+//!   gain `#[serde(default)]` fields without breaking old histories.
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{FailureClass, OnExhaust, StepClass};
+
+/// One entry of a run's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Position in the run's log, from 0, without holes.
+    pub seq: u64,
+    /// Engine clock when the event was written (ms since the Unix epoch). Replay reads time
+    /// only from here and from recorded values, never from a clock.
+    pub at_ms: u64,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// A user value recorded in history: JSON bytes.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Payload(pub Vec<u8>);
+
+impl Payload {
+    /// Encodes a value as JSON.
+    pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::to_vec(value).map(Payload)
+    }
+
+    /// Decodes the JSON back into a value.
+    pub fn decode<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.0)
+    }
+
+    /// The payload as readable text (JSON), for timelines and exports.
+    pub fn as_text(&self) -> String {
+        String::from_utf8_lossy(&self.0).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_text())
+    }
+}
+
+/// Kinds of deterministic values recorded by [`crate::Ctx`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ValueKind {
+    /// `ctx.now()`.
+    Now,
+    /// `ctx.random_u64()`.
+    Random,
+    /// `ctx.uuid()`.
+    Uuid,
+}
+
+/// Everything the engine records. See the module docs for the evolution rules.
+///
+/// "Command" events carry the `position` of the workflow call that created them (its order of
+/// creation); replay matches calls to history by that position, not by log order, so
+/// concurrent steps replay deterministically whatever order they finished in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The run was created.
+    RunStarted {
+        /// Registered workflow name.
+        workflow: String,
+        /// Version the run is pinned to.
+        version: u32,
+        /// The workflow input.
+        input: Payload,
+        /// Start-dedupe key, if the caller gave one.
+        dedupe_key: Option<String>,
+        /// Who owns the run (a service, a team, a user).
+        owner: Option<String>,
+        /// The run this one continues, after `continue_as_new`.
+        continued_from: Option<[u8; 16]>,
+    },
+    /// A step was scheduled (command).
+    StepScheduled {
+        /// Command position.
+        position: u32,
+        /// Step name.
+        name: String,
+        /// Tool the step calls, if named.
+        tool: Option<String>,
+        /// Retry class.
+        class: StepClass,
+        /// Idempotency key handed to every attempt.
+        idem_key: String,
+        /// Hash of the step's declared input (0 when none was declared).
+        input_hash: u64,
+    },
+    /// An attempt began. Written and made durable before an irreversible body runs.
+    AttemptStarted {
+        /// Command position of the step.
+        position: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+    },
+    /// An attempt failed.
+    AttemptFailed {
+        /// Command position of the step.
+        position: u32,
+        /// Attempt number, from 1.
+        attempt: u32,
+        /// Failure class the body (or the engine) reported.
+        class: FailureClass,
+        /// What went wrong.
+        message: String,
+        /// When the next attempt may start; `None` when no retry follows.
+        retry_at_ms: Option<u64>,
+    },
+    /// The step produced its output.
+    StepCompleted {
+        /// Command position of the step.
+        position: u32,
+        /// The step output.
+        output: Payload,
+        /// Attempt that succeeded.
+        attempt: u32,
+        /// Which alternative of a fallback chain served, if not the primary.
+        served_by: Option<String>,
+        /// Cost units the step reported.
+        cost: u64,
+    },
+    /// The step ran out of attempts or budget, and what the policy did about it.
+    StepExhausted {
+        /// Command position of the step.
+        position: u32,
+        /// The policy's action.
+        action: OnExhaust,
+        /// Which budget ran out (e.g. `step attempts`, `tool search_api retries`).
+        budget: String,
+        /// The last error.
+        message: String,
+    },
+    /// A durable timer started (command).
+    TimerStarted {
+        /// Command position.
+        position: u32,
+        /// When it fires.
+        fire_at_ms: u64,
+    },
+    /// A durable timer fired.
+    TimerFired {
+        /// Command position of the timer.
+        position: u32,
+    },
+    /// A timer was cancelled before it fired.
+    TimerCancelled {
+        /// Command position of the timer.
+        position: u32,
+    },
+    /// A signal arrived from outside.
+    SignalReceived {
+        /// Signal name.
+        name: String,
+        /// Its payload.
+        payload: Payload,
+    },
+    /// The workflow took a signal (command): which received signal it got.
+    SignalConsumed {
+        /// Command position.
+        position: u32,
+        /// Signal name.
+        name: String,
+        /// Seq of the `SignalReceived` event consumed.
+        signal_seq: u64,
+    },
+    /// A deterministic value was recorded (command).
+    ValueRecorded {
+        /// Command position.
+        position: u32,
+        /// Which kind of value.
+        kind: ValueKind,
+        /// The value.
+        value: Payload,
+    },
+    /// A `ctx.patched(id)` marker (command).
+    PatchMarker {
+        /// Command position.
+        position: u32,
+        /// Patch id.
+        id: String,
+    },
+    /// Someone asked the run to cancel.
+    CancelRequested {
+        /// Who asked.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// The cancellation was delivered to the workflow at this command.
+    CancelDelivered {
+        /// Command position that returned `Cancelled`.
+        position: u32,
+    },
+    /// The run finished with an output.
+    RunCompleted {
+        /// The workflow output.
+        output: Payload,
+    },
+    /// The run failed.
+    RunFailed {
+        /// The workflow's error.
+        error: String,
+    },
+    /// The run ended after a cancellation.
+    RunCancelled {
+        /// The reason given with the cancel request.
+        reason: String,
+    },
+    /// The run was stopped from outside without running any more workflow code.
+    RunTerminated {
+        /// Who stopped it.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+    /// The run ended and continues as a new run with a fresh history.
+    ContinuedAsNew {
+        /// The new run.
+        next_run: [u8; 16],
+        /// The new run's input.
+        input: Payload,
+    },
+}
+
+impl EventKind {
+    /// Command position, for command events.
+    pub fn command_position(&self) -> Option<u32> {
+        match self {
+            EventKind::StepScheduled { position, .. }
+            | EventKind::TimerStarted { position, .. }
+            | EventKind::SignalConsumed { position, .. }
+            | EventKind::ValueRecorded { position, .. }
+            | EventKind::PatchMarker { position, .. }
+            | EventKind::CancelDelivered { position } => Some(*position),
+            _ => None,
+        }
+    }
+
+    /// True for events that end a run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            EventKind::RunCompleted { .. }
+                | EventKind::RunFailed { .. }
+                | EventKind::RunCancelled { .. }
+                | EventKind::RunTerminated { .. }
+                | EventKind::ContinuedAsNew { .. }
+        )
+    }
+
+    /// Short name of the variant, for timelines and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::RunStarted { .. } => "RunStarted",
+            EventKind::StepScheduled { .. } => "StepScheduled",
+            EventKind::AttemptStarted { .. } => "AttemptStarted",
+            EventKind::AttemptFailed { .. } => "AttemptFailed",
+            EventKind::StepCompleted { .. } => "StepCompleted",
+            EventKind::StepExhausted { .. } => "StepExhausted",
+            EventKind::TimerStarted { .. } => "TimerStarted",
+            EventKind::TimerFired { .. } => "TimerFired",
+            EventKind::TimerCancelled { .. } => "TimerCancelled",
+            EventKind::SignalReceived { .. } => "SignalReceived",
+            EventKind::SignalConsumed { .. } => "SignalConsumed",
+            EventKind::ValueRecorded { .. } => "ValueRecorded",
+            EventKind::PatchMarker { .. } => "PatchMarker",
+            EventKind::CancelRequested { .. } => "CancelRequested",
+            EventKind::CancelDelivered { .. } => "CancelDelivered",
+            EventKind::RunCompleted { .. } => "RunCompleted",
+            EventKind::RunFailed { .. } => "RunFailed",
+            EventKind::RunCancelled { .. } => "RunCancelled",
+            EventKind::RunTerminated { .. } => "RunTerminated",
+            EventKind::ContinuedAsNew { .. } => "ContinuedAsNew",
+        }
+    }
+}

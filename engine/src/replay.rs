@@ -1,0 +1,507 @@
+//! The pure core of replay: a fold of history into what each workflow call already did, and
+//! the matcher that compares a call of the current code with the recorded one at its
+//! position.
+//!
+//! **No I/O, no clock, no randomness here.** The runtime feeds events in and asks questions;
+//! everything it needs to decide (timestamps, retry instants, random values) is in the events.
+//!
+//! A step's lifecycle as history records it:
+//!
+//! | recorded so far                         | the call at this position…                      |
+//! |-----------------------------------------|-------------------------------------------------|
+//! | nothing                                 | runs live: schedule, attempt                    |
+//! | `StepScheduled`                         | continues live from attempt 1                   |
+//! | … `AttemptFailed { retry_at_ms: Some }` | waits out the remaining backoff, then attempt n+1 |
+//! | … `AttemptStarted` with no outcome      | Irreversible: reconcile or escalate; else re-run|
+//! | … `StepCompleted`                       | returns the recorded output, runs nothing       |
+//! | … `StepExhausted`                       | returns the recorded exhaustion, runs nothing   |
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::event::{Event, EventKind, Payload, ValueKind};
+use crate::policy::{FailureClass, OnExhaust, StepClass};
+
+/// One failed attempt as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptFailure {
+    /// Attempt number.
+    pub attempt: u32,
+    /// Its class.
+    pub class: FailureClass,
+    /// Its message.
+    pub message: String,
+    /// When the next attempt was allowed.
+    pub retry_at_ms: Option<u64>,
+}
+
+/// How a step ended, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// Output recorded.
+    Completed {
+        /// The output.
+        output: Payload,
+        /// Which attempt produced it.
+        attempt: u32,
+        /// Fallback alternative that served, if any.
+        served_by: Option<String>,
+    },
+    /// Ran out of attempts or budget.
+    Exhausted {
+        /// What the policy did.
+        action: OnExhaust,
+        /// Which budget.
+        budget: String,
+        /// Last error.
+        message: String,
+    },
+}
+
+/// What history says one workflow call did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recorded {
+    /// A step.
+    Step {
+        /// Name.
+        name: String,
+        /// Tool.
+        tool: Option<String>,
+        /// Class.
+        class: StepClass,
+        /// Idempotency key.
+        idem_key: String,
+        /// Input hash.
+        input_hash: u64,
+        /// When it was scheduled.
+        scheduled_ms: u64,
+        /// Highest attempt number started or failed so far.
+        attempts: u32,
+        /// Whether the last `AttemptStarted` has no recorded result yet.
+        attempt_open: bool,
+        /// Failed attempts, in order.
+        failures: Vec<AttemptFailure>,
+        /// The outcome, once there is one.
+        outcome: Option<StepOutcome>,
+    },
+    /// A durable timer.
+    Timer {
+        /// When it fires.
+        fire_at_ms: u64,
+        /// Fired or cancelled already.
+        done: bool,
+    },
+    /// A consumed signal.
+    Signal {
+        /// Its name.
+        name: String,
+        /// Seq of the `SignalReceived` event.
+        signal_seq: u64,
+    },
+    /// A deterministic value.
+    Value {
+        /// Its kind.
+        kind: ValueKind,
+        /// The value.
+        value: Payload,
+    },
+    /// A patch marker.
+    Patch {
+        /// Patch id.
+        id: String,
+    },
+    /// Cancellation was delivered to whatever call stood at this position.
+    CancelDelivered,
+}
+
+impl Recorded {
+    fn describe(&self) -> String {
+        match self {
+            Recorded::Step { name, tool, class, .. } => match tool {
+                Some(tool) => format!("step '{name}' (tool {tool}, {class:?})"),
+                None => format!("step '{name}' ({class:?})"),
+            },
+            Recorded::Timer { .. } => "timer".into(),
+            Recorded::Signal { name, .. } => format!("signal '{name}'"),
+            Recorded::Value { kind, .. } => format!("value {kind:?}"),
+            Recorded::Patch { id } => format!("patch marker '{id}'"),
+            Recorded::CancelDelivered => "cancellation".into(),
+        }
+    }
+}
+
+/// A recorded command and where it sits in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandRecord {
+    /// Seq of the event that created it.
+    pub seq: u64,
+    /// What it did.
+    pub recorded: Recorded,
+}
+
+/// What the current code asks for at a position.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command<'a> {
+    /// `ctx.step(name)…run(…)`.
+    Step {
+        /// Name.
+        name: &'a str,
+        /// Tool.
+        tool: Option<&'a str>,
+        /// Class.
+        class: StepClass,
+        /// Input hash.
+        input_hash: u64,
+    },
+    /// `ctx.sleep(…)`.
+    Timer,
+    /// `ctx.signal(name)`.
+    Signal {
+        /// Name.
+        name: &'a str,
+    },
+    /// `ctx.now()` / `random_u64()` / `uuid()`.
+    Value {
+        /// Kind.
+        kind: ValueKind,
+    },
+}
+
+impl Command<'_> {
+    fn describe(&self) -> String {
+        match self {
+            Command::Step { name, tool, class, .. } => match tool {
+                Some(tool) => format!("step '{name}' (tool {tool}, {class:?})"),
+                None => format!("step '{name}' ({class:?})"),
+            },
+            Command::Timer => "timer".into(),
+            Command::Signal { name } => format!("signal '{name}'"),
+            Command::Value { kind } => format!("value {kind:?}"),
+        }
+    }
+}
+
+/// A mismatch between code and history, before the runtime adds the run id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatch {
+    /// Command position.
+    pub position: u32,
+    /// Seq of the recorded event, if there is one.
+    pub seq: Option<u64>,
+    /// What history recorded.
+    pub expected: String,
+    /// What the code did.
+    pub got: String,
+    /// Names of the fields that differ (`kind`, `name`, `tool`, `class`, `input_hash`).
+    pub fields: Vec<String>,
+}
+
+/// The matcher's answer for one call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Match<'a> {
+    /// Nothing recorded at this position: run live.
+    Live,
+    /// Recorded and matching: use what history says.
+    Recorded(&'a CommandRecord),
+    /// Recorded and different: the code drifted.
+    Drift(Mismatch),
+}
+
+/// A history that contradicts itself (an outcome without its command, a duplicate position,
+/// events after the end). Found by the fold; `annal verify` reports these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contradiction {
+    /// Seq of the offending event.
+    pub seq: u64,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The fold of a history: what each position recorded, pending signals, cancellation, end.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayState {
+    commands: BTreeMap<u32, CommandRecord>,
+    signals: Vec<(u64, String)>,
+    consumed_signals: BTreeSet<u64>,
+    cancel_requested: Option<String>,
+    cancel_delivered: bool,
+    started: Option<(String, u32, Payload)>,
+    terminal: Option<EventKind>,
+    next_seq: u64,
+}
+
+impl ReplayState {
+    /// Folds a whole history, stopping at the first contradiction.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, Contradiction> {
+        let mut state = Self::default();
+        for event in events {
+            state.apply(event)?;
+        }
+        Ok(state)
+    }
+
+    /// Folds one more event.
+    pub fn apply(&mut self, event: &Event) -> Result<(), Contradiction> {
+        let seq = event.seq;
+        let bad = |reason: String| Err(Contradiction { seq, reason });
+        if seq != self.next_seq {
+            return bad(format!("seq {seq} where {} was expected", self.next_seq));
+        }
+        if self.terminal.is_some() {
+            return bad(format!("{} after the run ended", event.kind.name()));
+        }
+        if self.started.is_none() && !matches!(event.kind, EventKind::RunStarted { .. }) {
+            return bad(format!("history starts with {} instead of RunStarted", event.kind.name()));
+        }
+        self.next_seq += 1;
+        if let Some(position) = event.kind.command_position() {
+            let recorded = match &event.kind {
+                EventKind::StepScheduled { name, tool, class, idem_key, input_hash, .. } => {
+                    Recorded::Step {
+                        name: name.clone(),
+                        tool: tool.clone(),
+                        class: *class,
+                        idem_key: idem_key.clone(),
+                        input_hash: *input_hash,
+                        scheduled_ms: event.at_ms,
+                        attempts: 0,
+                        attempt_open: false,
+                        failures: Vec::new(),
+                        outcome: None,
+                    }
+                }
+                EventKind::TimerStarted { fire_at_ms, .. } => {
+                    Recorded::Timer { fire_at_ms: *fire_at_ms, done: false }
+                }
+                EventKind::SignalConsumed { name, signal_seq, .. } => {
+                    let received = self.signals.iter().any(|(s, n)| s == signal_seq && n == name);
+                    if !received || !self.consumed_signals.insert(*signal_seq) {
+                        return bad(format!("signal seq {signal_seq} not received or consumed twice"));
+                    }
+                    Recorded::Signal { name: name.clone(), signal_seq: *signal_seq }
+                }
+                EventKind::ValueRecorded { kind, value, .. } => {
+                    Recorded::Value { kind: *kind, value: value.clone() }
+                }
+                EventKind::PatchMarker { id, .. } => Recorded::Patch { id: id.clone() },
+                EventKind::CancelDelivered { .. } => {
+                    if self.cancel_requested.is_none() || self.cancel_delivered {
+                        return bad("cancellation delivered without a pending request".into());
+                    }
+                    self.cancel_delivered = true;
+                    Recorded::CancelDelivered
+                }
+                _ => unreachable!("command_position covers exactly the command events"),
+            };
+            if self.commands.insert(position, CommandRecord { seq, recorded }).is_some() {
+                return bad(format!("position {position} recorded twice"));
+            }
+            return Ok(());
+        }
+        match &event.kind {
+            EventKind::RunStarted { workflow, version, input, .. } => {
+                if self.started.is_some() {
+                    return bad("second RunStarted".into());
+                }
+                self.started = Some((workflow.clone(), *version, input.clone()));
+            }
+            EventKind::AttemptStarted { position, attempt } => {
+                let (attempts, open, _, outcome) = self.step_mut(*position, seq)?;
+                if outcome.is_some() || *attempt != *attempts + 1 {
+                    return bad(format!("attempt {attempt} of position {position} out of order"));
+                }
+                *attempts = *attempt;
+                *open = true;
+            }
+            EventKind::AttemptFailed { position, attempt, class, message, retry_at_ms } => {
+                let (attempts, open, failures, outcome) = self.step_mut(*position, seq)?;
+                let continues_open = *open && *attempt == *attempts;
+                if outcome.is_some() || !(continues_open || *attempt == *attempts + 1) {
+                    return bad(format!("attempt {attempt} of position {position} out of order"));
+                }
+                *attempts = *attempt;
+                *open = false;
+                failures.push(AttemptFailure {
+                    attempt: *attempt,
+                    class: class.clone(),
+                    message: message.clone(),
+                    retry_at_ms: *retry_at_ms,
+                });
+            }
+            EventKind::StepCompleted { position, output, attempt, served_by, .. } => {
+                let (attempts, open, _, outcome) = self.step_mut(*position, seq)?;
+                if outcome.is_some() {
+                    return bad(format!("position {position} completed twice"));
+                }
+                *attempts = (*attempts).max(*attempt);
+                *open = false;
+                *outcome = Some(StepOutcome::Completed {
+                    output: output.clone(),
+                    attempt: *attempt,
+                    served_by: served_by.clone(),
+                });
+            }
+            EventKind::StepExhausted { position, action, budget, message } => {
+                let (_, open, _, outcome) = self.step_mut(*position, seq)?;
+                if outcome.is_some() {
+                    return bad(format!("position {position} ended twice"));
+                }
+                *open = false;
+                *outcome = Some(StepOutcome::Exhausted {
+                    action: action.clone(),
+                    budget: budget.clone(),
+                    message: message.clone(),
+                });
+            }
+            EventKind::TimerFired { position } | EventKind::TimerCancelled { position } => {
+                match self.commands.get_mut(position) {
+                    Some(CommandRecord { recorded: Recorded::Timer { done, .. }, .. }) if !*done => {
+                        *done = true
+                    }
+                    _ => return bad(format!("timer event for position {position} without a running timer")),
+                }
+            }
+            EventKind::SignalReceived { name, .. } => self.signals.push((seq, name.clone())),
+            EventKind::CancelRequested { reason, .. } => {
+                if self.cancel_requested.is_none() {
+                    self.cancel_requested = Some(reason.clone());
+                }
+            }
+            kind if kind.is_terminal() => self.terminal = Some(kind.clone()),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn step_mut(
+        &mut self,
+        position: u32,
+        seq: u64,
+    ) -> Result<(&mut u32, &mut bool, &mut Vec<AttemptFailure>, &mut Option<StepOutcome>), Contradiction> {
+        match self.commands.get_mut(&position) {
+            Some(CommandRecord {
+                recorded: Recorded::Step { attempts, attempt_open, failures, outcome, .. },
+                ..
+            }) => Ok((attempts, attempt_open, failures, outcome)),
+            _ => Err(Contradiction { seq, reason: format!("step event for position {position}, which is not a step") }),
+        }
+    }
+
+    /// Compares the call at `position` with history.
+    pub fn check(&self, position: u32, command: &Command<'_>) -> Match<'_> {
+        let Some(record) = self.commands.get(&position) else { return Match::Live };
+        let mut fields = Vec::new();
+        match (&record.recorded, command) {
+            (Recorded::CancelDelivered, _) => {}
+            (
+                Recorded::Step { name, tool, class, input_hash, .. },
+                Command::Step { name: n, tool: t, class: c, input_hash: h },
+            ) => {
+                if name != n {
+                    fields.push("name".to_string());
+                }
+                if tool.as_deref() != *t {
+                    fields.push("tool".to_string());
+                }
+                if class != c {
+                    fields.push("class".to_string());
+                }
+                if input_hash != h {
+                    fields.push("input_hash".to_string());
+                }
+            }
+            (Recorded::Timer { .. }, Command::Timer) => {}
+            (Recorded::Signal { name, .. }, Command::Signal { name: n }) => {
+                if name != n {
+                    fields.push("name".to_string());
+                }
+            }
+            (Recorded::Value { kind, .. }, Command::Value { kind: k }) => {
+                if kind != k {
+                    fields.push("kind".to_string());
+                }
+            }
+            _ => fields.push("kind".to_string()),
+        }
+        if fields.is_empty() {
+            Match::Recorded(record)
+        } else {
+            Match::Drift(Mismatch {
+                position,
+                seq: Some(record.seq),
+                expected: record.recorded.describe(),
+                got: command.describe(),
+                fields,
+            })
+        }
+    }
+
+    /// `ctx.patched(id)` at `position`: `Some(true)` if history has the marker there (the
+    /// position is consumed), `Some(false)` if history has another command there (old code
+    /// path; the position is not consumed), `None` if nothing is recorded (live: record it).
+    pub fn check_patch(&self, position: u32, id: &str) -> Option<bool> {
+        match self.commands.get(&position) {
+            None => None,
+            Some(CommandRecord { recorded: Recorded::Patch { id: recorded }, .. }) => Some(recorded == id),
+            Some(_) => Some(false),
+        }
+    }
+
+    /// The first recorded position the code has not reached, for "code finished early".
+    pub fn unvisited(&self, visited: &BTreeSet<u32>) -> Option<Mismatch> {
+        self.commands.iter().find(|(p, _)| !visited.contains(p)).map(|(position, record)| Mismatch {
+            position: *position,
+            seq: Some(record.seq),
+            expected: record.recorded.describe(),
+            got: "workflow returned before reaching it".into(),
+            fields: vec!["kind".into()],
+        })
+    }
+
+    /// The earliest received signal named `name` that no call has taken yet.
+    pub fn next_signal(&self, name: &str) -> Option<u64> {
+        self.signals
+            .iter()
+            .find(|(seq, n)| n == name && !self.consumed_signals.contains(seq))
+            .map(|(seq, _)| *seq)
+    }
+
+    /// A pending cancellation not yet delivered: its reason.
+    pub fn pending_cancel(&self) -> Option<&str> {
+        if self.cancel_delivered {
+            None
+        } else {
+            self.cancel_requested.as_deref()
+        }
+    }
+
+    /// Whether a cancellation was requested at all (delivered or not).
+    pub fn cancel_reason(&self) -> Option<&str> {
+        self.cancel_requested.as_deref()
+    }
+
+    /// Workflow, version and input from `RunStarted`.
+    pub fn started(&self) -> Option<&(String, u32, Payload)> {
+        self.started.as_ref()
+    }
+
+    /// The event that ended the run, if it ended.
+    pub fn terminal(&self) -> Option<&EventKind> {
+        self.terminal.as_ref()
+    }
+
+    /// The seq the next event must have.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The recorded command at a position.
+    pub fn command(&self, position: u32) -> Option<&CommandRecord> {
+        self.commands.get(&position)
+    }
+
+    /// All recorded commands by position.
+    pub fn commands(&self) -> impl Iterator<Item = (u32, &CommandRecord)> {
+        self.commands.iter().map(|(p, r)| (*p, r))
+    }
+}

@@ -1,0 +1,276 @@
+//! Running a run: replay its workflow from history, then settle it (end, block, park,
+//! escalate) when the code returns or halts.
+
+use std::sync::Arc;
+
+use annal_storage::{IndexOp, RunId};
+use tracing::Instrument;
+
+use super::inner::{AppendReq, EngineInner};
+use super::slot::{Halt, RunSlot, Writer};
+use crate::context::Ctx;
+use crate::error::{DriftError, Result, WorkflowError};
+use crate::event::{EventKind, Payload};
+use crate::replay::{Recorded, ReplayState};
+use crate::status::RunStatus;
+
+enum Settle {
+    Finished(Result<Payload, WorkflowError>),
+    Halted(Halt),
+}
+
+impl EngineInner {
+    /// Makes sure a non-terminal run has a driver, loading it if needed.
+    /// Boxed because waking, driving and settling call each other (continue-as-new, a park
+    /// that must be undone), and a recursive `async fn` has no nameable `Send` type.
+    pub(crate) fn wake(self: &Arc<Self>, run: RunId) -> futures::future::BoxFuture<'static, Result<()>> {
+        let engine = Arc::clone(self);
+        Box::pin(async move {
+            let (slot, mut writer) = engine.lock_run(run).await?;
+            engine.ensure_driver(&slot, &mut writer).await
+        })
+    }
+
+    /// Starts the driver of a loaded slot unless it runs already or the run cannot run.
+    pub(crate) async fn ensure_driver(self: &Arc<Self>, slot: &Arc<RunSlot>, writer: &mut Writer) -> Result<()> {
+        if self.shut_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(crate::Error::Shutdown);
+        }
+        let status = writer.meta.as_ref().and_then(|m| RunStatus::from_code(m.status));
+        if slot.state().driver_running {
+            return Ok(());
+        }
+        match status {
+            Some(RunStatus::Running) => {}
+            Some(RunStatus::Parked | RunStatus::Blocked) => {
+                self.append_locked(slot, writer, AppendReq::default().status(RunStatus::Running, "")).await?;
+            }
+            _ => {
+                // Terminal or escalated: nothing to drive. Drop it from memory again.
+                self.evict(slot, writer);
+                return Ok(());
+            }
+        }
+        slot.state().driver_running = true;
+        let engine = Arc::clone(self);
+        let driven = Arc::clone(slot);
+        let task = tokio::spawn(async move { engine.drive(driven).await });
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.run, task.abort_handle());
+        Ok(())
+    }
+
+    async fn drive(self: Arc<Self>, slot: Arc<RunSlot>) {
+        let run = slot.run;
+        let started = {
+            let mut state = slot.state();
+            state.reset_drive();
+            state.replay.started().cloned()
+        };
+        let Some((workflow, version, input)) = started else {
+            self.settle(&slot, Settle::Halted(Halt::Store("history has no RunStarted".into()))).await;
+            return;
+        };
+        let span = tracing::info_span!("run", run = %run, workflow = %workflow, version);
+        let outcome = async {
+            let Some(code) = self.registry.get(&workflow, version) else {
+                return Settle::Halted(Halt::Blocked(format!(
+                    "workflow '{workflow}' version {version} is not registered in this engine"
+                )));
+            };
+            let ctx = Ctx::new(Arc::clone(&self), Arc::clone(&slot));
+            let code = code(ctx, input);
+            tokio::select! {
+                result = code => Settle::Finished(result),
+                halt = slot.wait_halt() => Settle::Halted(halt),
+            }
+        }
+        .instrument(span.clone())
+        .await;
+        self.settle(&slot, outcome).instrument(span).await;
+    }
+
+    async fn settle(self: &Arc<Self>, slot: &Arc<RunSlot>, outcome: Settle) {
+        let run = slot.run;
+        let mut writer = slot.writer.lock().await;
+        let result = self.settle_locked(slot, &mut writer, outcome).await;
+        if let Err(e) = &result {
+            tracing::error!(%run, error = %e, "run could not be settled; it resumes from its log on the next open");
+        }
+        let wake_again = matches!(result, Ok(true));
+        self.evict(slot, &mut writer);
+        drop(writer);
+        self.notify_settled();
+        self.timers_changed.notify_one();
+        if wake_again {
+            // Something arrived while the run was deciding to park: run it again.
+            if let Err(e) = self.wake(run).await {
+                tracing::error!(%run, error = %e, "run could not be woken");
+            }
+        }
+    }
+
+    /// Returns `Ok(true)` if the run must be woken again right away.
+    async fn settle_locked(
+        self: &Arc<Self>,
+        slot: &Arc<RunSlot>,
+        writer: &mut Writer,
+        outcome: Settle,
+    ) -> Result<bool> {
+        let run = slot.run;
+        let (timer_deletes, unvisited, cancel_reason, delivered) = {
+            let state = slot.state();
+            let unvisited = state.replay.unvisited(&state.visited);
+            (
+                timer_deletes(&state.replay),
+                unvisited,
+                state.replay.cancel_reason().map(str::to_string),
+                state.replay.pending_cancel().is_none(),
+            )
+        };
+        let end = |kind: EventKind, status: RunStatus| {
+            AppendReq::events(vec![kind]).status(status, "").index(timer_deletes.clone()).durable()
+        };
+        let req = match outcome {
+            Settle::Finished(result) => {
+                if let Some(mismatch) = unvisited {
+                    return self.block_for_drift(slot, writer, mismatch).await.map(|()| false);
+                }
+                match result {
+                    Ok(output) => end(EventKind::RunCompleted { output }, RunStatus::Completed),
+                    Err(WorkflowError::Cancelled(reason)) if cancel_reason.is_some() && delivered => {
+                        end(EventKind::RunCancelled { reason }, RunStatus::Cancelled)
+                    }
+                    Err(WorkflowError::ContinueAsNew(input)) => {
+                        let next_run = self.continue_as_new(run, input.clone()).await?;
+                        end(EventKind::ContinuedAsNew { next_run: next_run.0, input }, RunStatus::ContinuedAsNew)
+                    }
+                    Err(e) => end(EventKind::RunFailed { error: e.to_string() }, RunStatus::Failed),
+                }
+            }
+            Settle::Halted(Halt::Drift(mismatch)) => {
+                return self.block_for_drift(slot, writer, mismatch).await.map(|()| false)
+            }
+            Settle::Halted(Halt::Blocked(reason)) => {
+                tracing::warn!(%run, %reason, "run blocked");
+                AppendReq::default().status(RunStatus::Blocked, reason).durable()
+            }
+            Settle::Halted(Halt::Escalate(reason)) => {
+                tracing::warn!(%run, %reason, "run escalated");
+                AppendReq::default().status(RunStatus::Escalated, reason).durable()
+            }
+            Settle::Halted(Halt::Park) => {
+                let changed = slot.state().halt_generation_changed();
+                if changed {
+                    return Ok(true);
+                }
+                AppendReq::default().status(RunStatus::Parked, "").durable()
+            }
+            Settle::Halted(Halt::Terminated) => return Ok(false),
+            Settle::Halted(Halt::Store(reason)) => {
+                tracing::error!(%run, %reason, "run stopped by a storage failure");
+                return Ok(false);
+            }
+        };
+        let durable = req.durable;
+        let position = self.append_locked(slot, writer, req).await?;
+        if durable {
+            self.store.wait_durable(position).await?;
+        }
+        Ok(false)
+    }
+
+    async fn block_for_drift(
+        &self,
+        slot: &Arc<RunSlot>,
+        writer: &mut Writer,
+        mismatch: crate::replay::Mismatch,
+    ) -> Result<()> {
+        let drift = DriftError {
+            run: slot.run,
+            position: mismatch.position,
+            seq: mismatch.seq,
+            expected: mismatch.expected,
+            got: mismatch.got,
+            fields: mismatch.fields,
+        };
+        tracing::warn!(run = %slot.run, error = %drift, "run blocked by drift");
+        let note = drift.to_string();
+        self.drifts.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.run, drift);
+        let position =
+            self.append_locked(slot, writer, AppendReq::default().status(RunStatus::Blocked, note)).await?;
+        self.store.wait_durable(position).await?;
+        Ok(())
+    }
+
+    /// Creates the successor run (idempotently: its id is derived from this run's id, so a
+    /// crash between creating it and ending this run cannot create a second one).
+    async fn continue_as_new(self: &Arc<Self>, run: RunId, input: Payload) -> Result<RunId> {
+        let next_run = RunId(*uuid::Uuid::new_v5(&uuid::Uuid::from_bytes(run.0), b"continue-as-new").as_bytes());
+        if self.store.meta(next_run).await?.is_none() {
+            let meta = self.meta(run).await?;
+            let started = EventKind::RunStarted {
+                workflow: meta.workflow.clone(),
+                version: self.registry.latest(&meta.workflow).unwrap_or(meta.version),
+                input,
+                dedupe_key: None,
+                owner: None,
+                continued_from: Some(run.0),
+            };
+            self.create_run(next_run, started, Vec::new()).await?;
+        }
+        let engine = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = engine.wake(next_run).await {
+                tracing::error!(run = %next_run, error = %e, "continued run could not start");
+            }
+        });
+        Ok(next_run)
+    }
+
+    /// Writes a new run's first event and metadata, durably.
+    pub(crate) async fn create_run(&self, run: RunId, started: EventKind, index: Vec<IndexOp>) -> Result<()> {
+        let EventKind::RunStarted { workflow, version, .. } = &started else {
+            unreachable!("create_run takes a RunStarted event");
+        };
+        let now_ms = self.clock.now_ms();
+        let meta = annal_storage::RunMeta {
+            workflow: workflow.clone(),
+            version: *version,
+            status: RunStatus::Running.code(),
+            next_seq: 0,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            wake_ms: None,
+            note: String::new(),
+        };
+        let event = crate::event::Event { seq: 0, at_ms: now_ms, kind: started };
+        let batch = annal_storage::AppendBatch {
+            run,
+            expected_next_seq: 0,
+            events: vec![crate::codec::encode_event(&event)],
+            meta: Some(meta),
+            index,
+        };
+        self.store.append_durable(batch).await?;
+        Ok(())
+    }
+}
+
+/// Every due-time entry a run may have registered, so ending the run removes them all.
+pub(crate) fn timer_deletes(replay: &ReplayState) -> Vec<IndexOp> {
+    let mut out = Vec::new();
+    for (position, record) in replay.commands() {
+        match &record.recorded {
+            Recorded::Timer { fire_at_ms, .. } => out.push(IndexOp::DeleteTimer { fire_at_ms: *fire_at_ms, id: position }),
+            Recorded::Step { failures, .. } => {
+                for f in failures {
+                    if let Some(at) = f.retry_at_ms {
+                        out.push(IndexOp::DeleteTimer { fire_at_ms: at, id: position });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}

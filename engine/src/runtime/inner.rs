@@ -1,0 +1,236 @@
+//! The engine's shared state and the operations on a run's log: load, append, evict.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use annal_storage::{AppendBatch, IndexOp, LogStore, Position, RunId, RunMeta};
+use tokio::sync::{watch, Notify};
+
+use super::registry::Registry;
+use super::slot::{RunSlot, Writer};
+use super::EngineConfig;
+use crate::clock::Clock;
+use crate::codec;
+use crate::error::{DriftError, Error, Result};
+use crate::event::{Event, EventKind};
+use crate::replay::ReplayState;
+use crate::status::RunStatus;
+
+/// One append a run asks for.
+#[derive(Default)]
+pub(crate) struct AppendReq {
+    pub(crate) events: Vec<EventKind>,
+    pub(crate) index: Vec<IndexOp>,
+    /// New status and note.
+    pub(crate) status: Option<(RunStatus, String)>,
+    /// Wait until durable before returning.
+    pub(crate) durable: bool,
+}
+
+impl AppendReq {
+    pub(crate) fn events(events: Vec<EventKind>) -> Self {
+        Self { events, ..Self::default() }
+    }
+    pub(crate) fn index(mut self, index: impl IntoIterator<Item = IndexOp>) -> Self {
+        self.index.extend(index);
+        self
+    }
+    pub(crate) fn status(mut self, status: RunStatus, note: impl Into<String>) -> Self {
+        self.status = Some((status, note.into()));
+        self
+    }
+    pub(crate) fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+}
+
+pub(crate) struct EngineInner {
+    pub(crate) store: Arc<dyn LogStore>,
+    pub(crate) registry: Registry,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) config: EngineConfig,
+    pub(crate) slots: Mutex<HashMap<RunId, Arc<RunSlot>>>,
+    /// Bumped whenever a run settles (ends, blocks, escalates, parks).
+    pub(crate) settled: watch::Sender<u64>,
+    /// Wakes the timer service when a new wake-up time was registered.
+    pub(crate) timers_changed: Notify,
+    pub(crate) drifts: Mutex<HashMap<RunId, DriftError>>,
+    pub(crate) tasks: Mutex<HashMap<RunId, tokio::task::AbortHandle>>,
+    pub(crate) shut_down: std::sync::atomic::AtomicBool,
+}
+
+impl EngineInner {
+    pub(crate) fn slot(&self, run: RunId) -> Arc<RunSlot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(slots.entry(run).or_insert_with(|| Arc::new(RunSlot::new(run))))
+    }
+
+    pub(crate) fn is_active(&self, run: RunId) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.get(&run).is_some_and(|s| s.state().driver_running)
+    }
+
+    /// Locks the writer of a live slot for `run`, loading it from the store if needed. Slots
+    /// evicted while we waited for the lock are skipped; a fresh one is made.
+    pub(crate) async fn lock_run(
+        &self,
+        run: RunId,
+    ) -> Result<(Arc<RunSlot>, tokio::sync::OwnedMutexGuard<Writer>)> {
+        loop {
+            let slot = self.slot(run);
+            let mut guard = Arc::clone(&slot.writer).lock_owned().await;
+            if guard.evicted {
+                continue;
+            }
+            if !guard.loaded {
+                if let Err(e) = self.load(&slot, &mut guard).await {
+                    guard.evicted = true;
+                    self.remove_slot(&slot);
+                    return Err(e);
+                }
+            }
+            return Ok((slot, guard));
+        }
+    }
+
+    async fn load(&self, slot: &RunSlot, writer: &mut Writer) -> Result<()> {
+        let run = slot.run;
+        let meta = self.store.meta(run).await?.ok_or(Error::UnknownRun(run))?;
+        let records = annal_storage::read_all(self.store.as_ref(), run).await?;
+        let mut events = Vec::with_capacity(records.len());
+        let mut replay = ReplayState::default();
+        for record in records {
+            let event = codec::decode_event(&record.payload)
+                .map_err(|reason| Error::Codec { run, seq: record.seq, reason })?;
+            replay
+                .apply(&event)
+                .map_err(|c| Error::Inconsistent { run, seq: c.seq, reason: c.reason })?;
+            events.push(event);
+        }
+        if replay.next_seq() != meta.next_seq {
+            return Err(Error::Inconsistent {
+                run,
+                seq: replay.next_seq(),
+                reason: format!("metadata says the log ends at seq {}", meta.next_seq),
+            });
+        }
+        let mut state = slot.state();
+        state.events = events;
+        state.replay = replay;
+        writer.meta = Some(meta);
+        writer.loaded = true;
+        Ok(())
+    }
+
+    /// Appends with the writer lock held. Returns the store position (not yet durable).
+    pub(crate) async fn append_locked(
+        &self,
+        slot: &RunSlot,
+        writer: &mut Writer,
+        req: AppendReq,
+    ) -> Result<Position> {
+        let run = slot.run;
+        let meta = writer.meta.as_ref().ok_or(Error::UnknownRun(run))?;
+        if !req.events.is_empty() {
+            if let Some(end) = slot.state().replay.terminal() {
+                let status = RunStatus::from_code(meta.status).unwrap_or(RunStatus::Failed);
+                tracing::debug!(%run, ended_by = end.name(), "append refused: run ended");
+                return Err(Error::RunEnded { run, status });
+            }
+        }
+        let now_ms = self.clock.now_ms();
+        let first_seq = meta.next_seq;
+        let events: Vec<Event> = req
+            .events
+            .into_iter()
+            .enumerate()
+            .map(|(i, kind)| Event { seq: first_seq + i as u64, at_ms: now_ms, kind })
+            .collect();
+        let mut new_meta = meta.clone();
+        new_meta.updated_ms = now_ms;
+        if let Some((status, note)) = req.status {
+            new_meta.status = status.code();
+            new_meta.note = note;
+        }
+        let batch = AppendBatch {
+            run,
+            expected_next_seq: first_seq,
+            events: events.iter().map(codec::encode_event).collect(),
+            meta: Some(new_meta.clone()),
+            index: req.index,
+        };
+        let position = self.store.append(batch).await?;
+        new_meta.next_seq = first_seq + events.len() as u64;
+        writer.meta = Some(new_meta);
+        writer.last_position = Some(position);
+        {
+            let mut state = slot.state();
+            for event in events {
+                state
+                    .replay
+                    .apply(&event)
+                    .map_err(|c| Error::Inconsistent { run, seq: c.seq, reason: c.reason })?;
+                state.events.push(event);
+            }
+            let size = state.events.len() as u64;
+            if size >= self.config.history_warn_events && !state.history_warned {
+                state.history_warned = true;
+                tracing::warn!(%run, events = size, "run history is large; consider ctx.continue_as_new");
+            }
+        }
+        slot.changed.notify_waiters();
+        Ok(position)
+    }
+
+    /// Locks, appends, unlocks, and waits for durability if asked: the lock is not held
+    /// during the wait, so other appends join the same group commit.
+    pub(crate) async fn append(&self, slot: &RunSlot, req: AppendReq) -> Result<Position> {
+        let durable = req.durable;
+        let position = {
+            let mut writer = slot.writer.lock().await;
+            if writer.evicted {
+                return Err(Error::Shutdown);
+            }
+            self.append_locked(slot, &mut writer, req).await?
+        };
+        if durable {
+            self.store.wait_durable(position).await?;
+        }
+        Ok(position)
+    }
+
+    /// Makes everything this run appended so far durable.
+    pub(crate) async fn barrier(&self, slot: &RunSlot) -> Result<()> {
+        let last = slot.writer.lock().await.last_position;
+        if let Some(position) = last {
+            self.store.wait_durable(position).await?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn remove_slot(&self, slot: &Arc<RunSlot>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.get(&slot.run).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&slot.run);
+        }
+    }
+
+    /// Drops a run from memory. The caller holds its writer lock.
+    pub(crate) fn evict(&self, slot: &Arc<RunSlot>, writer: &mut Writer) {
+        writer.evicted = true;
+        slot.state().driver_running = false;
+        self.remove_slot(slot);
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot.run);
+        slot.changed.notify_waiters();
+    }
+
+    pub(crate) fn notify_settled(&self) {
+        self.settled.send_modify(|n| *n += 1);
+    }
+
+    /// Current metadata of a run, from memory if loaded, else from the store.
+    pub(crate) async fn meta(&self, run: RunId) -> Result<RunMeta> {
+        self.store.meta(run).await?.ok_or(Error::UnknownRun(run))
+    }
+}

@@ -1,0 +1,480 @@
+//! The engine: registry, run drivers, the timer service, recovery and the public API.
+//!
+//! - `registry`: workflows by (name, version);
+//! - `slot`: one run in memory, its history and the writer lock of its log;
+//! - `inner`: loading and appending through a slot;
+//! - `driver`: replaying a workflow and settling the run when it returns or halts;
+//! - `timer`: waking parked runs when their due time comes.
+
+mod driver;
+pub(crate) mod inner;
+mod registry;
+pub(crate) mod slot;
+mod timer;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use annal_storage::{Durability, IndexOp, LogStore, RunId, SledConfig, SledStore};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+
+use self::inner::{AppendReq, EngineInner};
+use self::registry::Registry;
+use self::slot::Halt;
+use crate::clock::{Clock, TokioClock};
+use crate::context::Ctx;
+use crate::error::{Error, Result, WorkflowError};
+use crate::event::{Event, EventKind, Payload};
+use crate::status::RunStatus;
+
+/// Tunables of an engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// A run whose every pending call has waited this long is dropped from memory (parked)
+    /// and rehydrated by replay when woken.
+    pub park_after_ms: u64,
+    /// Log a warning once a run's history reaches this many events.
+    pub history_warn_events: u64,
+    /// Longest the timer service sleeps without looking at the due-time index.
+    pub timer_poll_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { park_after_ms: 30_000, history_warn_events: 10_000, timer_poll_ms: 60_000 }
+    }
+}
+
+/// Builds an [`Engine`]: where its log lives, how durable it is, which workflows it runs.
+pub struct EngineBuilder {
+    path: Option<PathBuf>,
+    store: Option<Arc<dyn LogStore>>,
+    durability: Durability,
+    cache_capacity_bytes: Option<u64>,
+    clock: Option<Arc<dyn Clock>>,
+    registry: Registry,
+    config: EngineConfig,
+}
+
+impl EngineBuilder {
+    /// Keep the log in an embedded sled database in this directory (the default is
+    /// `./annal-data`).
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = Some(path.into());
+        self
+    }
+
+    /// Use this store instead of an embedded sled database (e.g. [`annal_storage::SimStore`]
+    /// in tests).
+    pub fn store(mut self, store: Arc<dyn LogStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Durability of the embedded sled store (default `PowerSafe`).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// sled page cache size of the embedded store.
+    pub fn cache_capacity_bytes(mut self, bytes: u64) -> Self {
+        self.cache_capacity_bytes = Some(bytes);
+        self
+    }
+
+    /// The clock (default: [`TokioClock`], which follows tokio's paused time in tests).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Engine tunables.
+    pub fn config(mut self, config: EngineConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Shorthand for `config.park_after_ms`.
+    pub fn park_after_ms(mut self, ms: u64) -> Self {
+        self.config.park_after_ms = ms;
+        self
+    }
+
+    /// Registers `workflow` under `name` and `version`. Several versions of one name may be
+    /// registered; new runs start on the highest, and every run replays on the version it
+    /// started with.
+    pub fn register<F, Fut, In, Out>(mut self, name: &str, version: u32, workflow: F) -> Self
+    where
+        F: Fn(Ctx, In) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Out, WorkflowError>> + Send + 'static,
+        In: DeserializeOwned + Send + 'static,
+        Out: Serialize + Send + 'static,
+    {
+        self.registry.register(name, version, workflow);
+        self
+    }
+
+    /// Opens the store and resumes every run that was in flight: `Running` runs and
+    /// `Blocked` ones (the code may match now) are replayed; parked runs wait for their
+    /// wake-up. Must be called inside a tokio runtime.
+    pub async fn open(self) -> Result<Engine> {
+        let store: Arc<dyn LogStore> = match self.store {
+            Some(store) => store,
+            None => {
+                let path = self.path.unwrap_or_else(|| PathBuf::from("annal-data"));
+                let mut config = SledConfig::new(path);
+                config.durability = self.durability;
+                if let Some(bytes) = self.cache_capacity_bytes {
+                    config.cache_capacity_bytes = bytes;
+                }
+                Arc::new(SledStore::open(config)?)
+            }
+        };
+        let (settled, _) = watch::channel(0);
+        let inner = Arc::new(EngineInner {
+            store,
+            registry: self.registry,
+            clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
+            config: self.config,
+            slots: Mutex::new(HashMap::new()),
+            settled,
+            timers_changed: Notify::new(),
+            drifts: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(HashMap::new()),
+            shut_down: false.into(),
+        });
+        let timer = tokio::spawn(Arc::clone(&inner).timer_service());
+        let engine = Engine { inner, timer: timer.abort_handle() };
+        engine.recover().await?;
+        Ok(engine)
+    }
+}
+
+/// How to start a run.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// Version to start on (default: the highest registered).
+    pub version: Option<u32>,
+    /// Start-dedupe key: a second start with the same key returns the first run instead of
+    /// creating another.
+    pub dedupe_key: Option<String>,
+    /// Owner recorded in the run (a service, a team, a user).
+    pub owner: Option<String>,
+}
+
+/// Status and metadata of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunInfo {
+    /// The run.
+    pub run: RunId,
+    /// Workflow name.
+    pub workflow: String,
+    /// Pinned version.
+    pub version: u32,
+    /// Status.
+    pub status: RunStatus,
+    /// Why it is in this status (blocked, escalated), if there is a reason.
+    pub note: String,
+    /// Created at (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// Last change (ms since the Unix epoch).
+    pub updated_ms: u64,
+    /// Events in its history.
+    pub events: u64,
+}
+
+/// An embedded durable workflow engine. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<EngineInner>,
+    timer: tokio::task::AbortHandle,
+}
+
+impl Engine {
+    /// A builder with defaults: sled in `./annal-data`, `PowerSafe`.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            path: None,
+            store: None,
+            durability: Durability::PowerSafe,
+            cache_capacity_bytes: None,
+            clock: None,
+            registry: Registry::default(),
+            config: EngineConfig::default(),
+        }
+    }
+
+    async fn recover(&self) -> Result<()> {
+        for status in [RunStatus::Running, RunStatus::Blocked] {
+            for run in self.inner.store.runs_with_status(status.code()).await? {
+                if let Err(e) = self.inner.wake(run).await {
+                    tracing::error!(%run, error = %e, "run could not be resumed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a run of the highest registered version of `workflow`.
+    pub async fn start<In: Serialize, Out: DeserializeOwned>(
+        &self,
+        workflow: &str,
+        input: &In,
+    ) -> Result<RunHandle<Out>> {
+        self.start_with(workflow, input, StartOptions::default()).await
+    }
+
+    /// Starts a run with options. Returns once the start is durable. With a dedupe key
+    /// already used, returns a handle to the existing run and starts nothing.
+    pub async fn start_with<In: Serialize, Out: DeserializeOwned>(
+        &self,
+        workflow: &str,
+        input: &In,
+        options: StartOptions,
+    ) -> Result<RunHandle<Out>> {
+        let inner = &self.inner;
+        let version = match options.version {
+            Some(v) if inner.registry.get(workflow, v).is_some() => v,
+            Some(v) => return Err(Error::UnknownWorkflow { name: workflow.into(), version: Some(v) }),
+            None => inner
+                .registry
+                .latest(workflow)
+                .ok_or_else(|| Error::UnknownWorkflow { name: workflow.into(), version: None })?,
+        };
+        if let Some(key) = &options.dedupe_key {
+            if let Some(existing) = inner.store.dedupe(key.as_bytes()).await? {
+                return Ok(self.handle(existing));
+            }
+        }
+        let input = Payload::encode(input).map_err(|e| Error::Payload(e.to_string()))?;
+        let run = RunId(*uuid::Uuid::new_v4().as_bytes());
+        let index: Vec<IndexOp> = options
+            .dedupe_key
+            .iter()
+            .map(|k| IndexOp::ClaimDedupe { key: k.as_bytes().to_vec() })
+            .collect();
+        let started = EventKind::RunStarted {
+            workflow: workflow.to_string(),
+            version,
+            input,
+            dedupe_key: options.dedupe_key.clone(),
+            owner: options.owner,
+            continued_from: None,
+        };
+        match inner.create_run(run, started, index).await {
+            Ok(()) => {}
+            Err(Error::Storage(annal_storage::Error::DedupeTaken { existing })) => {
+                return Ok(self.handle(existing))
+            }
+            Err(e) => return Err(e),
+        }
+        inner.wake(run).await?;
+        Ok(self.handle(run))
+    }
+
+    /// A typed handle to an existing run.
+    pub fn handle<Out: DeserializeOwned>(&self, run: RunId) -> RunHandle<Out> {
+        RunHandle { inner: Arc::clone(&self.inner), run, _out: PhantomData }
+    }
+
+    /// Status and metadata of a run.
+    pub async fn status(&self, run: RunId) -> Result<RunInfo> {
+        let meta = self.inner.meta(run).await?;
+        Ok(info(run, meta))
+    }
+
+    /// Every run the store holds.
+    pub async fn runs(&self) -> Result<Vec<RunInfo>> {
+        Ok(self.inner.store.runs().await?.into_iter().map(|(run, meta)| info(run, meta)).collect())
+    }
+
+    /// The recorded history of a run.
+    pub async fn history(&self, run: RunId) -> Result<Vec<Event>> {
+        read_history(self.inner.store.as_ref(), run).await
+    }
+
+    /// The drift that blocked a run, if this engine saw it.
+    pub fn drift(&self, run: RunId) -> Option<crate::DriftError> {
+        self.inner.drifts.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
+    }
+
+    /// Sends a signal to a run. Returns once it is durable; a parked run is woken for it.
+    pub async fn signal<T: Serialize>(&self, run: RunId, name: &str, payload: &T) -> Result<()> {
+        let payload = Payload::encode(payload).map_err(|e| Error::Payload(e.to_string()))?;
+        let kind = EventKind::SignalReceived { name: name.to_string(), payload };
+        self.append_external(run, kind, false).await
+    }
+
+    /// Asks a run to cancel. The workflow sees `Cancelled` at its next call (or in the wait it
+    /// is in) and may clean up before it returns. Returns once the request is durable.
+    pub async fn cancel(&self, run: RunId, actor: &str, reason: &str) -> Result<()> {
+        let kind = EventKind::CancelRequested { actor: actor.into(), reason: reason.into() };
+        self.append_external(run, kind, false).await
+    }
+
+    /// Stops a run at once, without running any more of its code.
+    pub async fn terminate(&self, run: RunId, actor: &str, reason: &str) -> Result<()> {
+        let kind = EventKind::RunTerminated { actor: actor.into(), reason: reason.into() };
+        self.append_external(run, kind, true).await
+    }
+
+    async fn append_external(&self, run: RunId, kind: EventKind, terminate: bool) -> Result<()> {
+        let inner = &self.inner;
+        let (slot, mut writer) = inner.lock_run(run).await?;
+        let status = writer
+            .meta
+            .as_ref()
+            .and_then(|m| RunStatus::from_code(m.status))
+            .ok_or(Error::UnknownRun(run))?;
+        if status.is_terminal() {
+            return Err(Error::RunEnded { run, status });
+        }
+        let mut req = AppendReq::events(vec![kind]);
+        if terminate {
+            let deletes = {
+                let state = slot.state();
+                driver::timer_deletes(&state.replay)
+            };
+            req = req.status(RunStatus::Terminated, "").index(deletes);
+        }
+        let position = inner.append_locked(&slot, &mut writer, req).await?;
+        if terminate {
+            slot.halt(Halt::Terminated);
+            if !slot.state().driver_running {
+                inner.evict(&slot, &mut writer);
+            }
+            drop(writer);
+            inner.store.wait_durable(position).await?;
+            inner.notify_settled();
+            return Ok(());
+        }
+        // Wake the run (it may be parked) before waiting: the group commit covers both.
+        let wake = match status {
+            RunStatus::Running | RunStatus::Parked => inner.ensure_driver(&slot, &mut writer).await,
+            _ => Ok(()),
+        };
+        drop(writer);
+        inner.store.wait_durable(position).await?;
+        wake
+    }
+
+    /// Stops every run driver and the timer service. Runs stay as their logs say and resume
+    /// when an engine opens the store again.
+    pub async fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        self.timer.abort();
+        let tasks: Vec<_> = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for (_, task) in &tasks {
+            task.abort();
+        }
+        // Let aborted tasks drop their references before the caller reopens the store.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The underlying store (for tools and tests).
+    pub fn store(&self) -> &Arc<dyn LogStore> {
+        &self.inner.store
+    }
+}
+
+fn info(run: RunId, meta: annal_storage::RunMeta) -> RunInfo {
+    RunInfo {
+        run,
+        status: RunStatus::from_code(meta.status).unwrap_or(RunStatus::Blocked),
+        workflow: meta.workflow,
+        version: meta.version,
+        note: meta.note,
+        created_ms: meta.created_ms,
+        updated_ms: meta.updated_ms,
+        events: meta.next_seq,
+    }
+}
+
+/// Reads and decodes a run's whole history.
+pub async fn read_history(store: &dyn LogStore, run: RunId) -> Result<Vec<Event>> {
+    annal_storage::read_all(store, run)
+        .await?
+        .into_iter()
+        .map(|r| crate::codec::decode_event(&r.payload).map_err(|reason| Error::Codec { run, seq: r.seq, reason }))
+        .collect()
+}
+
+/// A typed handle to a run: its id and its eventual result.
+pub struct RunHandle<Out> {
+    inner: Arc<EngineInner>,
+    run: RunId,
+    _out: PhantomData<fn() -> Out>,
+}
+
+impl<Out> Clone for RunHandle<Out> {
+    fn clone(&self) -> Self {
+        Self { inner: Arc::clone(&self.inner), run: self.run, _out: PhantomData }
+    }
+}
+
+impl<Out: DeserializeOwned> RunHandle<Out> {
+    /// The run's id.
+    pub fn run_id(&self) -> RunId {
+        self.run
+    }
+
+    /// Waits until the run ends (following `continue_as_new` to its successor) and returns
+    /// its output. A run that blocks or escalates returns that as an error at once; call
+    /// again after it was resolved.
+    pub async fn result(&self) -> Result<Out> {
+        let mut run = self.run;
+        let mut settled = self.inner.settled.subscribe();
+        loop {
+            settled.borrow_and_update();
+            let meta = self.inner.meta(run).await?;
+            let status = RunStatus::from_code(meta.status);
+            match status {
+                Some(RunStatus::Blocked) => {
+                    if let Some(drift) = self.inner.drifts.lock().unwrap_or_else(|e| e.into_inner()).get(&run) {
+                        return Err(Error::Drift(drift.clone()));
+                    }
+                    return Err(Error::Blocked { run, reason: meta.note });
+                }
+                Some(RunStatus::Escalated) => return Err(Error::Escalated { run, reason: meta.note }),
+                Some(s) if s.is_terminal() => {
+                    let history = read_history(self.inner.store.as_ref(), run).await?;
+                    match history.into_iter().rev().find(|e| e.kind.is_terminal()).map(|e| e.kind) {
+                        Some(EventKind::RunCompleted { output }) => {
+                            return output.decode().map_err(|e| Error::Payload(e.to_string()))
+                        }
+                        Some(EventKind::RunFailed { error }) => return Err(Error::WorkflowFailed { run, error }),
+                        Some(EventKind::RunCancelled { reason }) => return Err(Error::Cancelled { run, reason }),
+                        Some(EventKind::RunTerminated { actor, reason }) => {
+                            return Err(Error::Terminated { run, actor, reason })
+                        }
+                        Some(EventKind::ContinuedAsNew { next_run, .. }) => {
+                            run = RunId(next_run);
+                            continue;
+                        }
+                        _ => {
+                            return Err(Error::Inconsistent {
+                                run,
+                                seq: meta.next_seq,
+                                reason: "status is terminal but no terminal event is recorded".into(),
+                            })
+                        }
+                    }
+                }
+                _ => {}
+            }
+            if settled.changed().await.is_err() {
+                return Err(Error::Shutdown);
+            }
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! The timer service: wakes parked runs whose due time (timer, backoff, deadline) has come.
+//!
+//! Runs in memory wait on their own timers; this service only rehydrates runs that are not
+//! in memory. It sleeps until the next due entry, or until told that one was registered.
+
+use std::sync::Arc;
+
+use super::inner::EngineInner;
+
+const BATCH: usize = 1024;
+
+impl EngineInner {
+    pub(crate) async fn timer_service(self: Arc<Self>) {
+        loop {
+            let now_ms = self.clock.now_ms();
+            let next_ms = match self.wake_due(now_ms).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::error!(error = %e, "timer service could not read due times");
+                    None
+                }
+            };
+            let poll_ms = now_ms.saturating_add(self.config.timer_poll_ms);
+            let until_ms = next_ms.map_or(poll_ms, |n| n.min(poll_ms));
+            let changed = self.timers_changed.notified();
+            tokio::select! {
+                () = self.clock.sleep_until_ms(until_ms) => {}
+                () = changed => {}
+            }
+        }
+    }
+
+    /// Wakes every run with a due entry that is not in memory; returns the next future due
+    /// time.
+    async fn wake_due(self: &Arc<Self>, now_ms: u64) -> crate::Result<Option<u64>> {
+        let due = self.store.due_timers(now_ms, BATCH).await?;
+        for entry in &due {
+            if self.is_active(entry.run) {
+                continue;
+            }
+            if let Err(e) = self.wake(entry.run).await {
+                tracing::warn!(run = %entry.run, error = %e, "due run could not be woken");
+            }
+        }
+        let ahead = self.store.due_timers(u64::MAX, due.len() + 1).await?;
+        Ok(ahead.into_iter().map(|t| t.fire_at_ms).find(|&t| t > now_ms))
+    }
+}

@@ -1,0 +1,34 @@
+//! Shared helpers for the integration tests.
+
+use std::sync::Arc;
+
+use annal::{Engine, EngineBuilder, Event, EventKind};
+use annal_storage::SimStore;
+
+/// An engine builder on a shared in-memory store, with a fixed clock start.
+pub fn on(store: &Arc<SimStore>) -> EngineBuilder {
+    Engine::builder()
+        .store(Arc::clone(store) as Arc<dyn annal_storage::LogStore>)
+        .clock(Arc::new(annal::clock::TokioClock::starting_at(1_700_000_000_000)))
+}
+
+/// Event names of a history, for compact assertions.
+pub fn kinds(history: &[Event]) -> Vec<&'static str> {
+    history.iter().map(|e| e.kind.name()).collect()
+}
+
+/// Names of steps that completed, in log order.
+pub fn completed_steps(history: &[Event]) -> Vec<String> {
+    let mut names = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for e in history {
+        match &e.kind {
+            EventKind::StepScheduled { position, name, .. } => {
+                names.insert(*position, name.clone());
+            }
+            EventKind::StepCompleted { position, .. } => out.push(names[position].clone()),
+            _ => {}
+        }
+    }
+    out
+}
