@@ -84,6 +84,17 @@ impl Ctx {
         self.halt(Halt::Store(error.to_string())).await
     }
 
+    /// Records an escalation with its context and stops the run for an operator.
+    pub(crate) async fn escalate(&self, position: Option<u32>, reason: String, suggested_next: &str) -> ! {
+        let context = {
+            let state = self.slot.state();
+            crate::replay::escalation_context(&state.replay, position, suggested_next)
+        };
+        let event = EventKind::Escalated { position, reason: reason.clone(), context };
+        self.append(AppendReq::events(vec![event]).status(crate::RunStatus::Escalated, reason.clone()).durable()).await;
+        self.halt(Halt::Escalate(reason)).await
+    }
+
     pub(crate) fn block(&self, reason: String) {
         self.slot.halt(Halt::Blocked(reason));
     }
@@ -177,6 +188,7 @@ impl Ctx {
             retry: RetryPolicy::default(),
             input_hash: 0,
             on_exhaust: OnExhaust::Fail,
+            reconcile: None,
         }
     }
 
@@ -383,9 +395,49 @@ pub struct StepBuilder<'c> {
     retry: RetryPolicy,
     input_hash: u64,
     on_exhaust: OnExhaust,
+    reconcile: Option<ReconcileHook<'c>>,
+}
+
+type ReconcileHook<'c> = Box<dyn Fn(String) -> futures::future::BoxFuture<'c, Reconciled<Payload>> + Send + Sync + 'c>;
+
+/// What a reconcile hook found out about an irreversible effect whose outcome was lost in a
+/// crash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reconciled<T> {
+    /// The effect happened; this is its output.
+    Done(T),
+    /// The effect did not happen; it is safe to run the step again.
+    NotDone,
+    /// Nobody can tell: the run escalates to an operator.
+    Unknown,
 }
 
 impl<'c> StepBuilder<'c> {
+    /// For `Irreversible` steps: how to find out, after a crash, whether an attempt whose
+    /// outcome was not recorded took effect (look the idempotency key up at the target).
+    /// Without a hook, such a step escalates instead of running again.
+    pub fn reconcile<T, F, Fut>(mut self, hook: F) -> Self
+    where
+        T: Serialize,
+        F: Fn(String) -> Fut + Send + Sync + 'c,
+        Fut: Future<Output = Reconciled<T>> + Send + 'c,
+    {
+        self.reconcile = Some(Box::new(move |key| {
+            let found = hook(key);
+            Box::pin(async move {
+                match found.await {
+                    Reconciled::Done(value) => match Payload::encode(&value) {
+                        Ok(payload) => Reconciled::Done(payload),
+                        Err(_) => Reconciled::Unknown,
+                    },
+                    Reconciled::NotDone => Reconciled::NotDone,
+                    Reconciled::Unknown => Reconciled::Unknown,
+                }
+            })
+        }));
+        self
+    }
+
     /// The tool this step calls (for per-tool policies, breakers and reports).
     pub fn tool(mut self, tool: &str) -> Self {
         self.tool = Some(tool.to_string());
@@ -445,7 +497,48 @@ impl<'c> StepBuilder<'c> {
         };
         let idem_key = format!("{}/{}", ctx.slot.run, position);
         let (mut attempt, mut scheduled, scheduled_ms, mut retry_at_ms) = match record.map(|r| r.recorded) {
-            Some(Recorded::Step { outcome: Some(outcome), .. }) => return self.outcome(outcome),
+            Some(Recorded::Step { outcome: Some(StepOutcome::Exhausted { action: OnExhaust::Escalate, budget, .. }), .. }) => {
+                ctx.halt(Halt::Escalate(format!("step '{}' exhausted ({budget})", self.name))).await
+            }
+            Some(Recorded::Step { outcome: Some(outcome), failures, .. }) => {
+                return self.outcome(outcome, failures.last().map(|f| f.class.clone()))
+            }
+            Some(Recorded::Step { attempts, attempt_open: true, class: StepClass::Irreversible, .. }) => {
+                // The effect may have happened before the crash: never run it blindly again.
+                let found = match &self.reconcile {
+                    Some(hook) => hook(idem_key.clone()).await,
+                    None => Reconciled::Unknown,
+                };
+                match found {
+                    Reconciled::Done(output) => {
+                        let done = EventKind::StepCompleted { position, output: output.clone(), attempt: attempts, served_by: None, cost: 0 };
+                        ctx.append(AppendReq::events(vec![done])).await;
+                        return self.outcome(StepOutcome::Completed { output, attempt: attempts, served_by: None }, None);
+                    }
+                    Reconciled::NotDone => {
+                        let failed = EventKind::AttemptFailed {
+                            position,
+                            attempt: attempts,
+                            class: crate::policy::FailureClass::Transient,
+                            message: "outcome lost in a crash; reconciled: the effect did not happen".into(),
+                            retry_at_ms: None,
+                        };
+                        ctx.append(AppendReq::events(vec![failed]).durable()).await;
+                        let scheduled_ms = ctx.slot.state().replay.command(position).map_or(0, |r| match &r.recorded {
+                            Recorded::Step { scheduled_ms, .. } => *scheduled_ms,
+                            _ => 0,
+                        });
+                        (attempts, true, scheduled_ms, None)
+                    }
+                    Reconciled::Unknown => {
+                        let reason = format!(
+                            "irreversible step '{}' (key {idem_key}) may have taken effect before a crash; its outcome is unknown",
+                            self.name
+                        );
+                        ctx.escalate(Some(position), reason, "check the target for the idempotency key, then resolve the step as done (with its output) or not done").await
+                    }
+                }
+            }
             Some(Recorded::Step { attempts, failures, scheduled_ms, .. }) => {
                 (attempts, true, scheduled_ms, failures.last().and_then(|f| f.retry_at_ms))
             }
@@ -480,6 +573,16 @@ impl<'c> StepBuilder<'c> {
                 ctx.slot.state().active_steps += 1;
                 let _active = ActiveStep(&ctx.slot);
                 let attempt_info = Attempt { number: attempt, idempotency_key: idem_key.clone(), run: ctx.slot.run, step: self.name.clone() };
+                if let Some(observer) = &ctx.engine.observer {
+                    observer(&crate::runtime::ObservedAttempt {
+                        run: ctx.slot.run,
+                        position,
+                        step: self.name.clone(),
+                        class: self.class,
+                        attempt,
+                        idempotency_key: idem_key.clone(),
+                    });
+                }
                 let run = body(attempt_info).instrument(tracing::info_span!("attempt", attempt));
                 match self.retry.attempt_timeout_ms {
                     Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run).await.unwrap_or_else(|e| Err(e.into())),
@@ -499,6 +602,15 @@ impl<'c> StepBuilder<'c> {
                 }
                 Err(failure) => failure,
             };
+            let failure = match self.reconcile_ambiguous(&idem_key, failure).await {
+                Ok(output) => {
+                    events.push(EventKind::AttemptFailed { position, attempt, class: crate::policy::FailureClass::Ambiguous, message: "outcome unknown; reconciled: the effect happened".into(), retry_at_ms: None });
+                    events.push(EventKind::StepCompleted { position, output: output.clone(), attempt, served_by: None, cost: 0 });
+                    ctx.append(AppendReq::events(events).index(index.drain(..))).await;
+                    return self.outcome(StepOutcome::Completed { output, attempt, served_by: None }, None);
+                }
+                Err(failure) => failure,
+            };
             tracing::info!(attempt, class = failure.class.label(), message = %failure.message, "attempt failed");
             let now_ms = ctx.engine.clock.now_ms();
             let random = uuid::Uuid::new_v4().as_u64_pair().0;
@@ -515,10 +627,15 @@ impl<'c> StepBuilder<'c> {
                 }
                 RetryDecision::GiveUp(budget) => {
                     let message = failure.message.clone();
+                    let last_class = failure.class.clone();
                     events.push(EventKind::AttemptFailed { position, attempt, class: failure.class, message: failure.message, retry_at_ms: None });
                     events.push(EventKind::StepExhausted { position, action: self.on_exhaust.clone(), budget: budget.clone(), message: message.clone() });
                     ctx.append(AppendReq::events(events).index(index.drain(..)).durable()).await;
-                    return self.outcome(StepOutcome::Exhausted { action: self.on_exhaust.clone(), budget, message });
+                    if self.on_exhaust == OnExhaust::Escalate {
+                        let reason = format!("step '{}' gave up ({budget}): {message}", self.name);
+                        ctx.escalate(Some(position), reason, "fix the cause, then retry the step, or skip it with a value").await
+                    }
+                    return self.outcome(StepOutcome::Exhausted { action: self.on_exhaust.clone(), budget, message }, Some(last_class));
                 }
             }
         }
@@ -535,7 +652,23 @@ impl<'c> StepBuilder<'c> {
         }
     }
 
-    fn outcome<T: DeserializeOwned>(&self, outcome: StepOutcome) -> Result<T, StepError> {
+    /// An irreversible attempt that may have taken effect asks the reconcile hook, if any:
+    /// `Ok(output)` when it did, a definite (retryable) failure when it did not, and the
+    /// original failure when nobody can tell.
+    async fn reconcile_ambiguous(&self, idem_key: &str, failure: StepFailure) -> Result<Payload, StepFailure> {
+        use crate::policy::FailureClass;
+        let ambiguous = matches!(failure.class, FailureClass::Ambiguous | FailureClass::Timeout);
+        let Some(hook) = self.reconcile.as_ref().filter(|_| ambiguous && self.class == StepClass::Irreversible) else {
+            return Err(failure);
+        };
+        match hook(idem_key.to_string()).await {
+            Reconciled::Done(output) => Ok(output),
+            Reconciled::NotDone => Err(StepFailure::transient(format!("{}; reconciled: the effect did not happen", failure.message))),
+            Reconciled::Unknown => Err(failure),
+        }
+    }
+
+    fn outcome<T: DeserializeOwned>(&self, outcome: StepOutcome, class: Option<crate::policy::FailureClass>) -> Result<T, StepError> {
         let decode = |payload: &Payload| {
             payload.decode().map_err(|e| StepError::Output { step: self.name.clone(), reason: e.to_string() })
         };
@@ -545,16 +678,12 @@ impl<'c> StepBuilder<'c> {
                 OnExhaust::Degrade(value) => decode(&value),
                 OnExhaust::Skip => decode(&Payload(b"null".to_vec())),
                 OnExhaust::Fail | OnExhaust::Escalate => {
-                    let class = self.last_failure_class();
                     Err(StepError::Exhausted { step: self.name.clone(), budget, class, message })
                 }
             },
         }
     }
 
-    fn last_failure_class(&self) -> Option<crate::policy::FailureClass> {
-        None
-    }
 }
 
 /// FNV-1a: a stable, dependency-free hash for drift detection of step inputs (not security).

@@ -236,6 +236,32 @@ pub enum EventKind {
         /// The new run's input.
         input: Payload,
     },
+    /// The run stopped for an operator, with what the operator needs to act.
+    Escalated {
+        /// Command position of the step that escalated, if a step did.
+        position: Option<u32>,
+        /// Why.
+        reason: String,
+        /// Context for the operator.
+        context: EscalationContext,
+    },
+}
+
+/// What an operator needs to act on an escalated run.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct EscalationContext {
+    /// Name of the last step that completed.
+    pub last_successful_step: Option<String>,
+    /// Name of the step that could not go on.
+    pub failing_step: Option<String>,
+    /// Idempotency key of that step.
+    pub idempotency_key: Option<String>,
+    /// Its failed attempts: (attempt, class, message).
+    pub errors: Vec<(u32, String, String)>,
+    /// Attempts made per tool in this run.
+    pub attempts_per_tool: Vec<(String, u32)>,
+    /// What the engine suggests doing next.
+    pub suggested_next: String,
 }
 
 impl EventKind {
@@ -287,6 +313,7 @@ impl EventKind {
             EventKind::RunCancelled { .. } => "RunCancelled",
             EventKind::RunTerminated { .. } => "RunTerminated",
             EventKind::ContinuedAsNew { .. } => "ContinuedAsNew",
+            EventKind::Escalated { .. } => "Escalated",
         }
     }
 }

@@ -16,9 +16,11 @@ mod runtime;
 mod status;
 
 pub use annal_storage::{Durability, RunId};
-pub use context::{Attempt, Ctx, StepBuilder};
+pub use context::{Attempt, Ctx, Reconciled, StepBuilder};
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
 pub use event::{Event, EventKind, Payload};
 pub use policy::{Backoff, FailureClass, OnExhaust, RetryPolicy, StepClass, StepFailure};
-pub use runtime::{read_history, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
+pub use runtime::{read_history, AttemptObserver, ObservedAttempt, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
 pub use status::RunStatus;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -367,6 +367,7 @@ impl ReplayState {
                 }
             }
             kind if kind.is_terminal() => self.terminal = Some(kind.clone()),
+            EventKind::Escalated { .. } => {}
             _ => {}
         }
         Ok(())
@@ -503,5 +504,45 @@ impl ReplayState {
     /// All recorded commands by position.
     pub fn commands(&self) -> impl Iterator<Item = (u32, &CommandRecord)> {
         self.commands.iter().map(|(p, r)| (*p, r))
+    }
+}
+
+/// What an operator needs to act on a run that stopped at `position` (pure: read from the
+/// fold).
+pub fn escalation_context(
+    replay: &ReplayState,
+    position: Option<u32>,
+    suggested_next: &str,
+) -> crate::event::EscalationContext {
+    let mut last_done: Option<(u64, String)> = None;
+    let mut per_tool: BTreeMap<String, u32> = BTreeMap::new();
+    for (_, record) in replay.commands() {
+        if let Recorded::Step { name, tool, attempts, outcome, .. } = &record.recorded {
+            if let Some(tool) = tool {
+                *per_tool.entry(tool.clone()).or_default() += attempts;
+            }
+            if matches!(outcome, Some(StepOutcome::Completed { .. }))
+                && last_done.as_ref().is_none_or(|(seq, _)| record.seq > *seq)
+            {
+                last_done = Some((record.seq, name.clone()));
+            }
+        }
+    }
+    let failing = position.and_then(|p| replay.command(p));
+    let (failing_step, idempotency_key, errors) = match failing.map(|r| &r.recorded) {
+        Some(Recorded::Step { name, idem_key, failures, .. }) => (
+            Some(name.clone()),
+            Some(idem_key.clone()),
+            failures.iter().map(|f| (f.attempt, f.class.label().to_string(), f.message.clone())).collect(),
+        ),
+        _ => (None, None, Vec::new()),
+    };
+    crate::event::EscalationContext {
+        last_successful_step: last_done.map(|(_, name)| name),
+        failing_step,
+        idempotency_key,
+        errors,
+        attempts_per_tool: per_tool.into_iter().collect(),
+        suggested_next: suggested_next.to_string(),
     }
 }

@@ -17,7 +17,7 @@ mod sled_store;
 mod store;
 
 pub use error::{CorruptReason, Error, Result};
-pub use sim_store::SimStore;
+pub use sim_store::{SimStore, Tear};
 pub use sled_store::{SledConfig, SledStore};
 pub use store::{
     check_record, decode_meta, encode_meta, plan_append, read_all, AppendBatch, Durability,

@@ -93,6 +93,12 @@ impl SimStore {
         }
     }
 
+    /// Whether the store is frozen by [`SimStore::crash_after_syncs`] and waits for
+    /// [`SimStore::crash`].
+    pub fn is_frozen(&self) -> bool {
+        self.lock().crashed
+    }
+
     /// Durable commits made since the store was created.
     pub fn syncs(&self) -> u64 {
         self.lock().syncs

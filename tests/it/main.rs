@@ -1,4 +1,5 @@
 //! annal integration tests: one binary, one module per area.
 
 mod core;
+mod crash;
 mod support;

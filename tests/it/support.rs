@@ -32,3 +32,10 @@ pub fn completed_steps(history: &[Event]) -> Vec<String> {
     }
     out
 }
+
+/// Logs engine tracing to stderr when `RUST_LOG` is set (debugging aid).
+pub fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    }
+}

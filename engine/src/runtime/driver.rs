@@ -31,10 +31,34 @@ impl EngineInner {
         })
     }
 
+    /// A run whose log cannot be read is moved to `Blocked` with the reason, its log left
+    /// exactly as it is for an operator (or `annal verify`) to look at.
+    pub(crate) async fn block_unreadable(&self, run: RunId, error: &crate::Error) {
+        tracing::error!(%run, %error, "run log is unreadable; run blocked");
+        let Ok(Some(mut meta)) = self.store.meta(run).await else { return };
+        meta.status = RunStatus::Blocked.code();
+        meta.note = format!("unreadable log: {error}");
+        meta.updated_ms = self.clock.now_ms();
+        let batch = annal_storage::AppendBatch {
+            run,
+            expected_next_seq: meta.next_seq,
+            events: Vec::new(),
+            meta: Some(meta),
+            index: Vec::new(),
+        };
+        if let Err(e) = self.store.append_durable(batch).await {
+            tracing::error!(%run, error = %e, "could not record the blocked status");
+        }
+        self.notify_settled();
+    }
+
     /// Starts the driver of a loaded slot unless it runs already or the run cannot run.
     pub(crate) async fn ensure_driver(self: &Arc<Self>, slot: &Arc<RunSlot>, writer: &mut Writer) -> Result<()> {
         if self.shut_down.load(std::sync::atomic::Ordering::Acquire) {
             return Err(crate::Error::Shutdown);
+        }
+        if let Some(cause) = self.store_failed() {
+            return Err(crate::Error::Storage(annal_storage::Error::Poisoned { cause }));
         }
         let status = writer.meta.as_ref().and_then(|m| RunStatus::from_code(m.status));
         if slot.state().driver_running {
@@ -167,7 +191,8 @@ impl EngineInner {
             }
             Settle::Halted(Halt::Terminated) => return Ok(false),
             Settle::Halted(Halt::Store(reason)) => {
-                tracing::error!(%run, %reason, "run stopped by a storage failure");
+                tracing::error!(%run, %reason, "run stopped by a storage failure; no run is woken until the store is reopened");
+                *self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
                 return Ok(false);
             }
         };
@@ -273,4 +298,13 @@ pub(crate) fn timer_deletes(replay: &ReplayState) -> Vec<IndexOp> {
         }
     }
     out
+}
+
+pub(crate) fn is_unreadable(e: &crate::Error) -> bool {
+    matches!(
+        e,
+        crate::Error::Codec { .. }
+            | crate::Error::Inconsistent { .. }
+            | crate::Error::Storage(annal_storage::Error::Corrupt { .. } | annal_storage::Error::CorruptIndex { .. })
+    )
 }

@@ -58,6 +58,10 @@ pub(crate) struct EngineInner {
     pub(crate) drifts: Mutex<HashMap<RunId, DriftError>>,
     pub(crate) tasks: Mutex<HashMap<RunId, tokio::task::AbortHandle>>,
     pub(crate) shut_down: std::sync::atomic::AtomicBool,
+    pub(crate) observer: Option<super::AttemptObserver>,
+    /// Set when the store failed under a run: no run is woken again until the store is
+    /// reopened, since every write would fail the same way.
+    pub(crate) store_failure: Mutex<Option<String>>,
 }
 
 impl EngineInner {
@@ -87,6 +91,9 @@ impl EngineInner {
                 if let Err(e) = self.load(&slot, &mut guard).await {
                     guard.evicted = true;
                     self.remove_slot(&slot);
+                    if super::driver::is_unreadable(&e) {
+                        self.block_unreadable(run, &e).await;
+                    }
                     return Err(e);
                 }
             }
@@ -223,6 +230,10 @@ impl EngineInner {
         self.remove_slot(slot);
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot.run);
         slot.changed.notify_waiters();
+    }
+
+    pub(crate) fn store_failed(&self) -> Option<String> {
+        self.store_failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub(crate) fn notify_settled(&self) {

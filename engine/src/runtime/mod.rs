@@ -60,9 +60,37 @@ pub struct EngineBuilder {
     clock: Option<Arc<dyn Clock>>,
     registry: Registry,
     config: EngineConfig,
+    observer: Option<AttemptObserver>,
+}
+
+/// Called right before every live attempt of a step body, with what is about to run. Meant
+/// for harnesses that check that nothing ran twice; keep it cheap.
+pub type AttemptObserver = Arc<dyn Fn(&ObservedAttempt) + Send + Sync>;
+
+/// What an [`AttemptObserver`] sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObservedAttempt {
+    /// The run.
+    pub run: RunId,
+    /// Command position of the step.
+    pub position: u32,
+    /// Step name.
+    pub step: String,
+    /// Step class.
+    pub class: crate::StepClass,
+    /// Attempt number.
+    pub attempt: u32,
+    /// The step's idempotency key.
+    pub idempotency_key: String,
 }
 
 impl EngineBuilder {
+    /// Observe every live attempt (see [`AttemptObserver`]).
+    pub fn observe_attempts(mut self, observer: AttemptObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
     /// Keep the log in an embedded sled database in this directory (the default is
     /// `./annal-data`).
     pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
@@ -149,6 +177,8 @@ impl EngineBuilder {
             drifts: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             shut_down: false.into(),
+            observer: self.observer,
+            store_failure: Mutex::new(None),
         });
         let timer = tokio::spawn(Arc::clone(&inner).timer_service());
         let engine = Engine { inner, timer: timer.abort_handle() };
@@ -208,6 +238,7 @@ impl Engine {
             clock: None,
             registry: Registry::default(),
             config: EngineConfig::default(),
+            observer: None,
         }
     }
 
