@@ -100,8 +100,16 @@ impl Ctx {
     }
 
     async fn append(&self, req: AppendReq) {
+        self.stop_if_replay_only().await;
         if let Err(e) = self.engine.append(&self.slot, req).await {
             self.store_failed(e).await
+        }
+    }
+
+    /// In replay-only mode nothing runs live: the first live action ends the replay.
+    async fn stop_if_replay_only(&self) {
+        if self.engine.config.replay_only {
+            self.halt(Halt::ReplayEnd).await
         }
     }
 
@@ -139,6 +147,12 @@ impl Ctx {
     async fn wait<T>(&self, due_ms: Option<u64>, mut ready: impl FnMut(&crate::runtime::slot::RunState) -> Option<T>) -> Waited<T> {
         let clock = &self.engine.clock;
         let park_after_ms = self.engine.config.park_after_ms;
+        if self.engine.config.replay_only {
+            if let Some(value) = ready(&self.slot.state()) {
+                return Waited::Ready(value);
+            }
+            self.stop_if_replay_only().await;
+        }
         let mut park_at_ms = clock.now_ms().saturating_add(park_after_ms);
         loop {
             let changed = self.slot.changed.notified();
@@ -569,6 +583,7 @@ impl<'c> StepBuilder<'c> {
                     ctx.store_failed(e).await
                 }
             }
+            ctx.stop_if_replay_only().await;
             let result = {
                 ctx.slot.state().active_steps += 1;
                 let _active = ActiveStep(&ctx.slot);

@@ -359,6 +359,10 @@ impl ReplayState {
                     }
                     _ => return bad(format!("timer event for position {position} without a running timer")),
                 }
+                // A timer is only cancelled to deliver a cancellation to the waiting code.
+                if matches!(event.kind, EventKind::TimerCancelled { .. }) && self.cancel_requested.is_some() {
+                    self.cancel_delivered = true;
+                }
             }
             EventKind::SignalReceived { name, .. } => self.signals.push((seq, name.clone())),
             EventKind::CancelRequested { reason, .. } => {

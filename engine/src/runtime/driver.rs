@@ -154,6 +154,18 @@ impl EngineInner {
         let end = |kind: EventKind, status: RunStatus| {
             AppendReq::events(vec![kind]).status(status, "").index(timer_deletes.clone()).durable()
         };
+        if self.config.replay_only && !matches!(outcome, Settle::Halted(Halt::Blocked(_))) {
+            let drift = match (outcome, unvisited) {
+                (Settle::Halted(Halt::Drift(m)), _) | (Settle::Finished(_), Some(m)) => Some(m),
+                _ => None,
+            };
+            let result = match drift {
+                Some(m) => Err(drift_error(run, m)),
+                None => Ok(()),
+            };
+            self.replayed.lock().unwrap_or_else(|e| e.into_inner()).insert(run, result);
+            return Ok(false);
+        }
         let req = match outcome {
             Settle::Finished(result) => {
                 if let Some(mismatch) = unvisited {
@@ -189,7 +201,7 @@ impl EngineInner {
                 }
                 AppendReq::default().status(RunStatus::Parked, "").durable()
             }
-            Settle::Halted(Halt::Terminated) => return Ok(false),
+            Settle::Halted(Halt::Terminated | Halt::ReplayEnd) => return Ok(false),
             Settle::Halted(Halt::Store(reason)) => {
                 tracing::error!(%run, %reason, "run stopped by a storage failure; no run is woken until the store is reopened");
                 *self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
@@ -210,14 +222,7 @@ impl EngineInner {
         writer: &mut Writer,
         mismatch: crate::replay::Mismatch,
     ) -> Result<()> {
-        let drift = DriftError {
-            run: slot.run,
-            position: mismatch.position,
-            seq: mismatch.seq,
-            expected: mismatch.expected,
-            got: mismatch.got,
-            fields: mismatch.fields,
-        };
+        let drift = drift_error(slot.run, mismatch);
         tracing::warn!(run = %slot.run, error = %drift, "run blocked by drift");
         let note = drift.to_string();
         self.drifts.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.run, drift);
@@ -307,4 +312,15 @@ pub(crate) fn is_unreadable(e: &crate::Error) -> bool {
             | crate::Error::Inconsistent { .. }
             | crate::Error::Storage(annal_storage::Error::Corrupt { .. } | annal_storage::Error::CorruptIndex { .. })
     )
+}
+
+fn drift_error(run: RunId, mismatch: crate::replay::Mismatch) -> DriftError {
+    DriftError {
+        run,
+        position: mismatch.position,
+        seq: mismatch.seq,
+        expected: mismatch.expected,
+        got: mismatch.got,
+        fields: mismatch.fields,
+    }
 }

@@ -62,6 +62,8 @@ pub(crate) struct EngineInner {
     /// Set when the store failed under a run: no run is woken again until the store is
     /// reopened, since every write would fail the same way.
     pub(crate) store_failure: Mutex<Option<String>>,
+    /// Results of replay-only runs.
+    pub(crate) replayed: Mutex<HashMap<RunId, std::result::Result<(), DriftError>>>,
 }
 
 impl EngineInner {

@@ -43,15 +43,19 @@ pub struct EngineConfig {
     pub history_warn_events: u64,
     /// Longest the timer service sleeps without looking at the due-time index.
     pub timer_poll_ms: u64,
+    /// Replay histories without executing anything live or writing (see
+    /// `testing::Replayer`): a run stops where its history ends.
+    pub replay_only: bool,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { park_after_ms: 30_000, history_warn_events: 10_000, timer_poll_ms: 60_000 }
+        Self { park_after_ms: 30_000, history_warn_events: 10_000, timer_poll_ms: 60_000, replay_only: false }
     }
 }
 
 /// Builds an [`Engine`]: where its log lives, how durable it is, which workflows it runs.
+#[derive(Clone)]
 pub struct EngineBuilder {
     path: Option<PathBuf>,
     store: Option<Arc<dyn LogStore>>,
@@ -179,6 +183,7 @@ impl EngineBuilder {
             shut_down: false.into(),
             observer: self.observer,
             store_failure: Mutex::new(None),
+            replayed: Mutex::new(HashMap::new()),
         });
         let timer = tokio::spawn(Arc::clone(&inner).timer_service());
         let engine = Engine { inner, timer: timer.abort_handle() };
@@ -410,6 +415,17 @@ impl Engine {
             tokio::task::yield_now().await;
         }
         self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Replay-only result of a run, once its replay ended (see `testing::Replayer`).
+    pub(crate) fn replayed(&self, run: RunId) -> Option<std::result::Result<(), crate::DriftError>> {
+        self.inner.replayed.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
+    }
+
+    /// Waits until something settles (a run ends, blocks, parks or escalates).
+    pub(crate) async fn settled(&self) {
+        let mut rx = self.inner.settled.subscribe();
+        let _ = rx.changed().await;
     }
 
     /// The underlying store (for tools and tests).

@@ -29,6 +29,8 @@ pub(crate) enum Halt {
     Escalate(String),
     /// The store failed; the run stays as the log says and resumes on the next open.
     Store(String),
+    /// Replay-only mode reached the end of the history.
+    ReplayEnd,
 }
 
 /// The writer half: only touched with the async lock held.
