@@ -29,6 +29,8 @@
 //! # }
 //! ```
 
+pub mod program;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,0 +1,1 @@
+//! Generated workflow programs for property tests (being written).
