@@ -12,44 +12,29 @@ use std::time::Duration;
 use annal_storage::{IndexOp, RunId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tracing::Instrument;
 
 use crate::error::{Cancelled, StepError, WorkflowError};
 use crate::event::{EventKind, Payload, ValueKind};
-use crate::policy::{decide_retry, FailedAttempt, OnExhaust, RetryDecision, RetryPolicy, StepClass, StepFailure};
-use crate::replay::{Command, CommandRecord, Match, Recorded, StepOutcome};
+use crate::replay::{Command, CommandRecord, Match, Recorded};
+use crate::step::StepBuilder;
 use crate::runtime::inner::{AppendReq, EngineInner};
 use crate::runtime::slot::{Halt, RunSlot};
 
 /// The workflow's handle on the engine. Cheap to clone; clones share the run.
 #[derive(Clone)]
 pub struct Ctx {
-    engine: Arc<EngineInner>,
-    slot: Arc<RunSlot>,
+    pub(crate) engine: Arc<EngineInner>,
+    pub(crate) slot: Arc<RunSlot>,
 }
 
-/// What the current attempt of a step knows about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Attempt {
-    /// Attempt number, from 1.
-    pub number: u32,
-    /// Idempotency key of the step: the same for every attempt, across crashes and resumes.
-    /// Pass it to the target so it can deduplicate.
-    pub idempotency_key: String,
-    /// The run.
-    pub run: RunId,
-    /// The step's name.
-    pub step: String,
-}
-
-enum Begin {
+pub(crate) enum Begin {
     Live,
     Recorded(CommandRecord),
     Cancelled(String),
 }
 
 /// Decrements the count of running step bodies even if the body's future is dropped.
-struct ActiveStep<'a>(&'a RunSlot);
+pub(crate) struct ActiveStep<'a>(pub(crate) &'a RunSlot);
 
 impl Drop for ActiveStep<'_> {
     fn drop(&mut self) {
@@ -67,7 +52,7 @@ impl Ctx {
         self.slot.run
     }
 
-    fn take_position(&self) -> u32 {
+    pub(crate) fn take_position(&self) -> u32 {
         let mut state = self.slot.state();
         let position = state.next_position;
         state.next_position += 1;
@@ -75,12 +60,12 @@ impl Ctx {
     }
 
     /// Stops the run's code for good (until resolved from outside). Never returns.
-    async fn halt(&self, halt: Halt) -> ! {
+    pub(crate) async fn halt(&self, halt: Halt) -> ! {
         self.slot.halt(halt);
         std::future::pending().await
     }
 
-    async fn store_failed(&self, error: crate::Error) -> ! {
+    pub(crate) async fn store_failed(&self, error: crate::Error) -> ! {
         self.halt(Halt::Store(error.to_string())).await
     }
 
@@ -99,7 +84,7 @@ impl Ctx {
         self.slot.halt(Halt::Blocked(reason));
     }
 
-    async fn append(&self, req: AppendReq) {
+    pub(crate) async fn append(&self, req: AppendReq) {
         self.stop_if_replay_only().await;
         if let Err(e) = self.engine.append(&self.slot, req).await {
             self.store_failed(e).await
@@ -107,14 +92,14 @@ impl Ctx {
     }
 
     /// In replay-only mode nothing runs live: the first live action ends the replay.
-    async fn stop_if_replay_only(&self) {
+    pub(crate) async fn stop_if_replay_only(&self) {
         if self.engine.config.replay_only {
             self.halt(Halt::ReplayEnd).await
         }
     }
 
     /// Matches the call at `position` against history.
-    async fn begin(&self, position: u32, command: Command<'_>) -> Begin {
+    pub(crate) async fn begin(&self, position: u32, command: Command<'_>) -> Begin {
         let (matched, pending_cancel) = {
             let mut state = self.slot.state();
             state.visited.insert(position);
@@ -144,7 +129,7 @@ impl Ctx {
 
     /// Waits until `ready` holds, `due_ms` passes or a cancellation arrives; parks the run if
     /// the wait outlasts the engine's `park_after_ms` while no step body runs.
-    async fn wait<T>(&self, due_ms: Option<u64>, mut ready: impl FnMut(&crate::runtime::slot::RunState) -> Option<T>) -> Waited<T> {
+    pub(crate) async fn wait<T>(&self, due_ms: Option<u64>, mut ready: impl FnMut(&crate::runtime::slot::RunState) -> Option<T>) -> Waited<T> {
         let clock = &self.engine.clock;
         let park_after_ms = self.engine.config.park_after_ms;
         if self.engine.config.replay_only {
@@ -194,16 +179,7 @@ impl Ctx {
 
     /// Starts describing a step named `name`. Finish with [`StepBuilder::run`].
     pub fn step(&self, name: &str) -> StepBuilder<'_> {
-        StepBuilder {
-            ctx: self,
-            name: name.to_string(),
-            tool: None,
-            class: StepClass::default(),
-            retry: RetryPolicy::default(),
-            input_hash: 0,
-            on_exhaust: OnExhaust::Fail,
-            reconcile: None,
-        }
+        StepBuilder::new(self, name)
     }
 
     /// A durable sleep: survives restarts, resumes with only the remaining time.
@@ -392,316 +368,8 @@ impl Ctx {
     }
 }
 
-enum Waited<T> {
+pub(crate) enum Waited<T> {
     Ready(T),
     Due,
     Cancelled(String),
-}
-
-/// A step being described. Defaults: class `Write`, [`RetryPolicy::default`], no tool,
-/// `OnExhaust::Fail`.
-#[must_use = "a step does nothing until .run(...) is awaited"]
-pub struct StepBuilder<'c> {
-    ctx: &'c Ctx,
-    name: String,
-    tool: Option<String>,
-    class: StepClass,
-    retry: RetryPolicy,
-    input_hash: u64,
-    on_exhaust: OnExhaust,
-    reconcile: Option<ReconcileHook<'c>>,
-}
-
-type ReconcileHook<'c> = Box<dyn Fn(String) -> futures::future::BoxFuture<'c, Reconciled<Payload>> + Send + Sync + 'c>;
-
-/// What a reconcile hook found out about an irreversible effect whose outcome was lost in a
-/// crash.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reconciled<T> {
-    /// The effect happened; this is its output.
-    Done(T),
-    /// The effect did not happen; it is safe to run the step again.
-    NotDone,
-    /// Nobody can tell: the run escalates to an operator.
-    Unknown,
-}
-
-impl<'c> StepBuilder<'c> {
-    /// For `Irreversible` steps: how to find out, after a crash, whether an attempt whose
-    /// outcome was not recorded took effect (look the idempotency key up at the target).
-    /// Without a hook, such a step escalates instead of running again.
-    pub fn reconcile<T, F, Fut>(mut self, hook: F) -> Self
-    where
-        T: Serialize,
-        F: Fn(String) -> Fut + Send + Sync + 'c,
-        Fut: Future<Output = Reconciled<T>> + Send + 'c,
-    {
-        self.reconcile = Some(Box::new(move |key| {
-            let found = hook(key);
-            Box::pin(async move {
-                match found.await {
-                    Reconciled::Done(value) => match Payload::encode(&value) {
-                        Ok(payload) => Reconciled::Done(payload),
-                        Err(_) => Reconciled::Unknown,
-                    },
-                    Reconciled::NotDone => Reconciled::NotDone,
-                    Reconciled::Unknown => Reconciled::Unknown,
-                }
-            })
-        }));
-        self
-    }
-
-    /// The tool this step calls (for per-tool policies, breakers and reports).
-    pub fn tool(mut self, tool: &str) -> Self {
-        self.tool = Some(tool.to_string());
-        self
-    }
-
-    /// The step's retry class.
-    pub fn class(mut self, class: StepClass) -> Self {
-        self.class = class;
-        self
-    }
-
-    /// The step's retry policy.
-    pub fn retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
-        self
-    }
-
-    /// What happens when the step gives up.
-    pub fn on_exhaust(mut self, on_exhaust: OnExhaust) -> Self {
-        self.on_exhaust = on_exhaust;
-        self
-    }
-
-    /// Declares the step's input: its hash is recorded, and replay reports drift when the
-    /// code later passes a different input at this point.
-    pub fn input<T: Serialize + ?Sized>(mut self, input: &T) -> Self {
-        self.input_hash = serde_json::to_vec(input).map_or(0, |bytes| fnv1a(&bytes));
-        self
-    }
-
-    /// Runs the step: returns its recorded output on replay, or executes `body` (with retries
-    /// as the policy says) and records the output.
-    pub fn run<T, F, Fut>(self, body: F) -> impl Future<Output = Result<T, StepError>> + Send + 'c
-    where
-        T: Serialize + DeserializeOwned + Send + 'c,
-        F: Fn(Attempt) -> Fut + Send + 'c,
-        Fut: Future<Output = Result<T, StepFailure>> + Send + 'c,
-    {
-        let position = self.ctx.take_position();
-        let span = tracing::info_span!("step", step = %self.name, position, tool = self.tool.as_deref().unwrap_or(""), class = ?self.class);
-        self.execute(position, body).instrument(span)
-    }
-
-    async fn execute<T, F, Fut>(self, position: u32, body: F) -> Result<T, StepError>
-    where
-        T: Serialize + DeserializeOwned,
-        F: Fn(Attempt) -> Fut,
-        Fut: Future<Output = Result<T, StepFailure>>,
-    {
-        let ctx = self.ctx;
-        let command = Command::Step { name: &self.name, tool: self.tool.as_deref(), class: self.class, input_hash: self.input_hash };
-        let record = match ctx.begin(position, command).await {
-            Begin::Cancelled(reason) => return Err(StepError::Cancelled { reason }),
-            Begin::Live => None,
-            Begin::Recorded(record) => Some(record),
-        };
-        let idem_key = format!("{}/{}", ctx.slot.run, position);
-        let (mut attempt, mut scheduled, scheduled_ms, mut retry_at_ms) = match record.map(|r| r.recorded) {
-            Some(Recorded::Step { outcome: Some(StepOutcome::Exhausted { action: OnExhaust::Escalate, budget, .. }), .. }) => {
-                ctx.halt(Halt::Escalate(format!("step '{}' exhausted ({budget})", self.name))).await
-            }
-            Some(Recorded::Step { outcome: Some(outcome), failures, .. }) => {
-                return self.outcome(outcome, failures.last().map(|f| f.class.clone()))
-            }
-            Some(Recorded::Step { attempts, attempt_open: true, class: StepClass::Irreversible, .. }) => {
-                // The effect may have happened before the crash: never run it blindly again.
-                let found = match &self.reconcile {
-                    Some(hook) => hook(idem_key.clone()).await,
-                    None => Reconciled::Unknown,
-                };
-                match found {
-                    Reconciled::Done(output) => {
-                        let done = EventKind::StepCompleted { position, output: output.clone(), attempt: attempts, served_by: None, cost: 0 };
-                        ctx.append(AppendReq::events(vec![done])).await;
-                        return self.outcome(StepOutcome::Completed { output, attempt: attempts, served_by: None }, None);
-                    }
-                    Reconciled::NotDone => {
-                        let failed = EventKind::AttemptFailed {
-                            position,
-                            attempt: attempts,
-                            class: crate::policy::FailureClass::Transient,
-                            message: "outcome lost in a crash; reconciled: the effect did not happen".into(),
-                            retry_at_ms: None,
-                        };
-                        ctx.append(AppendReq::events(vec![failed]).durable()).await;
-                        let scheduled_ms = ctx.slot.state().replay.command(position).map_or(0, |r| match &r.recorded {
-                            Recorded::Step { scheduled_ms, .. } => *scheduled_ms,
-                            _ => 0,
-                        });
-                        (attempts, true, scheduled_ms, None)
-                    }
-                    Reconciled::Unknown => {
-                        let reason = format!(
-                            "irreversible step '{}' (key {idem_key}) may have taken effect before a crash; its outcome is unknown",
-                            self.name
-                        );
-                        ctx.escalate(Some(position), reason, "check the target for the idempotency key, then resolve the step as done (with its output) or not done").await
-                    }
-                }
-            }
-            Some(Recorded::Step { attempts, failures, scheduled_ms, .. }) => {
-                (attempts, true, scheduled_ms, failures.last().and_then(|f| f.retry_at_ms))
-            }
-            Some(_) => unreachable!("the matcher only returns a step for a step"),
-            None => (0, false, ctx.engine.clock.now_ms(), None),
-        };
-        let mut index: Vec<IndexOp> = Vec::new();
-        loop {
-            if let Some(due) = retry_at_ms.take() {
-                // Backoff is a durable wait: after a crash only the remaining delay is waited.
-                let _ = ctx.wait(Some(due), |_| None::<()>).await;
-                index.push(IndexOp::DeleteTimer { fire_at_ms: due, id: position });
-            }
-            attempt += 1;
-            let mut before = Vec::new();
-            if self.class == StepClass::Irreversible {
-                if !scheduled {
-                    before.push(self.scheduled_event(position, &idem_key));
-                    scheduled = true;
-                }
-                before.push(EventKind::AttemptStarted { position, attempt });
-            }
-            if !before.is_empty() {
-                ctx.append(AppendReq::events(before).index(index.drain(..)).durable()).await;
-            } else if self.class != StepClass::Read {
-                // Whatever the workflow observed before this effect must survive a crash.
-                if let Err(e) = ctx.engine.barrier(&ctx.slot).await {
-                    ctx.store_failed(e).await
-                }
-            }
-            ctx.stop_if_replay_only().await;
-            let result = {
-                ctx.slot.state().active_steps += 1;
-                let _active = ActiveStep(&ctx.slot);
-                let attempt_info = Attempt { number: attempt, idempotency_key: idem_key.clone(), run: ctx.slot.run, step: self.name.clone() };
-                if let Some(observer) = &ctx.engine.observer {
-                    observer(&crate::runtime::ObservedAttempt {
-                        run: ctx.slot.run,
-                        position,
-                        step: self.name.clone(),
-                        class: self.class,
-                        attempt,
-                        idempotency_key: idem_key.clone(),
-                    });
-                }
-                let run = body(attempt_info).instrument(tracing::info_span!("attempt", attempt));
-                match self.retry.attempt_timeout_ms {
-                    Some(ms) => tokio::time::timeout(Duration::from_millis(ms), run).await.unwrap_or_else(|e| Err(e.into())),
-                    None => run.await,
-                }
-            };
-            let mut events = Vec::new();
-            if !scheduled {
-                events.push(self.scheduled_event(position, &idem_key));
-                scheduled = true;
-            }
-            let failure = match result.and_then(|v| Payload::encode(&v).map(|p| (v, p)).map_err(StepFailure::from)) {
-                Ok((value, output)) => {
-                    events.push(EventKind::StepCompleted { position, output, attempt, served_by: None, cost: 0 });
-                    ctx.append(AppendReq::events(events).index(index.drain(..))).await;
-                    return Ok(value);
-                }
-                Err(failure) => failure,
-            };
-            let failure = match self.reconcile_ambiguous(&idem_key, failure).await {
-                Ok(output) => {
-                    events.push(EventKind::AttemptFailed { position, attempt, class: crate::policy::FailureClass::Ambiguous, message: "outcome unknown; reconciled: the effect happened".into(), retry_at_ms: None });
-                    events.push(EventKind::StepCompleted { position, output: output.clone(), attempt, served_by: None, cost: 0 });
-                    ctx.append(AppendReq::events(events).index(index.drain(..))).await;
-                    return self.outcome(StepOutcome::Completed { output, attempt, served_by: None }, None);
-                }
-                Err(failure) => failure,
-            };
-            tracing::info!(attempt, class = failure.class.label(), message = %failure.message, "attempt failed");
-            let now_ms = ctx.engine.clock.now_ms();
-            let random = uuid::Uuid::new_v4().as_u64_pair().0;
-            let decision = decide_retry(
-                &self.retry,
-                &FailedAttempt { class: self.class, failure: &failure.class, attempt, now_ms, scheduled_ms, random },
-            );
-            match decision {
-                RetryDecision::RetryAt(at) => {
-                    events.push(EventKind::AttemptFailed { position, attempt, class: failure.class, message: failure.message, retry_at_ms: Some(at) });
-                    index.push(IndexOp::PutTimer { fire_at_ms: at, id: position });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable()).await;
-                    retry_at_ms = Some(at);
-                }
-                RetryDecision::GiveUp(budget) => {
-                    let message = failure.message.clone();
-                    let last_class = failure.class.clone();
-                    events.push(EventKind::AttemptFailed { position, attempt, class: failure.class, message: failure.message, retry_at_ms: None });
-                    events.push(EventKind::StepExhausted { position, action: self.on_exhaust.clone(), budget: budget.clone(), message: message.clone() });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable()).await;
-                    if self.on_exhaust == OnExhaust::Escalate {
-                        let reason = format!("step '{}' gave up ({budget}): {message}", self.name);
-                        ctx.escalate(Some(position), reason, "fix the cause, then retry the step, or skip it with a value").await
-                    }
-                    return self.outcome(StepOutcome::Exhausted { action: self.on_exhaust.clone(), budget, message }, Some(last_class));
-                }
-            }
-        }
-    }
-
-    fn scheduled_event(&self, position: u32, idem_key: &str) -> EventKind {
-        EventKind::StepScheduled {
-            position,
-            name: self.name.clone(),
-            tool: self.tool.clone(),
-            class: self.class,
-            idem_key: idem_key.to_string(),
-            input_hash: self.input_hash,
-        }
-    }
-
-    /// An irreversible attempt that may have taken effect asks the reconcile hook, if any:
-    /// `Ok(output)` when it did, a definite (retryable) failure when it did not, and the
-    /// original failure when nobody can tell.
-    async fn reconcile_ambiguous(&self, idem_key: &str, failure: StepFailure) -> Result<Payload, StepFailure> {
-        use crate::policy::FailureClass;
-        let ambiguous = matches!(failure.class, FailureClass::Ambiguous | FailureClass::Timeout);
-        let Some(hook) = self.reconcile.as_ref().filter(|_| ambiguous && self.class == StepClass::Irreversible) else {
-            return Err(failure);
-        };
-        match hook(idem_key.to_string()).await {
-            Reconciled::Done(output) => Ok(output),
-            Reconciled::NotDone => Err(StepFailure::transient(format!("{}; reconciled: the effect did not happen", failure.message))),
-            Reconciled::Unknown => Err(failure),
-        }
-    }
-
-    fn outcome<T: DeserializeOwned>(&self, outcome: StepOutcome, class: Option<crate::policy::FailureClass>) -> Result<T, StepError> {
-        let decode = |payload: &Payload| {
-            payload.decode().map_err(|e| StepError::Output { step: self.name.clone(), reason: e.to_string() })
-        };
-        match outcome {
-            StepOutcome::Completed { output, .. } => decode(&output),
-            StepOutcome::Exhausted { action, budget, message } => match action {
-                OnExhaust::Degrade(value) => decode(&value),
-                OnExhaust::Skip => decode(&Payload(b"null".to_vec())),
-                OnExhaust::Fail | OnExhaust::Escalate => {
-                    Err(StepError::Exhausted { step: self.name.clone(), budget, class, message })
-                }
-            },
-        }
-    }
-
-}
-
-/// FNV-1a: a stable, dependency-free hash for drift detection of step inputs (not security).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }

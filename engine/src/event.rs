@@ -136,6 +136,8 @@ pub enum EventKind {
         owner: Option<String>,
         /// The run this one continues, after `continue_as_new`.
         continued_from: Option<[u8; 16]>,
+        /// Version label of the reliability policy the run started under.
+        policy_version: Option<String>,
     },
     /// A step was scheduled (command).
     StepScheduled {
@@ -295,6 +297,17 @@ pub enum EventKind {
         /// Context for the operator.
         context: EscalationContext,
     },
+    /// A step moved to the next alternative of its fallback chain.
+    FallbackUsed {
+        /// Command position of the step.
+        position: u32,
+        /// Tool given up on.
+        from: Option<String>,
+        /// Tool tried next.
+        to: String,
+        /// Why the previous one was given up.
+        reason: String,
+    },
 }
 
 /// What an operator needs to act on an escalated run.
@@ -364,6 +377,7 @@ impl EventKind {
             EventKind::RunTerminated { .. } => "RunTerminated",
             EventKind::ContinuedAsNew { .. } => "ContinuedAsNew",
             EventKind::Escalated { .. } => "Escalated",
+            EventKind::FallbackUsed { .. } => "FallbackUsed",
         }
     }
 }

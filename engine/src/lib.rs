@@ -7,6 +7,7 @@
 
 pub mod clock;
 pub mod codec;
+pub mod breaker;
 mod context;
 pub mod error;
 pub mod event;
@@ -14,12 +15,14 @@ pub mod policy;
 pub mod replay;
 mod runtime;
 mod status;
+mod step;
 
 pub use annal_storage::{Durability, RunId};
-pub use context::{Attempt, Ctx, Reconciled, StepBuilder};
+pub use context::Ctx;
+pub use step::{Attempt, Reconciled, StepBuilder};
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
 pub use event::{Event, EventKind, Payload};
-pub use policy::{Backoff, FailureClass, OnExhaust, RetryPolicy, StepClass, StepFailure};
+pub use policy::{Backoff, FailureClass, OnExhaust, Policy, RetryPolicy, StepClass, StepFailure, ToolPolicy};
 pub use runtime::{read_history, AttemptObserver, ObservedAttempt, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
 pub use status::RunStatus;
 #[cfg(feature = "testing")]

@@ -365,3 +365,283 @@ mod tests {
         assert!(matches!(d, RetryDecision::GiveUp(ref why) if why.contains("duration")));
     }
 }
+
+/// Backoff shape as written in a policy file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackoffKind {
+    /// No wait.
+    None,
+    /// A fixed wait of `backoff_initial_ms`.
+    Fixed,
+    /// Doubling from `backoff_initial_ms` up to `backoff_max_ms`.
+    Exponential,
+}
+
+/// What to do when a tool's budget runs out, as written in a policy file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExhaustKind {
+    /// Return the error to the workflow.
+    Fail,
+    /// Return the step's degrade value (`degrade_to` in the file, or the step's own).
+    Degrade,
+    /// Return no value.
+    Skip,
+    /// Stop the run for an operator.
+    Escalate,
+}
+
+/// Per-tool rules, applied to every step that names the tool.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolPolicy {
+    /// Retries of this tool allowed across the whole run (all its steps together).
+    pub max_retries: Option<u32>,
+    /// Deadline of one call.
+    pub timeout_ms: Option<u64>,
+    /// Spacing of retries.
+    pub backoff: Option<BackoffKind>,
+    /// First delay (default 200 ms).
+    pub backoff_initial_ms: Option<u64>,
+    /// Delay cap (default 30 s).
+    pub backoff_max_ms: Option<u64>,
+    /// What happens when the tool gives up.
+    pub on_exhaust: Option<ExhaustKind>,
+    /// Value returned on `degrade` (JSON), unless the step gives its own.
+    pub degrade_to: Option<serde_json::Value>,
+    /// Circuit breaker for this tool, shared by all runs of the engine.
+    pub breaker: Option<crate::breaker::BreakerConfig>,
+}
+
+/// Ceilings for a whole run.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunCeilings {
+    /// Attempts of all steps together.
+    pub max_iterations: Option<u32>,
+    /// Wall time from the run's start.
+    pub max_duration_seconds: Option<u64>,
+    /// Calls to named tools.
+    pub max_tool_calls: Option<u32>,
+    /// Cost units reported by steps.
+    pub max_cost_units: Option<u64>,
+}
+
+/// The reliability policy of an engine: run ceilings and per-tool rules. Serde data, so it
+/// can live in a file next to the service's other configuration.
+///
+/// ```toml
+/// version = "2026-11-support"
+/// [run]
+/// max_iterations = 12
+/// max_duration_seconds = 300
+/// [tools.search_api]
+/// max_retries = 3
+/// timeout_ms = 3000
+/// backoff = "exponential"
+/// on_exhaust = "degrade"
+/// [tools.crm_write]
+/// max_retries = 1
+/// timeout_ms = 10000
+/// on_exhaust = "escalate"
+/// ```
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// A label recorded in every run started under this policy, for auditors.
+    pub version: Option<String>,
+    /// Run ceilings.
+    #[serde(default)]
+    pub run: RunCeilings,
+    /// Per-tool rules by tool name.
+    #[serde(default)]
+    pub tools: std::collections::BTreeMap<String, ToolPolicy>,
+}
+
+/// A policy file that could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The text is not a valid policy.
+    #[error("invalid policy: {0}")]
+    Parse(String),
+}
+
+impl Policy {
+    /// Parses a policy from TOML.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))
+    }
+
+    /// Reads a TOML policy file.
+    pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+        Self::from_toml(&text)
+    }
+
+    /// The retry policy for a step: what the step set explicitly wins, then its tool's rules,
+    /// then the defaults.
+    pub fn retry_for(&self, tool: Option<&str>, explicit: Option<&RetryPolicy>) -> RetryPolicy {
+        if let Some(explicit) = explicit {
+            return explicit.clone();
+        }
+        let mut retry = RetryPolicy::default();
+        let Some(tool) = tool.and_then(|t| self.tools.get(t)) else { return retry };
+        if let Some(max_retries) = tool.max_retries {
+            retry.max_attempts = max_retries.saturating_add(1);
+        }
+        retry.attempt_timeout_ms = tool.timeout_ms.or(retry.attempt_timeout_ms);
+        let initial_ms = tool.backoff_initial_ms.unwrap_or(200);
+        let max_ms = tool.backoff_max_ms.unwrap_or(30_000);
+        retry.backoff = match tool.backoff {
+            None => Backoff::Exponential { initial_ms, factor: 2, max_ms },
+            Some(BackoffKind::None) => Backoff::None,
+            Some(BackoffKind::Fixed) => Backoff::Fixed { delay_ms: initial_ms },
+            Some(BackoffKind::Exponential) => Backoff::Exponential { initial_ms, factor: 2, max_ms },
+        };
+        retry
+    }
+
+    /// What a step does when it gives up: explicit setting, then the tool's rule, then `Fail`.
+    /// `degrade_to` is the step's own degrade value, used when the tool rule says degrade.
+    pub fn exhaust_for(&self, tool: Option<&str>, explicit: Option<&OnExhaust>, degrade_to: Option<&Payload>) -> OnExhaust {
+        if let Some(explicit) = explicit {
+            return explicit.clone();
+        }
+        let Some(rule) = tool.and_then(|t| self.tools.get(t)) else { return OnExhaust::Fail };
+        match rule.on_exhaust {
+            None | Some(ExhaustKind::Fail) => OnExhaust::Fail,
+            Some(ExhaustKind::Skip) => OnExhaust::Skip,
+            Some(ExhaustKind::Escalate) => OnExhaust::Escalate,
+            Some(ExhaustKind::Degrade) => {
+                let value = degrade_to.cloned().or_else(|| {
+                    rule.degrade_to.as_ref().and_then(|v| Payload::encode(v).ok())
+                });
+                match value {
+                    Some(value) => OnExhaust::Degrade(value),
+                    None => OnExhaust::Skip,
+                }
+            }
+        }
+    }
+}
+
+/// Budget use of a run so far, folded from its history.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BudgetUse {
+    /// Attempts of all steps.
+    pub attempts: u32,
+    /// Calls to named tools.
+    pub tool_calls: u32,
+    /// Retries per tool.
+    pub tool_retries: std::collections::BTreeMap<String, u32>,
+    /// Cost units reported.
+    pub cost_units: u64,
+    /// When the run started.
+    pub started_ms: u64,
+}
+
+/// Which run ceiling, if any, forbids another attempt now. Pure.
+pub fn run_ceiling_reached(ceilings: &RunCeilings, used: &BudgetUse, tool: Option<&str>, now_ms: u64) -> Option<String> {
+    if let Some(max) = ceilings.max_iterations {
+        if used.attempts >= max {
+            return Some(format!("run max_iterations ({max})"));
+        }
+    }
+    if let Some(max) = ceilings.max_tool_calls {
+        if tool.is_some() && used.tool_calls >= max {
+            return Some(format!("run max_tool_calls ({max})"));
+        }
+    }
+    if let Some(max) = ceilings.max_cost_units {
+        if used.cost_units >= max {
+            return Some(format!("run max_cost_units ({max})"));
+        }
+    }
+    if let Some(max) = ceilings.max_duration_seconds {
+        if now_ms.saturating_sub(used.started_ms) > max.saturating_mul(1_000) {
+            return Some(format!("run max_duration_seconds ({max})"));
+        }
+    }
+    None
+}
+
+/// Whether the tool's run-wide retry budget allows one more retry. Pure.
+pub fn tool_retry_exhausted(policy: &Policy, tool: Option<&str>, used: &BudgetUse) -> Option<String> {
+    let tool = tool?;
+    let max = policy.tools.get(tool)?.max_retries?;
+    let spent = used.tool_retries.get(tool).copied().unwrap_or(0);
+    (spent >= max).then(|| format!("tool {tool} max_retries ({max}) across the run"))
+}
+
+#[cfg(test)]
+mod policy_file_tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        version = "v7"
+        [run]
+        max_iterations = 12
+        max_duration_seconds = 300
+        [tools.search_api]
+        max_retries = 3
+        timeout_ms = 3000
+        backoff = "exponential"
+        on_exhaust = "degrade"
+        degrade_to = { results = [] }
+        [tools.crm_write]
+        max_retries = 1
+        timeout_ms = 10000
+        on_exhaust = "escalate"
+    "#;
+
+    #[test]
+    fn a_policy_file_resolves_per_tool_rules() {
+        let policy = Policy::from_toml(FILE).unwrap();
+        assert_eq!(policy.version.as_deref(), Some("v7"));
+        assert_eq!(policy.run.max_iterations, Some(12));
+        let search = policy.retry_for(Some("search_api"), None);
+        assert_eq!((search.max_attempts, search.attempt_timeout_ms), (4, Some(3_000)));
+        let crm = policy.retry_for(Some("crm_write"), None);
+        assert_eq!(crm.max_attempts, 2);
+        assert_eq!(policy.exhaust_for(Some("crm_write"), None, None), OnExhaust::Escalate);
+        assert_eq!(
+            policy.exhaust_for(Some("search_api"), None, None),
+            OnExhaust::Degrade(Payload(br#"{"results":[]}"#.to_vec()))
+        );
+        let explicit = RetryPolicy::never();
+        assert_eq!(policy.retry_for(Some("search_api"), Some(&explicit)), explicit);
+        assert_eq!(policy.retry_for(Some("unknown"), None), RetryPolicy::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = Policy::from_toml("[tools.x]\nmax_retrys = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_retrys"), "{err}");
+    }
+
+    #[test]
+    fn ceilings_and_tool_budgets() {
+        let policy = Policy::from_toml(FILE).unwrap();
+        let mut used = BudgetUse { started_ms: 1_000, ..BudgetUse::default() };
+        assert_eq!(run_ceiling_reached(&policy.run, &used, None, 2_000), None);
+        used.attempts = 12;
+        assert_eq!(run_ceiling_reached(&policy.run, &used, None, 2_000).as_deref(), Some("run max_iterations (12)"));
+        used.attempts = 0;
+        assert!(run_ceiling_reached(&policy.run, &used, None, 302_000).unwrap().contains("max_duration"));
+        used.tool_retries.insert("search_api".into(), 3);
+        assert!(tool_retry_exhausted(&policy, Some("search_api"), &used).is_some());
+        assert!(tool_retry_exhausted(&policy, Some("crm_write"), &used).is_none());
+    }
+}

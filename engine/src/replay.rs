@@ -57,32 +57,44 @@ pub enum StepOutcome {
     },
 }
 
+/// What history says about one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    /// Name.
+    pub name: String,
+    /// Tool named when it was scheduled (the primary of a fallback chain).
+    pub tool: Option<String>,
+    /// Class.
+    pub class: StepClass,
+    /// Idempotency key.
+    pub idem_key: String,
+    /// Input hash.
+    pub input_hash: u64,
+    /// When it was scheduled.
+    pub scheduled_ms: u64,
+    /// Highest attempt number started or failed so far.
+    pub attempts: u32,
+    /// Whether the last `AttemptStarted` has no recorded result yet.
+    pub attempt_open: bool,
+    /// Failed attempts, in order.
+    pub failures: Vec<AttemptFailure>,
+    /// The outcome, once there is one.
+    pub outcome: Option<StepOutcome>,
+    /// Index of the fallback alternative in use (0: the primary).
+    pub alternative: u32,
+    /// Tool of the alternative in use.
+    pub current_tool: Option<String>,
+    /// Attempts made with the alternative in use.
+    pub alternative_attempts: u32,
+    /// Highest attempt already counted against the run's budgets.
+    counted: u32,
+}
+
 /// What history says one workflow call did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
     /// A step.
-    Step {
-        /// Name.
-        name: String,
-        /// Tool.
-        tool: Option<String>,
-        /// Class.
-        class: StepClass,
-        /// Idempotency key.
-        idem_key: String,
-        /// Input hash.
-        input_hash: u64,
-        /// When it was scheduled.
-        scheduled_ms: u64,
-        /// Highest attempt number started or failed so far.
-        attempts: u32,
-        /// Whether the last `AttemptStarted` has no recorded result yet.
-        attempt_open: bool,
-        /// Failed attempts, in order.
-        failures: Vec<AttemptFailure>,
-        /// The outcome, once there is one.
-        outcome: Option<StepOutcome>,
-    },
+    Step(StepRecord),
     /// A durable timer.
     Timer {
         /// When it fires.
@@ -116,7 +128,7 @@ pub enum Recorded {
 impl Recorded {
     fn describe(&self) -> String {
         match self {
-            Recorded::Step { name, tool, class, .. } => match tool {
+            Recorded::Step(StepRecord { name, tool, class, .. }) => match tool {
                 Some(tool) => format!("step '{name}' (tool {tool}, {class:?})"),
                 None => format!("step '{name}' ({class:?})"),
             },
@@ -227,6 +239,26 @@ pub struct ReplayState {
     started: Option<(String, u32, Payload)>,
     terminal: Option<EventKind>,
     next_seq: u64,
+    budget: crate::policy::BudgetUse,
+}
+
+fn step_in(commands: &mut BTreeMap<u32, CommandRecord>, position: u32, seq: u64) -> Result<&mut StepRecord, Contradiction> {
+    match commands.get_mut(&position) {
+        Some(CommandRecord { recorded: Recorded::Step(step), .. }) => Ok(step),
+        _ => Err(Contradiction { seq, reason: format!("step event for position {position}, which is not a step") }),
+    }
+}
+
+/// Counts an attempt against the run's budgets once, however many events mention it.
+fn count_attempt(budget: &mut crate::policy::BudgetUse, step: &mut StepRecord, attempt: u32, cost: u64) {
+    budget.cost_units += cost;
+    if attempt > step.counted {
+        step.counted = attempt;
+        budget.attempts += 1;
+        if step.current_tool.is_some() {
+            budget.tool_calls += 1;
+        }
+    }
 }
 
 impl ReplayState {
@@ -256,7 +288,7 @@ impl ReplayState {
         if let Some(position) = event.kind.command_position() {
             let recorded = match &event.kind {
                 EventKind::StepScheduled { name, tool, class, idem_key, input_hash, .. } => {
-                    Recorded::Step {
+                    Recorded::Step(StepRecord {
                         name: name.clone(),
                         tool: tool.clone(),
                         class: *class,
@@ -267,7 +299,11 @@ impl ReplayState {
                         attempt_open: false,
                         failures: Vec::new(),
                         outcome: None,
-                    }
+                        alternative: 0,
+                        current_tool: tool.clone(),
+                        alternative_attempts: 0,
+                        counted: 0,
+                    })
                 }
                 EventKind::TimerStarted { fire_at_ms, .. } => {
                     Recorded::Timer { fire_at_ms: *fire_at_ms, done: false }
@@ -303,54 +339,80 @@ impl ReplayState {
                     return bad("second RunStarted".into());
                 }
                 self.started = Some((workflow.clone(), *version, input.clone()));
+                self.budget.started_ms = event.at_ms;
             }
             EventKind::AttemptStarted { position, attempt } => {
-                let (attempts, open, _, outcome) = self.step_mut(*position, seq)?;
-                if outcome.is_some() || *attempt != *attempts + 1 {
+                let step = self.step_mut(*position, seq)?;
+                if step.outcome.is_some() || *attempt != step.attempts + 1 {
                     return bad(format!("attempt {attempt} of position {position} out of order"));
                 }
-                *attempts = *attempt;
-                *open = true;
+                step.attempts = *attempt;
+                step.alternative_attempts += 1;
+                step.attempt_open = true;
             }
             EventKind::AttemptFailed { position, attempt, class, message, retry_at_ms } => {
-                let (attempts, open, failures, outcome) = self.step_mut(*position, seq)?;
-                let continues_open = *open && *attempt == *attempts;
-                if outcome.is_some() || !(continues_open || *attempt == *attempts + 1) {
+                let budget = &mut self.budget;
+                let step = step_in(&mut self.commands, *position, seq)?;
+                let continues_open = step.attempt_open && *attempt == step.attempts;
+                if step.outcome.is_some() || !(continues_open || *attempt == step.attempts + 1) {
                     return bad(format!("attempt {attempt} of position {position} out of order"));
                 }
-                *attempts = *attempt;
-                *open = false;
-                failures.push(AttemptFailure {
+                if !continues_open {
+                    step.alternative_attempts += 1;
+                }
+                step.attempts = *attempt;
+                step.attempt_open = false;
+                step.failures.push(AttemptFailure {
                     attempt: *attempt,
                     class: class.clone(),
                     message: message.clone(),
                     retry_at_ms: *retry_at_ms,
                 });
+                if *class != FailureClass::BreakerOpen {
+                    count_attempt(budget, step, *attempt, 0);
+                    if let (Some(tool), Some(_)) = (&step.current_tool, retry_at_ms) {
+                        *budget.tool_retries.entry(tool.clone()).or_default() += 1;
+                    }
+                }
             }
-            EventKind::StepCompleted { position, output, attempt, served_by, .. } => {
-                let (attempts, open, _, outcome) = self.step_mut(*position, seq)?;
-                if outcome.is_some() {
+            EventKind::StepCompleted { position, output, attempt, served_by, cost } => {
+                let budget = &mut self.budget;
+                let step = step_in(&mut self.commands, *position, seq)?;
+                if step.outcome.is_some() {
                     return bad(format!("position {position} completed twice"));
                 }
-                *attempts = (*attempts).max(*attempt);
-                *open = false;
-                *outcome = Some(StepOutcome::Completed {
+                if *attempt > step.attempts {
+                    step.alternative_attempts += 1;
+                }
+                step.attempts = step.attempts.max(*attempt);
+                step.attempt_open = false;
+                count_attempt(budget, step, *attempt, *cost);
+                step.outcome = Some(StepOutcome::Completed {
                     output: output.clone(),
                     attempt: *attempt,
                     served_by: served_by.clone(),
                 });
             }
             EventKind::StepExhausted { position, action, budget, message } => {
-                let (_, open, _, outcome) = self.step_mut(*position, seq)?;
-                if outcome.is_some() {
+                let step = self.step_mut(*position, seq)?;
+                if step.outcome.is_some() {
                     return bad(format!("position {position} ended twice"));
                 }
-                *open = false;
-                *outcome = Some(StepOutcome::Exhausted {
+                step.attempt_open = false;
+                step.outcome = Some(StepOutcome::Exhausted {
                     action: action.clone(),
                     budget: budget.clone(),
                     message: message.clone(),
                 });
+            }
+            EventKind::FallbackUsed { position, to, .. } => {
+                let step = self.step_mut(*position, seq)?;
+                if step.outcome.is_some() || step.attempt_open {
+                    return bad(format!("fallback of position {position} while an attempt is open or after its end"));
+                }
+                step.alternative += 1;
+                step.current_tool = Some(to.clone());
+                step.alternative_attempts = 0;
             }
             EventKind::TimerFired { position } | EventKind::TimerCancelled { position } => {
                 match self.commands.get_mut(position) {
@@ -377,19 +439,13 @@ impl ReplayState {
         Ok(())
     }
 
-    #[allow(clippy::type_complexity)]
-    fn step_mut(
-        &mut self,
-        position: u32,
-        seq: u64,
-    ) -> Result<(&mut u32, &mut bool, &mut Vec<AttemptFailure>, &mut Option<StepOutcome>), Contradiction> {
-        match self.commands.get_mut(&position) {
-            Some(CommandRecord {
-                recorded: Recorded::Step { attempts, attempt_open, failures, outcome, .. },
-                ..
-            }) => Ok((attempts, attempt_open, failures, outcome)),
-            _ => Err(Contradiction { seq, reason: format!("step event for position {position}, which is not a step") }),
-        }
+    fn step_mut(&mut self, position: u32, seq: u64) -> Result<&mut StepRecord, Contradiction> {
+        step_in(&mut self.commands, position, seq)
+    }
+
+    /// Budget use of the run so far.
+    pub fn budget(&self) -> &crate::policy::BudgetUse {
+        &self.budget
     }
 
     /// Compares the call at `position` with history.
@@ -399,7 +455,7 @@ impl ReplayState {
         match (&record.recorded, command) {
             (Recorded::CancelDelivered, _) => {}
             (
-                Recorded::Step { name, tool, class, input_hash, .. },
+                Recorded::Step(StepRecord { name, tool, class, input_hash, .. }),
                 Command::Step { name: n, tool: t, class: c, input_hash: h },
             ) => {
                 if name != n {
@@ -521,7 +577,7 @@ pub fn escalation_context(
     let mut last_done: Option<(u64, String)> = None;
     let mut per_tool: BTreeMap<String, u32> = BTreeMap::new();
     for (_, record) in replay.commands() {
-        if let Recorded::Step { name, tool, attempts, outcome, .. } = &record.recorded {
+        if let Recorded::Step(StepRecord { name, tool, attempts, outcome, .. }) = &record.recorded {
             if let Some(tool) = tool {
                 *per_tool.entry(tool.clone()).or_default() += attempts;
             }
@@ -534,7 +590,7 @@ pub fn escalation_context(
     }
     let failing = position.and_then(|p| replay.command(p));
     let (failing_step, idempotency_key, errors) = match failing.map(|r| &r.recorded) {
-        Some(Recorded::Step { name, idem_key, failures, .. }) => (
+        Some(Recorded::Step(StepRecord { name, idem_key, failures, .. })) => (
             Some(name.clone()),
             Some(idem_key.clone()),
             failures.iter().map(|f| (f.attempt, f.class.label().to_string(), f.message.clone())).collect(),

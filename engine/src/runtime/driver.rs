@@ -245,6 +245,7 @@ impl EngineInner {
                 dedupe_key: None,
                 owner: None,
                 continued_from: Some(run.0),
+                policy_version: self.policy.version.clone(),
             };
             self.create_run(next_run, started, Vec::new()).await?;
         }
@@ -292,7 +293,7 @@ pub(crate) fn timer_deletes(replay: &ReplayState) -> Vec<IndexOp> {
     for (position, record) in replay.commands() {
         match &record.recorded {
             Recorded::Timer { fire_at_ms, .. } => out.push(IndexOp::DeleteTimer { fire_at_ms: *fire_at_ms, id: position }),
-            Recorded::Step { failures, .. } => {
+            Recorded::Step(crate::replay::StepRecord { failures, .. }) => {
                 for f in failures {
                     if let Some(at) = f.retry_at_ms {
                         out.push(IndexOp::DeleteTimer { fire_at_ms: at, id: position });

@@ -62,6 +62,10 @@ pub(crate) struct EngineInner {
     /// Set when the store failed under a run: no run is woken again until the store is
     /// reopened, since every write would fail the same way.
     pub(crate) store_failure: Mutex<Option<String>>,
+    /// Reliability policy: run ceilings and per-tool rules.
+    pub(crate) policy: crate::policy::Policy,
+    /// Circuit breakers by tool, shared by all runs.
+    pub(crate) breakers: Mutex<HashMap<String, crate::breaker::Breaker>>,
     /// Results of replay-only runs.
     pub(crate) replayed: Mutex<HashMap<RunId, std::result::Result<(), DriftError>>>,
 }
@@ -232,6 +236,24 @@ impl EngineInner {
         self.remove_slot(slot);
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot.run);
         slot.changed.notify_waiters();
+    }
+
+    /// Asks the tool's breaker (if it has one) whether a call may go out now.
+    pub(crate) fn admit(&self, tool: &str, now_ms: u64) -> crate::breaker::Admission {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers.get_mut(tool).map_or(crate::breaker::Admission::Allowed, |b| b.admit(now_ms))
+    }
+
+    /// Tells the tool's breaker (if any) how a call went.
+    pub(crate) fn record_call(&self, tool: &str, success: bool, counts: bool, now_ms: u64) {
+        let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(breaker) = breakers.get_mut(tool) {
+            let before = breaker.state();
+            breaker.record(success, counts, now_ms);
+            if before != breaker.state() {
+                tracing::info!(tool, from = ?before, to = ?breaker.state(), "circuit breaker changed state");
+            }
+        }
     }
 
     pub(crate) fn store_failed(&self) -> Option<String> {

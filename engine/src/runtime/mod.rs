@@ -65,6 +65,8 @@ pub struct EngineBuilder {
     registry: Registry,
     config: EngineConfig,
     observer: Option<AttemptObserver>,
+    policy: crate::policy::Policy,
+    breakers: HashMap<String, crate::breaker::BreakerConfig>,
 }
 
 /// Called right before every live attempt of a step body, with what is about to run. Meant
@@ -89,6 +91,24 @@ pub struct ObservedAttempt {
 }
 
 impl EngineBuilder {
+    /// The reliability policy: run ceilings and per-tool rules (retries, timeouts, backoff,
+    /// on-exhaust, breakers). Often loaded with [`crate::Policy::load`].
+    pub fn policy(mut self, policy: crate::policy::Policy) -> Self {
+        for (tool, rule) in &policy.tools {
+            if let Some(config) = rule.breaker {
+                self.breakers.insert(tool.clone(), config);
+            }
+        }
+        self.policy = policy;
+        self
+    }
+
+    /// A circuit breaker for `tool`, shared by all runs of the engine.
+    pub fn breaker(mut self, tool: &str, config: crate::breaker::BreakerConfig) -> Self {
+        self.breakers.insert(tool.to_string(), config);
+        self
+    }
+
     /// Observe every live attempt (see [`AttemptObserver`]).
     pub fn observe_attempts(mut self, observer: AttemptObserver) -> Self {
         self.observer = Some(observer);
@@ -183,6 +203,10 @@ impl EngineBuilder {
             shut_down: false.into(),
             observer: self.observer,
             store_failure: Mutex::new(None),
+            policy: self.policy,
+            breakers: Mutex::new(
+                self.breakers.into_iter().map(|(t, c)| (t, crate::breaker::Breaker::new(c))).collect(),
+            ),
             replayed: Mutex::new(HashMap::new()),
         });
         let timer = tokio::spawn(Arc::clone(&inner).timer_service());
@@ -244,6 +268,8 @@ impl Engine {
             registry: Registry::default(),
             config: EngineConfig::default(),
             observer: None,
+            policy: crate::policy::Policy::default(),
+            breakers: HashMap::new(),
         }
     }
 
@@ -303,6 +329,7 @@ impl Engine {
             dedupe_key: options.dedupe_key.clone(),
             owner: options.owner,
             continued_from: None,
+            policy_version: inner.policy.version.clone(),
         };
         match inner.create_run(run, started, index).await {
             Ok(()) => {}
@@ -426,6 +453,12 @@ impl Engine {
     pub(crate) async fn settled(&self) {
         let mut rx = self.inner.settled.subscribe();
         let _ = rx.changed().await;
+    }
+
+    /// State of a tool's circuit breaker and how often it opened, if it has one.
+    pub fn breaker_state(&self, tool: &str) -> Option<(crate::breaker::BreakerState, u64)> {
+        let breakers = self.inner.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        breakers.get(tool).map(|b| (b.state(), b.times_opened()))
     }
 
     /// The underlying store (for tools and tests).

@@ -40,7 +40,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::clock::TokioClock;
-use crate::context::{Attempt, Reconciled};
+use crate::step::{Attempt, Reconciled};
 use crate::error::Error;
 use crate::event::{EventKind, Payload};
 use crate::policy::{FailureClass, StepFailure};
