@@ -2,4 +2,5 @@
 
 mod core;
 mod crash;
+mod policy;
 mod support;
