@@ -357,6 +357,112 @@ impl Ctx {
         }
     }
 
+    /// Records a guardrail or policy check result in history, for reviewers and auditors;
+    /// returns `passed` (as recorded, on replay).
+    pub fn check(&self, name: &str, passed: bool, detail: &str) -> impl Future<Output = bool> + Send + '_ {
+        let position = self.take_position();
+        let (name, detail) = (name.to_string(), detail.to_string());
+        async move {
+            match self.begin(position, Command::Check { name: &name }).await {
+                Begin::Recorded(CommandRecord { recorded: Recorded::Check { passed, .. }, .. }) => passed,
+                // A check is a record, not a wait: a pending cancellation is reported by the
+                // next wait or step.
+                Begin::Recorded(_) | Begin::Cancelled(_) | Begin::Live => {
+                    if self.slot.state().replay.command(position).is_none() {
+                        let event = EventKind::CheckRecorded { position, name, passed, detail };
+                        self.append(AppendReq::events(vec![event])).await;
+                    }
+                    passed
+                }
+            }
+        }
+    }
+
+    /// Asks humans to decide, and waits (durably, parked, across restarts) for the
+    /// decision, a reminder schedule and the deadline as the request says. The gate id is
+    /// derived from the run and the call's position, so it is stable across replays.
+    pub fn approval(
+        &self,
+        request: crate::approval::ApprovalRequest,
+    ) -> impl Future<Output = Result<crate::approval::Decision, StepError>> + Send + '_ {
+        let position = self.take_position();
+        async move {
+            use crate::replay::{ApprovalRecord, GateState};
+            let gate = gate_id(self.slot.run, position);
+            match self.begin(position, Command::Approval).await {
+                Begin::Cancelled(reason) => return Err(StepError::Cancelled { reason }),
+                Begin::Recorded(_) => {}
+                Begin::Live => {
+                    let first_wake = crate::approval::next_wake(&request, self.engine.clock.now_ms(), 0);
+                    let mut index = vec![IndexOp::PutGate { gate: annal_storage::GateId(gate), step: position }];
+                    index.extend(first_wake.map(|at| IndexOp::PutTimer { fire_at_ms: at, id: position }));
+                    let event = EventKind::ApprovalRequested { position, gate, request };
+                    self.append(AppendReq::events(vec![event]).index(index).durable()).await;
+                    self.engine.timers_changed.notify_one();
+                }
+            }
+            loop {
+                let record = match self.slot.state().replay.command(position) {
+                    Some(CommandRecord { recorded: Recorded::Approval(record), .. }) => record.clone(),
+                    _ => unreachable!("position {position} holds the approval just matched or recorded"),
+                };
+                let ApprovalRecord { request, requested_ms, reminders, state, .. } = record;
+                let action = request.action.clone();
+                match state {
+                    GateState::Decided { approved: true, actor, reason, edits, .. } => {
+                        let edits = edits.and_then(|e| e.decode().ok());
+                        return Ok(crate::approval::Decision::Approved { actor, reason, edits });
+                    }
+                    GateState::Decided { approved: false, actor, reason, .. } => {
+                        return Ok(crate::approval::Decision::Rejected { actor, reason })
+                    }
+                    GateState::Withdrawn => {
+                        let reason = self.slot.state().replay.cancel_reason().unwrap_or_default().to_string();
+                        return Err(StepError::Cancelled { reason });
+                    }
+                    GateState::Expired => match request.on_expiry {
+                        crate::approval::OnExpiry::Reject => return Ok(crate::approval::Decision::Expired),
+                        _ => {
+                            let reason = format!("approval '{action}' expired without a decision");
+                            self.halt(Halt::Escalate(reason)).await
+                        }
+                    },
+                    GateState::Pending => {}
+                }
+                let wake = crate::approval::next_wake(&request, requested_ms, reminders);
+                let decided = |state: &crate::runtime::slot::RunState| match state.replay.command(position) {
+                    Some(CommandRecord { recorded: Recorded::Approval(a), .. }) if a.state != GateState::Pending => Some(()),
+                    _ => None,
+                };
+                let done_timer = wake.map(|at| IndexOp::DeleteTimer { fire_at_ms: at, id: position });
+                match self.wait(wake, decided).await {
+                    Waited::Ready(()) => {}
+                    Waited::Cancelled(_) => {
+                        let event = EventKind::ApprovalWithdrawn { gate };
+                        self.append(AppendReq::events(vec![event]).index(done_timer)).await;
+                    }
+                    Waited::Due => {
+                        let now_ms = self.engine.clock.now_ms();
+                        if crate::approval::is_reminder(&request, requested_ms, reminders, now_ms) {
+                            tracing::info!(gate = %annal_storage::GateId(gate), reminder = reminders + 1, action = %action, "approval reminder");
+                            let next = crate::approval::next_wake(&request, requested_ms, reminders + 1);
+                            let event = EventKind::ApprovalReminded { gate, reminder: reminders + 1 };
+                            let index = done_timer.into_iter().chain(next.map(|at| IndexOp::PutTimer { fire_at_ms: at, id: position }));
+                            self.append(AppendReq::events(vec![event]).index(index).durable()).await;
+                        } else {
+                            let event = EventKind::ApprovalExpired { gate };
+                            self.append(AppendReq::events(vec![event]).index(done_timer).durable()).await;
+                            if request.on_expiry != crate::approval::OnExpiry::Reject {
+                                let reason = format!("approval '{action}' expired without a decision");
+                                self.escalate(Some(position), reason, "retry to reopen the approval, or abort the run").await
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Ends this run and continues the same workflow as a new run with `input` and an empty
     /// history: `return Err(ctx.continue_as_new(&next))`. Keeps long-lived runs' histories
     /// bounded.
@@ -366,6 +472,12 @@ impl Ctx {
             Err(e) => WorkflowError::failed(format!("continue_as_new input does not encode: {e}")),
         }
     }
+}
+
+/// The gate id of the approval at `position` of `run`: stable across replays.
+pub(crate) fn gate_id(run: RunId, position: u32) -> [u8; 16] {
+    let namespace = uuid::Uuid::from_bytes(run.0);
+    *uuid::Uuid::new_v5(&namespace, format!("approval/{position}").as_bytes()).as_bytes()
 }
 
 pub(crate) enum Waited<T> {

@@ -117,6 +117,48 @@ pub enum Error {
     /// A value could not be encoded or decoded as JSON (input, output, signal payload).
     #[error("payload error: {0}")]
     Payload(String),
+    /// No approval gate with this id exists.
+    #[error("unknown approval gate {0}")]
+    UnknownGate(annal_storage::GateId),
+    /// The gate was already decided; the first decision stands and nothing was written.
+    #[error("approval gate {gate} was already decided by {actor}")]
+    AlreadyDecided {
+        /// The gate.
+        gate: annal_storage::GateId,
+        /// Who decided first.
+        actor: String,
+    },
+    /// The gate's deadline passed; nothing was written.
+    #[error("approval gate {gate} expired")]
+    GateExpired {
+        /// The gate.
+        gate: annal_storage::GateId,
+    },
+    /// The actor is not among the gate's approvers; nothing was written.
+    #[error("{actor} may not decide approval gate {gate}")]
+    NotAllowed {
+        /// The gate.
+        gate: annal_storage::GateId,
+        /// Who tried.
+        actor: String,
+    },
+    /// The run is not waiting for this (it ended, or the gate was withdrawn); nothing was
+    /// written.
+    #[error("run {run} is not waiting for this ({status:?})")]
+    NotWaiting {
+        /// The run.
+        run: RunId,
+        /// Its status.
+        status: crate::RunStatus,
+    },
+    /// The operator action does not apply to the run as it stands; nothing was written.
+    #[error("operator action refused for run {run}: {reason}")]
+    ActionRefused {
+        /// The run.
+        run: RunId,
+        /// Why.
+        reason: String,
+    },
     /// The engine was shut down.
     #[error("engine is shut down")]
     Shutdown,
@@ -145,6 +187,12 @@ pub enum StepError {
     #[error("cancelled: {reason}")]
     Cancelled {
         /// Reason given with the cancel request.
+        reason: String,
+    },
+    /// The approval gate was closed without a decision the workflow can use.
+    #[error("approval withdrawn: {reason}")]
+    Withdrawn {
+        /// Why.
         reason: String,
     },
     /// The recorded output does not decode into the type the code asks for.

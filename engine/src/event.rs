@@ -308,6 +308,88 @@ pub enum EventKind {
         /// Why the previous one was given up.
         reason: String,
     },
+    /// The workflow asked for a human decision (command).
+    ApprovalRequested {
+        /// Command position.
+        position: u32,
+        /// The gate reviewers decide on.
+        gate: [u8; 16],
+        /// What the reviewer sees.
+        request: crate::approval::ApprovalRequest,
+    },
+    /// A reviewer decided.
+    ApprovalDecided {
+        /// The gate.
+        gate: [u8; 16],
+        /// Approved or rejected.
+        approved: bool,
+        /// Who decided.
+        actor: String,
+        /// Why.
+        reason: String,
+        /// The reviewer's edits to the proposal (JSON).
+        edits: Option<Payload>,
+    },
+    /// The approvers were reminded.
+    ApprovalReminded {
+        /// The gate.
+        gate: [u8; 16],
+        /// Which reminder (from 1).
+        reminder: u32,
+    },
+    /// The deadline passed without a decision.
+    ApprovalExpired {
+        /// The gate.
+        gate: [u8; 16],
+    },
+    /// The run was cancelled while waiting; the gate is closed.
+    ApprovalWithdrawn {
+        /// The gate.
+        gate: [u8; 16],
+    },
+    /// A guardrail or policy check result (command).
+    CheckRecorded {
+        /// Command position.
+        position: u32,
+        /// Check name.
+        name: String,
+        /// Whether it passed.
+        passed: bool,
+        /// What it found.
+        detail: String,
+    },
+    /// An operator acted on an escalated run.
+    OperatorAction {
+        /// Command position the action applies to.
+        position: Option<u32>,
+        /// The action.
+        action: OperatorActionKind,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What an operator can do with an escalated run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OperatorActionKind {
+    /// Run the failed step again with fresh attempts (or reopen an expired approval).
+    RetryStep,
+    /// Treat the step as done with this output (JSON).
+    SkipStep {
+        /// The output the workflow receives.
+        value: Payload,
+    },
+    /// An irreversible effect whose outcome was unknown did happen; this is its output.
+    ResolveDone {
+        /// The effect's output.
+        output: Payload,
+    },
+    /// An irreversible effect whose outcome was unknown did not happen; run it again.
+    ResolveNotDone,
+    /// End the run as failed.
+    Abort,
 }
 
 /// What an operator needs to act on an escalated run.
@@ -336,7 +418,9 @@ impl EventKind {
             | EventKind::SignalConsumed { position, .. }
             | EventKind::ValueRecorded { position, .. }
             | EventKind::PatchMarker { position, .. }
-            | EventKind::CancelDelivered { position } => Some(*position),
+            | EventKind::CancelDelivered { position }
+            | EventKind::ApprovalRequested { position, .. }
+            | EventKind::CheckRecorded { position, .. } => Some(*position),
             _ => None,
         }
     }
@@ -378,6 +462,13 @@ impl EventKind {
             EventKind::ContinuedAsNew { .. } => "ContinuedAsNew",
             EventKind::Escalated { .. } => "Escalated",
             EventKind::FallbackUsed { .. } => "FallbackUsed",
+            EventKind::ApprovalRequested { .. } => "ApprovalRequested",
+            EventKind::ApprovalDecided { .. } => "ApprovalDecided",
+            EventKind::ApprovalReminded { .. } => "ApprovalReminded",
+            EventKind::ApprovalExpired { .. } => "ApprovalExpired",
+            EventKind::ApprovalWithdrawn { .. } => "ApprovalWithdrawn",
+            EventKind::CheckRecorded { .. } => "CheckRecorded",
+            EventKind::OperatorAction { .. } => "OperatorAction",
         }
     }
 }

@@ -5,8 +5,10 @@
 //! is rebuilt by replaying that log through the same code, so a crash at any instant resumes
 //! where the recorded outcomes end.
 
+pub mod audit;
 pub mod clock;
 pub mod codec;
+pub mod approval;
 pub mod breaker;
 mod context;
 pub mod error;
@@ -14,16 +16,19 @@ pub mod event;
 pub mod policy;
 pub mod replay;
 mod runtime;
+pub mod secret;
 mod status;
 mod step;
 
-pub use annal_storage::{Durability, RunId};
+pub use annal_storage::{Durability, GateId, RunId};
+pub use approval::{Actor, ApprovalRequest, CheckResult, Decision, OnExpiry, RiskTier, Verdict};
 pub use context::Ctx;
 pub use step::{Attempt, Reconciled, StepBuilder};
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
-pub use event::{Event, EventKind, Payload};
+pub use event::{Event, EventKind, OperatorActionKind, Payload};
 pub use policy::{Backoff, FailureClass, OnExhaust, Policy, RetryPolicy, StepClass, StepFailure, ToolPolicy};
-pub use runtime::{read_history, AttemptObserver, ObservedAttempt, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
+pub use runtime::{read_history, ApprovalFilter, PendingApproval, AttemptObserver, ObservedAttempt, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
 pub use status::RunStatus;
+pub use secret::Secret;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -123,6 +123,54 @@ pub enum Recorded {
     },
     /// Cancellation was delivered to whatever call stood at this position.
     CancelDelivered,
+    /// A human approval.
+    Approval(ApprovalRecord),
+    /// A recorded check.
+    Check {
+        /// Check name.
+        name: String,
+        /// Whether it passed.
+        passed: bool,
+    },
+}
+
+/// Where an approval gate stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateState {
+    /// Waiting for a decision.
+    Pending,
+    /// Decided.
+    Decided {
+        /// Approved or rejected.
+        approved: bool,
+        /// Who.
+        actor: String,
+        /// Why.
+        reason: String,
+        /// Edits (JSON bytes).
+        edits: Option<Payload>,
+        /// When.
+        at_ms: u64,
+    },
+    /// The deadline passed.
+    Expired,
+    /// Closed by a cancellation.
+    Withdrawn,
+}
+
+/// What history says about one approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRecord {
+    /// The gate id.
+    pub gate: [u8; 16],
+    /// The request as recorded.
+    pub request: crate::approval::ApprovalRequest,
+    /// When the gate (re)opened.
+    pub requested_ms: u64,
+    /// Reminders sent since.
+    pub reminders: u32,
+    /// Where it stands.
+    pub state: GateState,
 }
 
 impl Recorded {
@@ -137,6 +185,8 @@ impl Recorded {
             Recorded::Value { kind, .. } => format!("value {kind:?}"),
             Recorded::Patch { id } => format!("patch marker '{id}'"),
             Recorded::CancelDelivered => "cancellation".into(),
+            Recorded::Approval(_) => "approval".into(),
+            Recorded::Check { name, .. } => format!("check '{name}'"),
         }
     }
 }
@@ -176,6 +226,13 @@ pub enum Command<'a> {
         /// Kind.
         kind: ValueKind,
     },
+    /// `ctx.approval(…)`.
+    Approval,
+    /// `ctx.check(name, …)`.
+    Check {
+        /// Check name.
+        name: &'a str,
+    },
 }
 
 impl Command<'_> {
@@ -188,6 +245,8 @@ impl Command<'_> {
             Command::Timer => "timer".into(),
             Command::Signal { name } => format!("signal '{name}'"),
             Command::Value { kind } => format!("value {kind:?}"),
+            Command::Approval => "approval".into(),
+            Command::Check { name } => format!("check '{name}'"),
         }
     }
 }
@@ -240,6 +299,8 @@ pub struct ReplayState {
     terminal: Option<EventKind>,
     next_seq: u64,
     budget: crate::policy::BudgetUse,
+    gates: BTreeMap<[u8; 16], u32>,
+    escalated: Option<Option<u32>>,
 }
 
 fn step_in(commands: &mut BTreeMap<u32, CommandRecord>, position: u32, seq: u64) -> Result<&mut StepRecord, Contradiction> {
@@ -319,6 +380,19 @@ impl ReplayState {
                     Recorded::Value { kind: *kind, value: value.clone() }
                 }
                 EventKind::PatchMarker { id, .. } => Recorded::Patch { id: id.clone() },
+                EventKind::ApprovalRequested { gate, request, .. } => {
+                    if self.gates.insert(*gate, position).is_some() {
+                        return bad("approval gate recorded twice".into());
+                    }
+                    Recorded::Approval(ApprovalRecord {
+                        gate: *gate,
+                        request: request.clone(),
+                        requested_ms: event.at_ms,
+                        reminders: 0,
+                        state: GateState::Pending,
+                    })
+                }
+                EventKind::CheckRecorded { name, passed, .. } => Recorded::Check { name: name.clone(), passed: *passed },
                 EventKind::CancelDelivered { .. } => {
                     if self.cancel_requested.is_none() || self.cancel_delivered {
                         return bad("cancellation delivered without a pending request".into());
@@ -427,13 +501,48 @@ impl ReplayState {
                 }
             }
             EventKind::SignalReceived { name, .. } => self.signals.push((seq, name.clone())),
+            EventKind::ApprovalDecided { gate, approved, actor, reason, edits } => {
+                let at_ms = event.at_ms;
+                let approval = self.approval_mut(gate, seq)?;
+                if approval.state != GateState::Pending {
+                    return bad("approval decided when it was not pending".into());
+                }
+                approval.state = GateState::Decided {
+                    approved: *approved,
+                    actor: actor.clone(),
+                    reason: reason.clone(),
+                    edits: edits.clone(),
+                    at_ms,
+                };
+            }
+            EventKind::ApprovalReminded { gate, .. } => {
+                let approval = self.approval_mut(gate, seq)?;
+                approval.reminders += 1;
+            }
+            EventKind::ApprovalExpired { gate } | EventKind::ApprovalWithdrawn { gate } => {
+                let withdrawn = matches!(event.kind, EventKind::ApprovalWithdrawn { .. });
+                let approval = self.approval_mut(gate, seq)?;
+                if approval.state != GateState::Pending {
+                    return bad("approval closed when it was not pending".into());
+                }
+                approval.state = if withdrawn { GateState::Withdrawn } else { GateState::Expired };
+                if withdrawn && self.cancel_requested.is_some() {
+                    self.cancel_delivered = true;
+                }
+            }
+            EventKind::Escalated { position, .. } => self.escalated = Some(*position),
+            EventKind::OperatorAction { position, action, .. } => {
+                self.escalated = None;
+                if let Some(position) = position {
+                    self.apply_operator(*position, action, event.at_ms, seq)?;
+                }
+            }
             EventKind::CancelRequested { reason, .. } => {
                 if self.cancel_requested.is_none() {
                     self.cancel_requested = Some(reason.clone());
                 }
             }
             kind if kind.is_terminal() => self.terminal = Some(kind.clone()),
-            EventKind::Escalated { .. } => {}
             _ => {}
         }
         Ok(())
@@ -441,6 +550,78 @@ impl ReplayState {
 
     fn step_mut(&mut self, position: u32, seq: u64) -> Result<&mut StepRecord, Contradiction> {
         step_in(&mut self.commands, position, seq)
+    }
+
+    fn approval_mut(&mut self, gate: &[u8; 16], seq: u64) -> Result<&mut ApprovalRecord, Contradiction> {
+        let position = self.gates.get(gate).copied();
+        match position.and_then(|p| self.commands.get_mut(&p)) {
+            Some(CommandRecord { recorded: Recorded::Approval(approval), .. }) => Ok(approval),
+            _ => Err(Contradiction { seq, reason: "event for an unknown approval gate".into() }),
+        }
+    }
+
+    /// Applies an operator's decision to the call it targets, so the replaying code sees
+    /// the step or approval as the operator left it.
+    fn apply_operator(
+        &mut self,
+        position: u32,
+        action: &crate::event::OperatorActionKind,
+        at_ms: u64,
+        seq: u64,
+    ) -> Result<(), Contradiction> {
+        use crate::event::OperatorActionKind as Op;
+        let bad = |reason: &str| Err(Contradiction { seq, reason: reason.to_string() });
+        match (self.commands.get_mut(&position).map(|r| &mut r.recorded), action) {
+            (_, Op::Abort) => {}
+            (Some(Recorded::Step(step)), Op::RetryStep) => {
+                step.outcome = None;
+                step.attempt_open = false;
+                step.alternative = 0;
+                step.current_tool = step.tool.clone();
+                step.alternative_attempts = 0;
+                if let Some(last) = step.failures.last_mut() {
+                    last.retry_at_ms = None;
+                }
+            }
+            (Some(Recorded::Step(step)), Op::SkipStep { value: output } | Op::ResolveDone { output }) => {
+                step.attempt_open = false;
+                step.outcome = Some(StepOutcome::Completed {
+                    output: output.clone(),
+                    attempt: step.attempts,
+                    served_by: Some("operator".into()),
+                });
+            }
+            (Some(Recorded::Step(step)), Op::ResolveNotDone) => {
+                if !step.attempt_open {
+                    return bad("resolve-not-done for a step with no open attempt");
+                }
+                step.attempt_open = false;
+                step.failures.push(AttemptFailure {
+                    attempt: step.attempts,
+                    class: FailureClass::Transient,
+                    message: "operator: the effect did not happen".into(),
+                    retry_at_ms: None,
+                });
+            }
+            (Some(Recorded::Approval(approval)), Op::RetryStep) => {
+                approval.state = GateState::Pending;
+                approval.requested_ms = at_ms;
+                approval.reminders = 0;
+            }
+            _ => return bad("operator action does not fit the call at its position"),
+        }
+        Ok(())
+    }
+
+    /// The position that escalated, while the run waits for an operator (`Some(None)`: the
+    /// run escalated outside any call).
+    pub fn escalated(&self) -> Option<Option<u32>> {
+        self.escalated
+    }
+
+    /// The position of an approval gate.
+    pub fn gate_position(&self, gate: &[u8; 16]) -> Option<u32> {
+        self.gates.get(gate).copied()
     }
 
     /// Budget use of the run so far.
@@ -480,6 +661,12 @@ impl ReplayState {
             (Recorded::Value { kind, .. }, Command::Value { kind: k }) => {
                 if kind != k {
                     fields.push("kind".to_string());
+                }
+            }
+            (Recorded::Approval(_), Command::Approval) => {}
+            (Recorded::Check { name, .. }, Command::Check { name: n }) => {
+                if name != n {
+                    fields.push("name".to_string());
                 }
             }
             _ => fields.push("kind".to_string()),

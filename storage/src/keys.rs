@@ -129,6 +129,14 @@ pub fn gate(gate: GateId) -> Vec<u8> {
     k
 }
 
+/// Gate id of a gate key; `None` if it is not one.
+pub fn parse_gate(key: &[u8]) -> Option<GateId> {
+    if key.len() != 17 || key[0] != GATE {
+        return None;
+    }
+    Some(GateId(key[1..17].try_into().ok()?))
+}
+
 /// Value of a gate entry: run(16) step(u32 BE).
 pub fn gate_value(run: RunId, step: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(20);

@@ -308,6 +308,18 @@ impl LogStore for SimStore {
             .transpose()
     }
 
+    async fn gates(&self) -> Result<Vec<(GateId, RunId, u32)>> {
+        self.scan_prefix(&[keys::GATE])
+            .into_iter()
+            .map(|(k, v)| {
+                let bad = || crate::Error::CorruptIndex { reason: crate::CorruptReason::BadKey(k.clone()) };
+                let gate = keys::parse_gate(&k).ok_or_else(bad)?;
+                let (run, step) = keys::parse_gate_value(&v).ok_or_else(bad)?;
+                Ok((gate, run, step))
+            })
+            .collect()
+    }
+
     async fn purge(&self, run: RunId) -> Result<()> {
         let writes = {
             let inner = self.lock();

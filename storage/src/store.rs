@@ -206,6 +206,9 @@ pub trait LogStore: Send + Sync + 'static {
     /// The run and command position of an approval gate.
     async fn gate(&self, gate: GateId) -> Result<Option<(RunId, u32)>>;
 
+    /// Every approval gate: its id, run and command position, in gate id order.
+    async fn gates(&self) -> Result<Vec<(GateId, RunId, u32)>>;
+
     /// Deletes a run: its events, metadata and every index entry pointing at it, atomically.
     async fn purge(&self, run: RunId) -> Result<()>;
 

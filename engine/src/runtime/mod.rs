@@ -8,6 +8,7 @@
 
 mod driver;
 pub(crate) mod inner;
+mod operator;
 mod registry;
 pub(crate) mod slot;
 mod timer;
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+pub use self::operator::{ApprovalFilter, PendingApproval};
 use self::inner::{AppendReq, EngineInner};
 use self::registry::Registry;
 use self::slot::Halt;
