@@ -447,11 +447,13 @@ impl Engine {
     }
 
     /// Replay-only result of a run, once its replay ended (see `testing::Replayer`).
+    #[cfg(feature = "testing")]
     pub(crate) fn replayed(&self, run: RunId) -> Option<std::result::Result<(), crate::DriftError>> {
         self.inner.replayed.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
     }
 
     /// Waits until something settles (a run ends, blocks, parks or escalates).
+    #[cfg(feature = "testing")]
     pub(crate) async fn settled(&self) {
         let mut rx = self.inner.settled.subscribe();
         let _ = rx.changed().await;

@@ -1,0 +1,352 @@
+//! Engine workloads next to the physical limit of the disk, measured in the same run.
+//!
+//! ```text
+//! cargo bench -p annal --bench workloads
+//! ANNAL_BENCH_SCALE=0.1 cargo bench -p annal --bench workloads     # a quick smoke run
+//! ANNAL_BENCH_ONLY=chain,replay cargo bench -p annal --bench workloads
+//! ANNAL_BENCH_DIR=/mnt/nvme cargo bench -p annal --bench workloads  # another disk
+//! ```
+//!
+//! Workloads (`PowerSafe` unless stated):
+//! - `chain`: one run of 1000 sequential `Write` steps: steps/s and mean step latency, against
+//!   one raw power-safe commit (sled `apply_batch` of one record + flush + fsync of the `db`
+//!   file and the directory).
+//! - `fan_in`: 256 concurrent runs of 10 `Write` steps: steps/s, runs/s, p50/p99 run latency,
+//!   against the raw group-commit limit at the same concurrency (256 records per commit).
+//! - `replay`: resume a run with a 10,000-event history: events/s and time to resume.
+//! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
+//!   all resumed and finished once due, and resident memory per parked run.
+//! - `disk`: bytes on disk per event against encoded bytes per event.
+//!
+//! Prints a table, then one JSON line per row (`{"bench":"engine",...}`).
+
+#![allow(missing_docs)]
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use annal::{ApprovalRequest, Ctx, Durability, Engine, StepClass, WorkflowError};
+
+struct Row {
+    workload: &'static str,
+    metric: &'static str,
+    value: f64,
+    unit: &'static str,
+    limit: Option<f64>,
+    note: String,
+}
+
+fn scale() -> f64 {
+    std::env::var("ANNAL_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+}
+
+fn scaled(n: usize) -> usize {
+    ((n as f64 * scale()).round() as usize).max(1)
+}
+
+fn wanted(name: &str) -> bool {
+    std::env::var("ANNAL_BENCH_ONLY").map_or(true, |only| only.split(',').any(|w| w.trim() == name))
+}
+
+fn bench_dir() -> tempfile::TempDir {
+    match std::env::var_os("ANNAL_BENCH_DIR") {
+        Some(dir) => tempfile::tempdir_in(dir).expect("bench dir"),
+        None => tempfile::tempdir().expect("temp dir"),
+    }
+}
+
+/// The raw limit: `batch` records of `bytes` each per sled `apply_batch`, then flush, fsync of
+/// the `db` file and of the directory. Returns (commits/s, mean commit latency).
+fn raw_commits(dir: &Path, batch: usize, bytes: usize, commits: usize) -> (f64, Duration) {
+    let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open().expect("raw sled");
+    let tree = db.open_tree("raw").expect("tree");
+    let db_file = File::open(dir.join("db")).expect("db file");
+    let dir_file = File::open(dir).expect("dir");
+    let payload = vec![7u8; bytes];
+    let started = Instant::now();
+    let mut key = 0u64;
+    for _ in 0..commits {
+        let mut b = sled::Batch::default();
+        for _ in 0..batch {
+            key += 1;
+            b.insert(&key.to_be_bytes(), payload.as_slice());
+        }
+        tree.apply_batch(b).expect("apply");
+        db.flush().expect("flush");
+        db_file.sync_all().expect("fsync db");
+        dir_file.sync_all().expect("fsync dir");
+    }
+    let elapsed = started.elapsed();
+    (commits as f64 / elapsed.as_secs_f64(), elapsed / commits as u32)
+}
+
+async fn chain(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
+    let mut total = 0;
+    for i in 0..steps {
+        total += ctx.step("step").class(StepClass::Write).run(move |_| async move { Ok(i) }).await?;
+    }
+    Ok(total)
+}
+
+async fn open(path: &Path) -> Engine {
+    Engine::builder()
+        .path(path)
+        .durability(Durability::PowerSafe)
+        .park_after_ms(200)
+        .register("chain", 1, chain)
+        .register("parked", 1, parked)
+        .open()
+        .await
+        .expect("engine")
+}
+
+async fn bench_chain(rows: &mut Vec<Row>) {
+    let steps = scaled(1000) as u32;
+    let dir = bench_dir();
+    let raw_dir = bench_dir();
+    let (_, raw_latency) = raw_commits(raw_dir.path(), 1, 120, scaled(300));
+    let engine = open(dir.path()).await;
+    let started = Instant::now();
+    let out = engine.start::<_, u32>("chain", &steps).await.unwrap().result().await.unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(out, (0..steps).sum::<u32>());
+    engine.shutdown().await;
+    let per_step = elapsed / steps;
+    rows.push(Row {
+        workload: "chain",
+        metric: "step latency",
+        value: per_step.as_secs_f64() * 1e6,
+        unit: "us",
+        limit: Some(raw_latency.as_secs_f64() * 1e6),
+        note: format!("{steps} steps, {:.0} steps/s; limit = one raw power-safe commit", steps as f64 / elapsed.as_secs_f64()),
+    });
+}
+
+async fn bench_fan_in(rows: &mut Vec<Row>) {
+    let runs = scaled(256);
+    let steps = 10u32;
+    let dir = bench_dir();
+    let raw_dir = bench_dir();
+    let (raw_commits_per_s, _) = raw_commits(raw_dir.path(), runs, 120, scaled(60));
+    let engine = open(dir.path()).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..runs)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                engine.start::<_, u32>("chain", &steps).await.unwrap().result().await.unwrap();
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(runs);
+    for t in tasks {
+        latencies.push(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    engine.shutdown().await;
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
+    let steps_total = runs as f64 * f64::from(steps);
+    rows.push(Row {
+        workload: "fan_in",
+        metric: "steps/s",
+        value: steps_total / elapsed.as_secs_f64(),
+        unit: "steps/s",
+        limit: Some(raw_commits_per_s * runs as f64),
+        note: format!(
+            "{runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; limit = raw commits of {runs} records",
+            runs as f64 / elapsed.as_secs_f64(),
+            pct(0.5),
+            pct(0.99)
+        ),
+    });
+}
+
+async fn bench_replay(rows: &mut Vec<Row>) {
+    // 10,000 events: RunStarted + 4,999 steps x 2 events + ...; Read steps ride on group commits.
+    let steps = (scaled(10_000) / 2) as u32;
+    let dir = bench_dir();
+    let engine = Engine::builder()
+        .path(dir.path())
+        .durability(Durability::Buffered)
+        .register("reads", 1, reads)
+        .open()
+        .await
+        .unwrap();
+    let run = engine.start::<_, u32>("reads", &steps).await.unwrap().run_id();
+    while engine.status(run).await.unwrap().status != annal::RunStatus::Parked {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let events = engine.status(run).await.unwrap().events;
+    engine.shutdown().await;
+    drop(engine);
+    let engine = Engine::builder()
+        .path(dir.path())
+        .durability(Durability::Buffered)
+        .register("reads", 1, reads)
+        .open()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    engine.signal(run, "go", &()).await.unwrap();
+    engine.handle::<u32>(run).result().await.unwrap();
+    let elapsed = started.elapsed();
+    engine.shutdown().await;
+    rows.push(Row {
+        workload: "replay",
+        metric: "events/s",
+        value: events as f64 / elapsed.as_secs_f64(),
+        unit: "events/s",
+        limit: Some(1_000_000.0),
+        note: format!("{events} events resumed in {:.1} ms (load, decode, fold, re-run code); target >= 1M/s, < 20 ms", elapsed.as_secs_f64() * 1e3),
+    });
+}
+
+async fn reads(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
+    let mut total = 0;
+    for i in 0..steps {
+        total += ctx.step("read").class(StepClass::Read).run(move |_| async move { Ok(i % 7) }).await?;
+    }
+    let () = ctx.signal("go").await?;
+    Ok(total)
+}
+
+async fn parked(ctx: Ctx, i: u32) -> Result<u32, WorkflowError> {
+    if i % 2 == 0 {
+        ctx.sleep(Duration::from_secs(2)).await?;
+    } else {
+        let mut request = ApprovalRequest::new("bench");
+        request.deadline_ms = Some(2_000);
+        request.on_expiry = annal::OnExpiry::Reject;
+        ctx.approval(request).await?;
+    }
+    Ok(i)
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .map_or(0, |pages| pages * 4096)
+}
+
+async fn bench_recovery(rows: &mut Vec<Row>) {
+    let runs = scaled(10_000);
+    let dir = bench_dir();
+    let path: PathBuf = dir.path().to_path_buf();
+    let engine = open(&path).await;
+    let before = rss_bytes();
+    let mut ids = Vec::with_capacity(runs);
+    for i in 0..runs {
+        ids.push(engine.start::<_, u32>("parked", &(i as u32)).await.unwrap().run_id());
+    }
+    // Wait until every run has parked (dropped from memory).
+    loop {
+        let runs_now = engine.runs().await.unwrap();
+        if runs_now.iter().all(|r| r.status == annal::RunStatus::Parked) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parked_rss = rss_bytes().saturating_sub(before);
+    engine.shutdown().await;
+    drop(engine);
+    let started = Instant::now();
+    let engine = open(&path).await;
+    let opened = started.elapsed();
+    for run in &ids {
+        engine.handle::<u32>(*run).result().await.unwrap();
+    }
+    let all_done = started.elapsed();
+    engine.shutdown().await;
+    rows.push(Row {
+        workload: "recovery",
+        metric: "open",
+        value: opened.as_secs_f64() * 1e3,
+        unit: "ms",
+        limit: Some(2_000.0),
+        note: format!("{runs} parked runs; all resumed and finished {:.0} ms after open (timers/deadlines due at 2 s)", all_done.as_secs_f64() * 1e3),
+    });
+    rows.push(Row {
+        workload: "recovery",
+        metric: "memory per parked run",
+        value: parked_rss as f64 / runs as f64,
+        unit: "B",
+        limit: Some(256.0),
+        note: "resident set growth while parked / runs (includes sled page cache growth)".into(),
+    });
+}
+
+fn dir_bytes(path: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+        let meta = entry.metadata().unwrap();
+        total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+    }
+    total
+}
+
+async fn bench_disk(rows: &mut Vec<Row>) {
+    let steps = scaled(2_000) as u32;
+    let dir = bench_dir();
+    let engine = open(dir.path()).await;
+    let run = engine.start::<_, u32>("chain", &steps).await.unwrap();
+    run.result().await.unwrap();
+    let history = engine.history(run.run_id()).await.unwrap();
+    let encoded: usize = history.iter().map(|e| annal::codec::encode_event(e).len()).sum();
+    engine.shutdown().await;
+    drop(run);
+    drop(engine);
+    let on_disk = dir_bytes(dir.path());
+    rows.push(Row {
+        workload: "disk",
+        metric: "bytes per event",
+        value: on_disk as f64 / history.len() as f64,
+        unit: "B",
+        limit: Some(encoded as f64 / history.len() as f64),
+        note: format!("{} events; limit = encoded bytes per event (before framing and sled)", history.len()),
+    });
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        if wanted("chain") {
+            bench_chain(&mut rows).await;
+        }
+        if wanted("fan_in") {
+            bench_fan_in(&mut rows).await;
+        }
+        if wanted("replay") {
+            bench_replay(&mut rows).await;
+        }
+        if wanted("recovery") {
+            bench_recovery(&mut rows).await;
+        }
+        if wanted("disk") {
+            bench_disk(&mut rows).await;
+        }
+    });
+    println!("{:<10} {:<24} {:>14} {:>14} {:>8}  note", "workload", "metric", "value", "limit", "ratio");
+    for r in &rows {
+        let ratio = r.limit.map_or(String::from("-"), |l| format!("{:.2}", r.value / l));
+        let limit = r.limit.map_or(String::from("-"), |l| format!("{l:.1}"));
+        println!("{:<10} {:<24} {:>11.1} {:<2} {:>14} {:>8}  {}", r.workload, r.metric, r.value, r.unit, limit, ratio, r.note);
+    }
+    for r in &rows {
+        println!(
+            "{{\"bench\":\"engine\",\"workload\":\"{}\",\"metric\":\"{}\",\"value\":{:.3},\"unit\":\"{}\",\"limit\":{},\"ratio\":{},\"note\":{:?}}}",
+            r.workload,
+            r.metric,
+            r.value,
+            r.unit,
+            r.limit.map_or("null".into(), |l| format!("{l:.3}")),
+            r.limit.map_or("null".into(), |l| format!("{:.4}", r.value / l)),
+            r.note
+        );
+    }
+}
