@@ -38,7 +38,10 @@ struct Row {
 }
 
 fn scale() -> f64 {
-    std::env::var("ANNAL_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0)
+    std::env::var("ANNAL_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1.0)
 }
 
 fn scaled(n: usize) -> usize {
@@ -59,7 +62,11 @@ fn bench_dir() -> tempfile::TempDir {
 /// The raw limit: `batch` records of `bytes` each per sled `apply_batch`, then flush, fsync of
 /// the `db` file and of the directory. Returns (commits/s, mean commit latency).
 fn raw_commits(dir: &Path, batch: usize, bytes: usize, commits: usize) -> (f64, Duration) {
-    let db = sled::Config::new().path(dir).cache_capacity(64 << 20).open().expect("raw sled");
+    let db = sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 << 20)
+        .open()
+        .expect("raw sled");
     let tree = db.open_tree("raw").expect("tree");
     let db_file = File::open(dir.join("db")).expect("db file");
     let dir_file = File::open(dir).expect("dir");
@@ -78,13 +85,20 @@ fn raw_commits(dir: &Path, batch: usize, bytes: usize, commits: usize) -> (f64, 
         dir_file.sync_all().expect("fsync dir");
     }
     let elapsed = started.elapsed();
-    (commits as f64 / elapsed.as_secs_f64(), elapsed / commits as u32)
+    (
+        commits as f64 / elapsed.as_secs_f64(),
+        elapsed / commits as u32,
+    )
 }
 
 async fn chain(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
     let mut total = 0;
     for i in 0..steps {
-        total += ctx.step("step").class(StepClass::Write).run(move |_| async move { Ok(i) }).await?;
+        total += ctx
+            .step("step")
+            .class(StepClass::Write)
+            .run(move |_| async move { Ok(i) })
+            .await?;
     }
     Ok(total)
 }
@@ -108,7 +122,13 @@ async fn bench_chain(rows: &mut Vec<Row>) {
     let (_, raw_latency) = raw_commits(raw_dir.path(), 1, 120, scaled(300));
     let engine = open(dir.path()).await;
     let started = Instant::now();
-    let out = engine.start::<_, u32>("chain", &steps).await.unwrap().result().await.unwrap();
+    let out = engine
+        .start::<_, u32>("chain", &steps)
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
     let elapsed = started.elapsed();
     assert_eq!(out, (0..steps).sum::<u32>());
     engine.shutdown().await;
@@ -119,7 +139,10 @@ async fn bench_chain(rows: &mut Vec<Row>) {
         value: per_step.as_secs_f64() * 1e6,
         unit: "us",
         limit: Some(raw_latency.as_secs_f64() * 1e6),
-        note: format!("{steps} steps, {:.0} steps/s; limit = one raw power-safe commit", steps as f64 / elapsed.as_secs_f64()),
+        note: format!(
+            "{steps} steps, {:.0} steps/s; limit = one raw power-safe commit",
+            steps as f64 / elapsed.as_secs_f64()
+        ),
     });
 }
 
@@ -136,7 +159,13 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
             let engine = engine.clone();
             tokio::spawn(async move {
                 let t = Instant::now();
-                engine.start::<_, u32>("chain", &steps).await.unwrap().result().await.unwrap();
+                engine
+                    .start::<_, u32>("chain", &steps)
+                    .await
+                    .unwrap()
+                    .result()
+                    .await
+                    .unwrap();
                 t.elapsed()
             })
         })
@@ -176,7 +205,11 @@ async fn bench_replay(rows: &mut Vec<Row>) {
         .open()
         .await
         .unwrap();
-    let run = engine.start::<_, u32>("reads", &steps).await.unwrap().run_id();
+    let run = engine
+        .start::<_, u32>("reads", &steps)
+        .await
+        .unwrap()
+        .run_id();
     while engine.status(run).await.unwrap().status != annal::RunStatus::Parked {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -208,7 +241,11 @@ async fn bench_replay(rows: &mut Vec<Row>) {
 async fn reads(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
     let mut total = 0;
     for i in 0..steps {
-        total += ctx.step("read").class(StepClass::Read).run(move |_| async move { Ok(i % 7) }).await?;
+        total += ctx
+            .step("read")
+            .class(StepClass::Read)
+            .run(move |_| async move { Ok(i % 7) })
+            .await?;
     }
     let () = ctx.signal("go").await?;
     Ok(total)
@@ -229,7 +266,11 @@ async fn parked(ctx: Ctx, i: u32) -> Result<u32, WorkflowError> {
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<u64>().ok())
+        })
         .map_or(0, |pages| pages * 4096)
 }
 
@@ -241,12 +282,21 @@ async fn bench_recovery(rows: &mut Vec<Row>) {
     let before = rss_bytes();
     let mut ids = Vec::with_capacity(runs);
     for i in 0..runs {
-        ids.push(engine.start::<_, u32>("parked", &(i as u32)).await.unwrap().run_id());
+        ids.push(
+            engine
+                .start::<_, u32>("parked", &(i as u32))
+                .await
+                .unwrap()
+                .run_id(),
+        );
     }
     // Wait until every run has parked (dropped from memory).
     loop {
         let runs_now = engine.runs().await.unwrap();
-        if runs_now.iter().all(|r| r.status == annal::RunStatus::Parked) {
+        if runs_now
+            .iter()
+            .all(|r| r.status == annal::RunStatus::Parked)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -284,7 +334,11 @@ fn dir_bytes(path: &Path) -> u64 {
     let mut total = 0;
     for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
         let meta = entry.metadata().unwrap();
-        total += if meta.is_dir() { dir_bytes(&entry.path()) } else { meta.len() };
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            meta.len()
+        };
     }
     total
 }
@@ -296,7 +350,10 @@ async fn bench_disk(rows: &mut Vec<Row>) {
     let run = engine.start::<_, u32>("chain", &steps).await.unwrap();
     run.result().await.unwrap();
     let history = engine.history(run.run_id()).await.unwrap();
-    let encoded: usize = history.iter().map(|e| annal::codec::encode_event(e).len()).sum();
+    let encoded: usize = history
+        .iter()
+        .map(|e| annal::codec::encode_event(e).len())
+        .sum();
     engine.shutdown().await;
     drop(run);
     drop(engine);
@@ -307,12 +364,18 @@ async fn bench_disk(rows: &mut Vec<Row>) {
         value: on_disk as f64 / history.len() as f64,
         unit: "B",
         limit: Some(encoded as f64 / history.len() as f64),
-        note: format!("{} events; limit = encoded bytes per event (before framing and sled)", history.len()),
+        note: format!(
+            "{} events; limit = encoded bytes per event (before framing and sled)",
+            history.len()
+        ),
     });
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut rows = Vec::new();
     runtime.block_on(async {
         if wanted("chain") {
@@ -331,11 +394,19 @@ fn main() {
             bench_disk(&mut rows).await;
         }
     });
-    println!("{:<10} {:<24} {:>14} {:>14} {:>8}  note", "workload", "metric", "value", "limit", "ratio");
+    println!(
+        "{:<10} {:<24} {:>14} {:>14} {:>8}  note",
+        "workload", "metric", "value", "limit", "ratio"
+    );
     for r in &rows {
-        let ratio = r.limit.map_or(String::from("-"), |l| format!("{:.2}", r.value / l));
+        let ratio = r
+            .limit
+            .map_or(String::from("-"), |l| format!("{:.2}", r.value / l));
         let limit = r.limit.map_or(String::from("-"), |l| format!("{l:.1}"));
-        println!("{:<10} {:<24} {:>11.1} {:<2} {:>14} {:>8}  {}", r.workload, r.metric, r.value, r.unit, limit, ratio, r.note);
+        println!(
+            "{:<10} {:<24} {:>11.1} {:<2} {:>14} {:>8}  {}",
+            r.workload, r.metric, r.value, r.unit, limit, ratio, r.note
+        );
     }
     for r in &rows {
         println!(

@@ -5,7 +5,9 @@
 use serde::{Deserialize, Serialize};
 
 /// How risky the proposed action is; filters the reviewers' inbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub enum RiskTier {
     /// Routine.
     #[default]
@@ -73,7 +75,10 @@ pub struct ApprovalRequest {
 impl ApprovalRequest {
     /// A request for `action` with defaults (low risk, no deadline, anyone may decide).
     pub fn new(action: impl Into<String>) -> Self {
-        Self { action: action.into(), ..Self::default() }
+        Self {
+            action: action.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -89,7 +94,10 @@ pub struct Actor {
 impl Actor {
     /// An actor with roles.
     pub fn new(id: impl Into<String>, roles: &[&str]) -> Self {
-        Self { id: id.into(), roles: roles.iter().map(|r| r.to_string()).collect() }
+        Self {
+            id: id.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
     }
 
     /// Whether this actor is one of `approvers` (ids or `role:NAME`). Pure.
@@ -142,7 +150,8 @@ pub fn next_wake(request: &ApprovalRequest, requested_ms: u64, reminders_sent: u
     let deadline = request.deadline_ms.map(|d| requested_ms.saturating_add(d));
     match request.on_expiry {
         OnExpiry::Remind { times, every_ms } if reminders_sent < times => {
-            let reminder = requested_ms.saturating_add(every_ms.saturating_mul(u64::from(reminders_sent) + 1));
+            let reminder =
+                requested_ms.saturating_add(every_ms.saturating_mul(u64::from(reminders_sent) + 1));
             Some(deadline.map_or(reminder, |d| d.min(reminder)))
         }
         _ => deadline,
@@ -150,7 +159,12 @@ pub fn next_wake(request: &ApprovalRequest, requested_ms: u64, reminders_sent: u
 }
 
 /// Whether the wake at `now_ms` is a reminder (true) or the deadline (false). Pure.
-pub fn is_reminder(request: &ApprovalRequest, requested_ms: u64, reminders_sent: u32, now_ms: u64) -> bool {
+pub fn is_reminder(
+    request: &ApprovalRequest,
+    requested_ms: u64,
+    reminders_sent: u32,
+    now_ms: u64,
+) -> bool {
     let deadline = request.deadline_ms.map(|d| requested_ms.saturating_add(d));
     matches!(request.on_expiry, OnExpiry::Remind { times, .. } if reminders_sent < times)
         && deadline.is_none_or(|d| now_ms < d)
@@ -173,7 +187,10 @@ mod tests {
     fn reminders_come_before_the_deadline() {
         let request = ApprovalRequest {
             deadline_ms: Some(10_000),
-            on_expiry: OnExpiry::Remind { times: 2, every_ms: 3_000 },
+            on_expiry: OnExpiry::Remind {
+                times: 2,
+                every_ms: 3_000,
+            },
             ..ApprovalRequest::new("x")
         };
         assert_eq!(next_wake(&request, 100, 0), Some(3_100));

@@ -31,7 +31,11 @@ fn one() -> u32 {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        Self { failure_threshold: 5, cool_down_ms: 30_000, probes: 1 }
+        Self {
+            failure_threshold: 5,
+            cool_down_ms: 30_000,
+            probes: 1,
+        }
     }
 }
 
@@ -80,7 +84,11 @@ pub struct Breaker {
 impl Breaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
-        Self { config, state: BreakerState::Closed { failures: 0 }, opened: 0 }
+        Self {
+            config,
+            state: BreakerState::Closed { failures: 0 },
+            opened: 0,
+        }
     }
 
     /// Current state.
@@ -97,18 +105,22 @@ impl Breaker {
     pub fn admit(&mut self, now_ms: u64) -> Admission {
         match self.state {
             BreakerState::Closed { .. } => Admission::Allowed,
-            BreakerState::Open { until_ms } if now_ms < until_ms => Admission::Rejected { retry_at_ms: until_ms },
+            BreakerState::Open { until_ms } if now_ms < until_ms => Admission::Rejected {
+                retry_at_ms: until_ms,
+            },
             BreakerState::Open { .. } => {
                 self.state = BreakerState::HalfOpen { in_flight: 1 };
                 Admission::Probe
             }
             BreakerState::HalfOpen { in_flight } if in_flight < self.config.probes => {
-                self.state = BreakerState::HalfOpen { in_flight: in_flight + 1 };
+                self.state = BreakerState::HalfOpen {
+                    in_flight: in_flight + 1,
+                };
                 Admission::Probe
             }
-            BreakerState::HalfOpen { .. } => {
-                Admission::Rejected { retry_at_ms: now_ms.saturating_add(self.config.cool_down_ms) }
-            }
+            BreakerState::HalfOpen { .. } => Admission::Rejected {
+                retry_at_ms: now_ms.saturating_add(self.config.cool_down_ms),
+            },
         }
     }
 
@@ -116,7 +128,9 @@ impl Breaker {
     /// tool's health (bad input): they neither open nor close the breaker.
     pub fn record(&mut self, success: bool, counts: bool, now_ms: u64) {
         let open = |b: &mut Self| {
-            b.state = BreakerState::Open { until_ms: now_ms.saturating_add(b.config.cool_down_ms) };
+            b.state = BreakerState::Open {
+                until_ms: now_ms.saturating_add(b.config.cool_down_ms),
+            };
             b.opened += 1;
         };
         match (self.state, success) {
@@ -125,7 +139,9 @@ impl Breaker {
             }
             (_, false) if !counts => {
                 if let BreakerState::HalfOpen { in_flight } = self.state {
-                    self.state = BreakerState::HalfOpen { in_flight: in_flight.saturating_sub(1) };
+                    self.state = BreakerState::HalfOpen {
+                        in_flight: in_flight.saturating_sub(1),
+                    };
                 }
             }
             (BreakerState::HalfOpen { .. }, false) => open(self),
@@ -149,7 +165,11 @@ mod tests {
 
     #[test]
     fn opens_at_the_threshold_half_opens_after_cool_down_and_closes_on_success() {
-        let mut b = Breaker::new(BreakerConfig { failure_threshold: 2, cool_down_ms: 1_000, probes: 1 });
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 2,
+            cool_down_ms: 1_000,
+            probes: 1,
+        });
         assert_eq!(b.admit(0), Admission::Allowed);
         b.record(false, true, 0);
         assert_eq!(b.state(), BreakerState::Closed { failures: 1 });
@@ -157,7 +177,10 @@ mod tests {
         assert_eq!(b.state(), BreakerState::Open { until_ms: 1_010 });
         assert_eq!(b.admit(500), Admission::Rejected { retry_at_ms: 1_010 });
         assert_eq!(b.admit(1_010), Admission::Probe);
-        assert!(matches!(b.admit(1_011), Admission::Rejected { .. }), "one probe at a time");
+        assert!(
+            matches!(b.admit(1_011), Admission::Rejected { .. }),
+            "one probe at a time"
+        );
         b.record(true, true, 1_020);
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
         assert_eq!(b.times_opened(), 1);
@@ -165,7 +188,11 @@ mod tests {
 
     #[test]
     fn a_failed_probe_reopens_and_terminal_errors_do_not_count() {
-        let mut b = Breaker::new(BreakerConfig { failure_threshold: 1, cool_down_ms: 100, probes: 1 });
+        let mut b = Breaker::new(BreakerConfig {
+            failure_threshold: 1,
+            cool_down_ms: 100,
+            probes: 1,
+        });
         b.record(false, false, 0);
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
         b.record(false, true, 0);

@@ -26,13 +26,18 @@ pub struct TokioClock {
 impl TokioClock {
     /// A clock starting at the system's current wall time.
     pub fn new() -> Self {
-        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let base_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         Self::starting_at(base_ms)
     }
 
     /// A clock starting at a chosen wall time (deterministic tests).
     pub fn starting_at(base_ms: u64) -> Self {
-        Self { base_ms, base: tokio::time::Instant::now() }
+        Self {
+            base_ms,
+            base: tokio::time::Instant::now(),
+        }
     }
 }
 

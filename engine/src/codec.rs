@@ -42,7 +42,9 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     let mut out = vec![SCHEMA_V1];
     // Serialising our own plain data types into a Vec cannot fail short of the size limit,
     // which no event the engine builds reaches.
-    options().serialize_into(&mut out, event).expect("event encodes");
+    options()
+        .serialize_into(&mut out, event)
+        .expect("event encodes");
     out
 }
 
@@ -50,7 +52,9 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
 pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
     let (&schema, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match schema {
-        SCHEMA_V1 => options().deserialize(body).map_err(|e| CodecError::Invalid(e.to_string())),
+        SCHEMA_V1 => options()
+            .deserialize(body)
+            .map_err(|e| CodecError::Invalid(e.to_string())),
         other => Err(CodecError::UnknownSchema(other)),
     }
 }
@@ -66,7 +70,9 @@ mod tests {
         let event = Event {
             seq: 3,
             at_ms: 1_700_000_000_000,
-            kind: EventKind::RunCompleted { output: Payload(b"{\"ok\":true}".to_vec()) },
+            kind: EventKind::RunCompleted {
+                output: Payload(b"{\"ok\":true}".to_vec()),
+            },
         };
         let bytes = encode_event(&event);
         assert_eq!(decode_event(&bytes), Ok(event));
@@ -74,7 +80,10 @@ mod tests {
         assert_eq!(decode_event(&[9, 0]), Err(CodecError::UnknownSchema(9)));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(decode_event(&trailing), Err(CodecError::Invalid(_))));
+        assert!(matches!(
+            decode_event(&trailing),
+            Err(CodecError::Invalid(_))
+        ));
     }
 
     proptest! {

@@ -16,9 +16,9 @@ use serde::Serialize;
 use crate::error::{Cancelled, StepError, WorkflowError};
 use crate::event::{EventKind, Payload, ValueKind};
 use crate::replay::{Command, CommandRecord, Match, Recorded};
-use crate::step::StepBuilder;
 use crate::runtime::inner::{AppendReq, EngineInner};
 use crate::runtime::slot::{Halt, RunSlot};
+use crate::step::StepBuilder;
 
 /// The workflow's handle on the engine. Cheap to clone; clones share the run.
 #[derive(Clone)]
@@ -27,6 +27,8 @@ pub struct Ctx {
     pub(crate) slot: Arc<RunSlot>,
 }
 
+// Lives for one match on the stack; boxing the common variant would cost an allocation per call.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Begin {
     Live,
     Recorded(CommandRecord),
@@ -70,13 +72,27 @@ impl Ctx {
     }
 
     /// Records an escalation with its context and stops the run for an operator.
-    pub(crate) async fn escalate(&self, position: Option<u32>, reason: String, suggested_next: &str) -> ! {
+    pub(crate) async fn escalate(
+        &self,
+        position: Option<u32>,
+        reason: String,
+        suggested_next: &str,
+    ) -> ! {
         let context = {
             let state = self.slot.state();
             crate::replay::escalation_context(&state.replay, position, suggested_next)
         };
-        let event = EventKind::Escalated { position, reason: reason.clone(), context };
-        self.append(AppendReq::events(vec![event]).status(crate::RunStatus::Escalated, reason.clone()).durable()).await;
+        let event = EventKind::Escalated {
+            position,
+            reason: reason.clone(),
+            context,
+        };
+        self.append(
+            AppendReq::events(vec![event])
+                .status(crate::RunStatus::Escalated, reason.clone())
+                .durable(),
+        )
+        .await;
         self.halt(Halt::Escalate(reason)).await
     }
 
@@ -112,14 +128,26 @@ impl Ctx {
         };
         match matched {
             Err(mismatch) => self.halt(Halt::Drift(mismatch)).await,
-            Ok(Some(CommandRecord { recorded: Recorded::CancelDelivered, .. })) => {
-                let reason = self.slot.state().replay.cancel_reason().unwrap_or_default().to_string();
+            Ok(Some(CommandRecord {
+                recorded: Recorded::CancelDelivered,
+                ..
+            })) => {
+                let reason = self
+                    .slot
+                    .state()
+                    .replay
+                    .cancel_reason()
+                    .unwrap_or_default()
+                    .to_string();
                 Begin::Cancelled(reason)
             }
             Ok(Some(record)) => Begin::Recorded(record),
             Ok(None) => match pending_cancel {
                 Some(reason) => {
-                    self.append(AppendReq::events(vec![EventKind::CancelDelivered { position }])).await;
+                    self.append(AppendReq::events(vec![EventKind::CancelDelivered {
+                        position,
+                    }]))
+                    .await;
                     Begin::Cancelled(reason)
                 }
                 None => Begin::Live,
@@ -129,7 +157,11 @@ impl Ctx {
 
     /// Waits until `ready` holds, `due_ms` passes or a cancellation arrives; parks the run if
     /// the wait outlasts the engine's `park_after_ms` while no step body runs.
-    pub(crate) async fn wait<T>(&self, due_ms: Option<u64>, mut ready: impl FnMut(&crate::runtime::slot::RunState) -> Option<T>) -> Waited<T> {
+    pub(crate) async fn wait<T>(
+        &self,
+        due_ms: Option<u64>,
+        mut ready: impl FnMut(&crate::runtime::slot::RunState) -> Option<T>,
+    ) -> Waited<T> {
         let clock = &self.engine.clock;
         let park_after_ms = self.engine.config.park_after_ms;
         if self.engine.config.replay_only {
@@ -183,16 +215,26 @@ impl Ctx {
     }
 
     /// A durable sleep: survives restarts, resumes with only the remaining time.
-    pub fn sleep(&self, duration: Duration) -> impl Future<Output = Result<(), Cancelled>> + Send + '_ {
+    pub fn sleep(
+        &self,
+        duration: Duration,
+    ) -> impl Future<Output = Result<(), Cancelled>> + Send + '_ {
         let position = self.take_position();
         async move {
-            let due = self.engine.clock.now_ms().saturating_add(duration.as_millis() as u64);
+            let due = self
+                .engine
+                .clock
+                .now_ms()
+                .saturating_add(duration.as_millis() as u64);
             self.timer(position, due).await
         }
     }
 
     /// A durable sleep until a wall time (ms since the Unix epoch).
-    pub fn sleep_until(&self, at_ms: u64) -> impl Future<Output = Result<(), Cancelled>> + Send + '_ {
+    pub fn sleep_until(
+        &self,
+        at_ms: u64,
+    ) -> impl Future<Output = Result<(), Cancelled>> + Send + '_ {
         let position = self.take_position();
         self.timer(position, at_ms)
     }
@@ -200,7 +242,10 @@ impl Ctx {
     async fn timer(&self, position: u32, live_due_ms: u64) -> Result<(), Cancelled> {
         let fire_at_ms = match self.begin(position, Command::Timer).await {
             Begin::Cancelled(reason) => return Err(Cancelled { reason }),
-            Begin::Recorded(CommandRecord { recorded: Recorded::Timer { fire_at_ms, done }, .. }) => {
+            Begin::Recorded(CommandRecord {
+                recorded: Recorded::Timer { fire_at_ms, done },
+                ..
+            }) => {
                 if done {
                     return self.timer_result(position);
                 }
@@ -209,23 +254,38 @@ impl Ctx {
             Begin::Recorded(_) => unreachable!("the matcher only returns a timer for a timer"),
             Begin::Live => {
                 self.append(
-                    AppendReq::events(vec![EventKind::TimerStarted { position, fire_at_ms: live_due_ms }])
-                        .index([IndexOp::PutTimer { fire_at_ms: live_due_ms, id: position }])
-                        .durable(),
+                    AppendReq::events(vec![EventKind::TimerStarted {
+                        position,
+                        fire_at_ms: live_due_ms,
+                    }])
+                    .index([IndexOp::PutTimer {
+                        fire_at_ms: live_due_ms,
+                        id: position,
+                    }])
+                    .durable(),
                 )
                 .await;
                 self.engine.timers_changed.notify_one();
                 live_due_ms
             }
         };
-        let delete = IndexOp::DeleteTimer { fire_at_ms, id: position };
+        let delete = IndexOp::DeleteTimer {
+            fire_at_ms,
+            id: position,
+        };
         match self.wait(Some(fire_at_ms), |_| None::<()>).await {
             Waited::Ready(()) | Waited::Due => {
-                self.append(AppendReq::events(vec![EventKind::TimerFired { position }]).index([delete])).await;
+                self.append(
+                    AppendReq::events(vec![EventKind::TimerFired { position }]).index([delete]),
+                )
+                .await;
                 Ok(())
             }
             Waited::Cancelled(reason) => {
-                self.append(AppendReq::events(vec![EventKind::TimerCancelled { position }]).index([delete])).await;
+                self.append(
+                    AppendReq::events(vec![EventKind::TimerCancelled { position }]).index([delete]),
+                )
+                .await;
                 Err(Cancelled { reason })
             }
         }
@@ -233,9 +293,14 @@ impl Ctx {
 
     fn timer_result(&self, position: u32) -> Result<(), Cancelled> {
         let state = self.slot.state();
-        let cancelled = state.events.iter().any(|e| matches!(e.kind, EventKind::TimerCancelled { position: p } if p == position));
+        let cancelled = state
+            .events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::TimerCancelled { position: p } if p == position));
         if cancelled {
-            Err(Cancelled { reason: state.replay.cancel_reason().unwrap_or_default().to_string() })
+            Err(Cancelled {
+                reason: state.replay.cancel_reason().unwrap_or_default().to_string(),
+            })
         } else {
             Ok(())
         }
@@ -243,18 +308,32 @@ impl Ctx {
 
     /// Waits for the next signal named `name` (signals sent before the wait are kept, in
     /// order). Each signal is taken by exactly one call.
-    pub fn signal<T: DeserializeOwned>(&self, name: &str) -> impl Future<Output = Result<T, StepError>> + Send + '_ {
+    pub fn signal<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<T, StepError>> + Send + '_ {
         let position = self.take_position();
         let name = name.to_string();
         async move {
             let signal_seq = match self.begin(position, Command::Signal { name: &name }).await {
                 Begin::Cancelled(reason) => return Err(StepError::Cancelled { reason }),
-                Begin::Recorded(CommandRecord { recorded: Recorded::Signal { signal_seq, .. }, .. }) => signal_seq,
-                Begin::Recorded(_) => unreachable!("the matcher only returns a signal for a signal"),
+                Begin::Recorded(CommandRecord {
+                    recorded: Recorded::Signal { signal_seq, .. },
+                    ..
+                }) => signal_seq,
+                Begin::Recorded(_) => {
+                    unreachable!("the matcher only returns a signal for a signal")
+                }
                 Begin::Live => loop {
-                    match self.wait(None, |state| state.replay.next_signal(&name)).await {
+                    match self
+                        .wait(None, |state| state.replay.next_signal(&name))
+                        .await
+                    {
                         Waited::Cancelled(reason) => {
-                            self.append(AppendReq::events(vec![EventKind::CancelDelivered { position }])).await;
+                            self.append(AppendReq::events(vec![EventKind::CancelDelivered {
+                                position,
+                            }]))
+                            .await;
                             return Err(StepError::Cancelled { reason });
                         }
                         Waited::Due => unreachable!("a signal wait has no due time"),
@@ -262,9 +341,19 @@ impl Ctx {
                     }
                     // Take it under the writer lock, so two waits never take the same signal.
                     let mut writer = self.slot.writer.lock().await;
-                    let Some(seq) = self.slot.state().replay.next_signal(&name) else { continue };
-                    let consumed = EventKind::SignalConsumed { position, name: name.clone(), signal_seq: seq };
-                    if let Err(e) = self.engine.append_locked(&self.slot, &mut writer, AppendReq::events(vec![consumed])).await {
+                    let Some(seq) = self.slot.state().replay.next_signal(&name) else {
+                        continue;
+                    };
+                    let consumed = EventKind::SignalConsumed {
+                        position,
+                        name: name.clone(),
+                        signal_seq: seq,
+                    };
+                    if let Err(e) = self
+                        .engine
+                        .append_locked(&self.slot, &mut writer, AppendReq::events(vec![consumed]))
+                        .await
+                    {
                         drop(writer);
                         self.store_failed(e).await
                     }
@@ -273,29 +362,48 @@ impl Ctx {
             };
             let payload = {
                 let state = self.slot.state();
-                state.events.get(signal_seq as usize).and_then(|e| match &e.kind {
-                    EventKind::SignalReceived { payload, .. } => Some(payload.clone()),
-                    _ => None,
-                })
+                state
+                    .events
+                    .get(signal_seq as usize)
+                    .and_then(|e| match &e.kind {
+                        EventKind::SignalReceived { payload, .. } => Some(payload.clone()),
+                        _ => None,
+                    })
             };
             let payload = payload.ok_or_else(|| StepError::Output {
                 step: format!("signal '{name}'"),
                 reason: format!("seq {signal_seq} is not a received signal"),
             })?;
-            payload.decode().map_err(|e| StepError::Output { step: format!("signal '{name}'"), reason: e.to_string() })
+            payload.decode().map_err(|e| StepError::Output {
+                step: format!("signal '{name}'"),
+                reason: e.to_string(),
+            })
         }
     }
 
-    async fn value(&self, position: u32, kind: ValueKind, live: impl FnOnce() -> Payload) -> Payload {
+    async fn value(
+        &self,
+        position: u32,
+        kind: ValueKind,
+        live: impl FnOnce() -> Payload,
+    ) -> Payload {
         match self.begin(position, Command::Value { kind }).await {
-            Begin::Recorded(CommandRecord { recorded: Recorded::Value { value, .. }, .. }) => value,
+            Begin::Recorded(CommandRecord {
+                recorded: Recorded::Value { value, .. },
+                ..
+            }) => value,
             // A value call cannot be cancelled meaningfully: hand back a fresh value; the
             // cancellation stays recorded and the next wait or step reports it.
             Begin::Recorded(_) | Begin::Cancelled(_) | Begin::Live => {
                 let value = live();
-                let recorded = matches!(self.slot.state().replay.command(position), Some(_));
+                let recorded = self.slot.state().replay.command(position).is_some();
                 if !recorded {
-                    self.append(AppendReq::events(vec![EventKind::ValueRecorded { position, kind, value: value.clone() }])).await;
+                    self.append(AppendReq::events(vec![EventKind::ValueRecorded {
+                        position,
+                        kind,
+                        value: value.clone(),
+                    }]))
+                    .await;
                 }
                 value
             }
@@ -308,7 +416,11 @@ impl Ctx {
         let position = self.take_position();
         async move {
             let now = self.engine.clock.now_ms();
-            let value = self.value(position, ValueKind::Now, || Payload::encode(&now).unwrap_or_default()).await;
+            let value = self
+                .value(position, ValueKind::Now, || {
+                    Payload::encode(&now).unwrap_or_default()
+                })
+                .await;
             value.decode().unwrap_or(now)
         }
     }
@@ -318,7 +430,11 @@ impl Ctx {
         let position = self.take_position();
         async move {
             let fresh = uuid::Uuid::new_v4().as_u64_pair().0;
-            let value = self.value(position, ValueKind::Random, || Payload::encode(&fresh).unwrap_or_default()).await;
+            let value = self
+                .value(position, ValueKind::Random, || {
+                    Payload::encode(&fresh).unwrap_or_default()
+                })
+                .await;
             value.decode().unwrap_or(fresh)
         }
     }
@@ -328,7 +444,11 @@ impl Ctx {
         let position = self.take_position();
         async move {
             let fresh = uuid::Uuid::new_v4();
-            let value = self.value(position, ValueKind::Uuid, || Payload::encode(&fresh).unwrap_or_default()).await;
+            let value = self
+                .value(position, ValueKind::Uuid, || {
+                    Payload::encode(&fresh).unwrap_or_default()
+                })
+                .await;
             value.decode().unwrap_or(fresh)
         }
     }
@@ -350,7 +470,11 @@ impl Ctx {
             match recorded {
                 Some(present) => present,
                 None => {
-                    self.append(AppendReq::events(vec![EventKind::PatchMarker { position, id }])).await;
+                    self.append(AppendReq::events(vec![EventKind::PatchMarker {
+                        position,
+                        id,
+                    }]))
+                    .await;
                     true
                 }
             }
@@ -359,17 +483,30 @@ impl Ctx {
 
     /// Records a guardrail or policy check result in history, for reviewers and auditors;
     /// returns `passed` (as recorded, on replay).
-    pub fn check(&self, name: &str, passed: bool, detail: &str) -> impl Future<Output = bool> + Send + '_ {
+    pub fn check(
+        &self,
+        name: &str,
+        passed: bool,
+        detail: &str,
+    ) -> impl Future<Output = bool> + Send + '_ {
         let position = self.take_position();
         let (name, detail) = (name.to_string(), detail.to_string());
         async move {
             match self.begin(position, Command::Check { name: &name }).await {
-                Begin::Recorded(CommandRecord { recorded: Recorded::Check { passed, .. }, .. }) => passed,
+                Begin::Recorded(CommandRecord {
+                    recorded: Recorded::Check { passed, .. },
+                    ..
+                }) => passed,
                 // A check is a record, not a wait: a pending cancellation is reported by the
                 // next wait or step.
                 Begin::Recorded(_) | Begin::Cancelled(_) | Begin::Live => {
                     if self.slot.state().replay.command(position).is_none() {
-                        let event = EventKind::CheckRecorded { position, name, passed, detail };
+                        let event = EventKind::CheckRecorded {
+                            position,
+                            name,
+                            passed,
+                            detail,
+                        };
                         self.append(AppendReq::events(vec![event])).await;
                     }
                     passed
@@ -393,35 +530,79 @@ impl Ctx {
                 Begin::Cancelled(reason) => return Err(StepError::Cancelled { reason }),
                 Begin::Recorded(_) => {}
                 Begin::Live => {
-                    let first_wake = crate::approval::next_wake(&request, self.engine.clock.now_ms(), 0);
-                    let mut index = vec![IndexOp::PutGate { gate: annal_storage::GateId(gate), step: position }];
-                    index.extend(first_wake.map(|at| IndexOp::PutTimer { fire_at_ms: at, id: position }));
-                    let event = EventKind::ApprovalRequested { position, gate, request };
-                    self.append(AppendReq::events(vec![event]).index(index).durable()).await;
+                    let first_wake =
+                        crate::approval::next_wake(&request, self.engine.clock.now_ms(), 0);
+                    let mut index = vec![IndexOp::PutGate {
+                        gate: annal_storage::GateId(gate),
+                        step: position,
+                    }];
+                    index.extend(first_wake.map(|at| IndexOp::PutTimer {
+                        fire_at_ms: at,
+                        id: position,
+                    }));
+                    let event = EventKind::ApprovalRequested {
+                        position,
+                        gate,
+                        request,
+                    };
+                    self.append(AppendReq::events(vec![event]).index(index).durable())
+                        .await;
                     self.engine.timers_changed.notify_one();
                 }
             }
             loop {
                 let record = match self.slot.state().replay.command(position) {
-                    Some(CommandRecord { recorded: Recorded::Approval(record), .. }) => record.clone(),
-                    _ => unreachable!("position {position} holds the approval just matched or recorded"),
+                    Some(CommandRecord {
+                        recorded: Recorded::Approval(record),
+                        ..
+                    }) => record.clone(),
+                    _ => unreachable!(
+                        "position {position} holds the approval just matched or recorded"
+                    ),
                 };
-                let ApprovalRecord { request, requested_ms, reminders, state, .. } = record;
+                let ApprovalRecord {
+                    request,
+                    requested_ms,
+                    reminders,
+                    state,
+                    ..
+                } = record;
                 let action = request.action.clone();
                 match state {
-                    GateState::Decided { approved: true, actor, reason, edits, .. } => {
+                    GateState::Decided {
+                        approved: true,
+                        actor,
+                        reason,
+                        edits,
+                        ..
+                    } => {
                         let edits = edits.and_then(|e| e.decode().ok());
-                        return Ok(crate::approval::Decision::Approved { actor, reason, edits });
+                        return Ok(crate::approval::Decision::Approved {
+                            actor,
+                            reason,
+                            edits,
+                        });
                     }
-                    GateState::Decided { approved: false, actor, reason, .. } => {
-                        return Ok(crate::approval::Decision::Rejected { actor, reason })
-                    }
+                    GateState::Decided {
+                        approved: false,
+                        actor,
+                        reason,
+                        ..
+                    } => return Ok(crate::approval::Decision::Rejected { actor, reason }),
                     GateState::Withdrawn => {
-                        let reason = self.slot.state().replay.cancel_reason().unwrap_or_default().to_string();
+                        let reason = self
+                            .slot
+                            .state()
+                            .replay
+                            .cancel_reason()
+                            .unwrap_or_default()
+                            .to_string();
                         return Err(StepError::Cancelled { reason });
                     }
                     GateState::Expired => match request.on_expiry {
-                        crate::approval::OnExpiry::Reject => return Ok(crate::approval::Decision::Expired),
+                        crate::approval::OnExpiry::Reject => {
+                            return Ok(crate::approval::Decision::Expired)
+                        }
                         _ => {
                             let reason = format!("approval '{action}' expired without a decision");
                             self.halt(Halt::Escalate(reason)).await
@@ -430,31 +611,57 @@ impl Ctx {
                     GateState::Pending => {}
                 }
                 let wake = crate::approval::next_wake(&request, requested_ms, reminders);
-                let decided = |state: &crate::runtime::slot::RunState| match state.replay.command(position) {
-                    Some(CommandRecord { recorded: Recorded::Approval(a), .. }) if a.state != GateState::Pending => Some(()),
-                    _ => None,
-                };
-                let done_timer = wake.map(|at| IndexOp::DeleteTimer { fire_at_ms: at, id: position });
+                let decided =
+                    |state: &crate::runtime::slot::RunState| match state.replay.command(position) {
+                        Some(CommandRecord {
+                            recorded: Recorded::Approval(a),
+                            ..
+                        }) if a.state != GateState::Pending => Some(()),
+                        _ => None,
+                    };
+                let done_timer = wake.map(|at| IndexOp::DeleteTimer {
+                    fire_at_ms: at,
+                    id: position,
+                });
                 match self.wait(wake, decided).await {
                     Waited::Ready(()) => {}
                     Waited::Cancelled(_) => {
                         let event = EventKind::ApprovalWithdrawn { gate };
-                        self.append(AppendReq::events(vec![event]).index(done_timer)).await;
+                        self.append(AppendReq::events(vec![event]).index(done_timer))
+                            .await;
                     }
                     Waited::Due => {
                         let now_ms = self.engine.clock.now_ms();
                         if crate::approval::is_reminder(&request, requested_ms, reminders, now_ms) {
                             tracing::info!(gate = %annal_storage::GateId(gate), reminder = reminders + 1, action = %action, "approval reminder");
-                            let next = crate::approval::next_wake(&request, requested_ms, reminders + 1);
-                            let event = EventKind::ApprovalReminded { gate, reminder: reminders + 1 };
-                            let index = done_timer.into_iter().chain(next.map(|at| IndexOp::PutTimer { fire_at_ms: at, id: position }));
-                            self.append(AppendReq::events(vec![event]).index(index).durable()).await;
+                            let next =
+                                crate::approval::next_wake(&request, requested_ms, reminders + 1);
+                            let event = EventKind::ApprovalReminded {
+                                gate,
+                                reminder: reminders + 1,
+                            };
+                            let index =
+                                done_timer
+                                    .into_iter()
+                                    .chain(next.map(|at| IndexOp::PutTimer {
+                                        fire_at_ms: at,
+                                        id: position,
+                                    }));
+                            self.append(AppendReq::events(vec![event]).index(index).durable())
+                                .await;
                         } else {
                             let event = EventKind::ApprovalExpired { gate };
-                            self.append(AppendReq::events(vec![event]).index(done_timer).durable()).await;
+                            self.append(AppendReq::events(vec![event]).index(done_timer).durable())
+                                .await;
                             if request.on_expiry != crate::approval::OnExpiry::Reject {
-                                let reason = format!("approval '{action}' expired without a decision");
-                                self.escalate(Some(position), reason, "retry to reopen the approval, or abort the run").await
+                                let reason =
+                                    format!("approval '{action}' expired without a decision");
+                                self.escalate(
+                                    Some(position),
+                                    reason,
+                                    "retry to reopen the approval, or abort the run",
+                                )
+                                .await
                             }
                         }
                     }

@@ -172,7 +172,7 @@ pub enum Error {
 #[non_exhaustive]
 pub enum StepError {
     /// The policy gave up (attempts, budget, terminal error) and said `Fail`.
-    #[error("step '{step}' failed ({budget}): {class:?}: {message}")]
+    #[error("step '{step}' failed ({budget}){}: {message}", class.as_ref().map(|c| format!(", last failure {}", c.label())).unwrap_or_default())]
     Exhausted {
         /// Step name.
         step: String,

@@ -50,7 +50,9 @@ impl<'de> Deserialize<'de> for Payload {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         if deserializer.is_human_readable() {
             let value = serde_json::Value::deserialize(deserializer)?;
-            serde_json::to_vec(&value).map(Payload).map_err(serde::de::Error::custom)
+            serde_json::to_vec(&value)
+                .map(Payload)
+                .map_err(serde::de::Error::custom)
         } else {
             serde_bytes_vec(deserializer).map(Payload)
         }

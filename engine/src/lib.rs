@@ -5,11 +5,11 @@
 //! is rebuilt by replaying that log through the same code, so a crash at any instant resumes
 //! where the recorded outcomes end.
 
+pub mod approval;
 pub mod audit;
+pub mod breaker;
 pub mod clock;
 pub mod codec;
-pub mod approval;
-pub mod breaker;
 mod context;
 pub mod error;
 pub mod event;
@@ -23,12 +23,21 @@ mod step;
 pub use annal_storage::{Durability, GateId, RunId};
 pub use approval::{Actor, ApprovalRequest, CheckResult, Decision, OnExpiry, RiskTier, Verdict};
 pub use context::Ctx;
-pub use step::{Attempt, Reconciled, StepBuilder};
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
 pub use event::{Event, EventKind, OperatorActionKind, Payload};
-pub use policy::{Backoff, FailureClass, OnExhaust, Policy, RetryPolicy, StepClass, StepFailure, ToolPolicy};
-pub use runtime::{read_history, ApprovalFilter, PendingApproval, AttemptObserver, ObservedAttempt, Engine, EngineBuilder, EngineConfig, RunHandle, RunInfo, StartOptions};
-pub use status::RunStatus;
+pub use policy::{
+    Backoff, FailureClass, OnExhaust, Policy, RetryPolicy, StepClass, StepFailure, ToolPolicy,
+};
+pub use runtime::{
+    read_history, ApprovalFilter, AttemptObserver, Engine, EngineBuilder, EngineConfig,
+    ObservedAttempt, PendingApproval, RunHandle, RunInfo, StartOptions,
+};
 pub use secret::Secret;
+pub use status::RunStatus;
+pub use step::{Attempt, Reconciled, StepBuilder};
 #[cfg(feature = "testing")]
 pub mod testing;
+
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -74,22 +74,37 @@ pub struct StepFailure {
 impl StepFailure {
     /// A failure worth retrying.
     pub fn transient(message: impl Into<String>) -> Self {
-        Self { class: FailureClass::Transient, message: message.into() }
+        Self {
+            class: FailureClass::Transient,
+            message: message.into(),
+        }
     }
     /// A failure retrying cannot fix.
     pub fn terminal(message: impl Into<String>) -> Self {
-        Self { class: FailureClass::Terminal, message: message.into() }
+        Self {
+            class: FailureClass::Terminal,
+            message: message.into(),
+        }
     }
     /// The attempt timed out.
     pub fn timeout(message: impl Into<String>) -> Self {
-        Self { class: FailureClass::Timeout, message: message.into() }
+        Self {
+            class: FailureClass::Timeout,
+            message: message.into(),
+        }
     }
     /// The effect may have happened.
     pub fn ambiguous(message: impl Into<String>) -> Self {
-        Self { class: FailureClass::Ambiguous, message: message.into() }
+        Self {
+            class: FailureClass::Ambiguous,
+            message: message.into(),
+        }
     }
     /// The target is rate limiting; `retry_after` is the delay it asked for, if any.
-    pub fn rate_limited(message: impl Into<String>, retry_after: Option<std::time::Duration>) -> Self {
+    pub fn rate_limited(
+        message: impl Into<String>,
+        retry_after: Option<std::time::Duration>,
+    ) -> Self {
         Self {
             class: FailureClass::RateLimited {
                 retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
@@ -112,12 +127,17 @@ impl From<std::io::Error> for StepFailure {
         use std::io::ErrorKind as K;
         let class = match e.kind() {
             K::TimedOut => FailureClass::Timeout,
-            K::InvalidInput | K::InvalidData | K::PermissionDenied | K::NotFound | K::Unsupported => {
-                FailureClass::Terminal
-            }
+            K::InvalidInput
+            | K::InvalidData
+            | K::PermissionDenied
+            | K::NotFound
+            | K::Unsupported => FailureClass::Terminal,
             _ => FailureClass::Transient,
         };
-        Self { class, message: e.to_string() }
+        Self {
+            class,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -168,7 +188,11 @@ pub enum Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff::Exponential { initial_ms: 200, factor: 2, max_ms: 30_000 }
+        Backoff::Exponential {
+            initial_ms: 200,
+            factor: 2,
+            max_ms: 30_000,
+        }
     }
 }
 
@@ -178,7 +202,11 @@ impl Backoff {
         match self {
             Backoff::None => 0,
             Backoff::Fixed { delay_ms } => *delay_ms,
-            Backoff::Exponential { initial_ms, factor, max_ms } => {
+            Backoff::Exponential {
+                initial_ms,
+                factor,
+                max_ms,
+            } => {
                 let exp = attempt.saturating_sub(1).min(63);
                 let growth = u64::from(*factor).saturating_pow(exp);
                 initial_ms.saturating_mul(growth).min(*max_ms)
@@ -218,7 +246,11 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// No retries at all.
     pub fn never() -> Self {
-        Self { max_attempts: 1, backoff: Backoff::None, ..Self::default() }
+        Self {
+            max_attempts: 1,
+            backoff: Backoff::None,
+            ..Self::default()
+        }
     }
 }
 
@@ -264,8 +296,10 @@ pub struct FailedAttempt<'a> {
 
 /// Decides whether and when to retry. Pure: same inputs, same answer.
 pub fn decide_retry(policy: &RetryPolicy, failed: &FailedAttempt<'_>) -> RetryDecision {
-    let may_have_happened =
-        matches!(failed.failure, FailureClass::Ambiguous | FailureClass::Timeout);
+    let may_have_happened = matches!(
+        failed.failure,
+        FailureClass::Ambiguous | FailureClass::Timeout
+    );
     match failed.failure {
         FailureClass::Terminal => return RetryDecision::GiveUp("terminal error".into()),
         _ if failed.class == StepClass::Irreversible && may_have_happened => {
@@ -283,7 +317,10 @@ pub fn decide_retry(policy: &RetryPolicy, failed: &FailedAttempt<'_>) -> RetryDe
         let half = delay_ms / 2;
         delay_ms = half + failed.random % (delay_ms - half + 1);
     }
-    if let FailureClass::RateLimited { retry_after_ms: Some(after) } = failed.failure {
+    if let FailureClass::RateLimited {
+        retry_after_ms: Some(after),
+    } = failed.failure
+    {
         delay_ms = delay_ms.max(*after);
     }
     let retry_at_ms = failed.now_ms.saturating_add(delay_ms);
@@ -300,13 +337,25 @@ mod tests {
     use super::*;
 
     fn failed(class: StepClass, failure: &FailureClass, attempt: u32) -> FailedAttempt<'_> {
-        FailedAttempt { class, failure, attempt, now_ms: 1_000, scheduled_ms: 0, random: 7 }
+        FailedAttempt {
+            class,
+            failure,
+            attempt,
+            now_ms: 1_000,
+            scheduled_ms: 0,
+            random: 7,
+        }
     }
 
     #[test]
     fn terminal_errors_are_never_retried() {
         let policy = RetryPolicy::default();
-        for class in [StepClass::Read, StepClass::Draft, StepClass::Write, StepClass::Irreversible] {
+        for class in [
+            StepClass::Read,
+            StepClass::Draft,
+            StepClass::Write,
+            StepClass::Irreversible,
+        ] {
             let d = decide_retry(&policy, &failed(class, &FailureClass::Terminal, 1));
             assert_eq!(d, RetryDecision::GiveUp("terminal error".into()));
         }
@@ -321,7 +370,10 @@ mod tests {
             let d = decide_retry(&policy, &failed(StepClass::Write, &f, 1));
             assert!(matches!(d, RetryDecision::RetryAt(_)), "{f:?}");
         }
-        let d = decide_retry(&policy, &failed(StepClass::Irreversible, &FailureClass::Transient, 1));
+        let d = decide_retry(
+            &policy,
+            &failed(StepClass::Irreversible, &FailureClass::Transient, 1),
+        );
         assert!(matches!(d, RetryDecision::RetryAt(_)));
     }
 
@@ -329,28 +381,59 @@ mod tests {
     fn attempts_are_capped_and_backoff_grows_to_its_cap() {
         let policy = RetryPolicy {
             max_attempts: 3,
-            backoff: Backoff::Exponential { initial_ms: 100, factor: 2, max_ms: 250 },
+            backoff: Backoff::Exponential {
+                initial_ms: 100,
+                factor: 2,
+                max_ms: 250,
+            },
             jitter: false,
             ..RetryPolicy::default()
         };
         let t = FailureClass::Transient;
-        assert_eq!(decide_retry(&policy, &failed(StepClass::Read, &t, 1)), RetryDecision::RetryAt(1_100));
-        assert_eq!(decide_retry(&policy, &failed(StepClass::Read, &t, 2)), RetryDecision::RetryAt(1_200));
-        assert!(matches!(decide_retry(&policy, &failed(StepClass::Read, &t, 3)), RetryDecision::GiveUp(_)));
-        assert_eq!(Backoff::Exponential { initial_ms: 100, factor: 2, max_ms: 250 }.delay_ms(5), 250);
+        assert_eq!(
+            decide_retry(&policy, &failed(StepClass::Read, &t, 1)),
+            RetryDecision::RetryAt(1_100)
+        );
+        assert_eq!(
+            decide_retry(&policy, &failed(StepClass::Read, &t, 2)),
+            RetryDecision::RetryAt(1_200)
+        );
+        assert!(matches!(
+            decide_retry(&policy, &failed(StepClass::Read, &t, 3)),
+            RetryDecision::GiveUp(_)
+        ));
+        assert_eq!(
+            Backoff::Exponential {
+                initial_ms: 100,
+                factor: 2,
+                max_ms: 250
+            }
+            .delay_ms(5),
+            250
+        );
     }
 
     #[test]
     fn jitter_stays_within_half_and_full_delay_and_rate_limits_are_honoured() {
-        let policy = RetryPolicy { backoff: Backoff::Fixed { delay_ms: 1_000 }, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            backoff: Backoff::Fixed { delay_ms: 1_000 },
+            ..RetryPolicy::default()
+        };
         for random in [0, 1, 499, 500, 501, u64::MAX] {
             let mut f = failed(StepClass::Read, &FailureClass::Transient, 1);
             f.random = random;
-            let RetryDecision::RetryAt(at) = decide_retry(&policy, &f) else { panic!() };
+            let RetryDecision::RetryAt(at) = decide_retry(&policy, &f) else {
+                panic!()
+            };
             assert!((1_500..=2_000).contains(&at), "{at}");
         }
-        let limited = FailureClass::RateLimited { retry_after_ms: Some(5_000) };
-        assert_eq!(decide_retry(&policy, &failed(StepClass::Read, &limited, 1)), RetryDecision::RetryAt(6_000));
+        let limited = FailureClass::RateLimited {
+            retry_after_ms: Some(5_000),
+        };
+        assert_eq!(
+            decide_retry(&policy, &failed(StepClass::Read, &limited, 1)),
+            RetryDecision::RetryAt(6_000)
+        );
     }
 
     #[test]
@@ -361,7 +444,10 @@ mod tests {
             max_total_ms: Some(1_500),
             ..RetryPolicy::default()
         };
-        let d = decide_retry(&policy, &failed(StepClass::Read, &FailureClass::Transient, 1));
+        let d = decide_retry(
+            &policy,
+            &failed(StepClass::Read, &FailureClass::Transient, 1),
+        );
         assert!(matches!(d, RetryDecision::GiveUp(ref why) if why.contains("duration")));
     }
 }
@@ -406,6 +492,8 @@ pub struct ToolPolicy {
     pub backoff_initial_ms: Option<u64>,
     /// Delay cap (default 30 s).
     pub backoff_max_ms: Option<u64>,
+    /// Randomise delays within [delay/2, delay] (default true).
+    pub jitter: Option<bool>,
     /// What happens when the tool gives up.
     pub on_exhaust: Option<ExhaustKind>,
     /// Value returned on `degrade` (JSON), unless the step gives its own.
@@ -485,8 +573,10 @@ impl Policy {
     /// Reads a TOML policy file.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, PolicyError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_toml(&text)
     }
 
@@ -497,36 +587,58 @@ impl Policy {
             return explicit.clone();
         }
         let mut retry = RetryPolicy::default();
-        let Some(tool) = tool.and_then(|t| self.tools.get(t)) else { return retry };
+        let Some(tool) = tool.and_then(|t| self.tools.get(t)) else {
+            return retry;
+        };
         if let Some(max_retries) = tool.max_retries {
             retry.max_attempts = max_retries.saturating_add(1);
         }
         retry.attempt_timeout_ms = tool.timeout_ms.or(retry.attempt_timeout_ms);
+        retry.jitter = tool.jitter.unwrap_or(retry.jitter);
         let initial_ms = tool.backoff_initial_ms.unwrap_or(200);
         let max_ms = tool.backoff_max_ms.unwrap_or(30_000);
         retry.backoff = match tool.backoff {
-            None => Backoff::Exponential { initial_ms, factor: 2, max_ms },
+            None => Backoff::Exponential {
+                initial_ms,
+                factor: 2,
+                max_ms,
+            },
             Some(BackoffKind::None) => Backoff::None,
-            Some(BackoffKind::Fixed) => Backoff::Fixed { delay_ms: initial_ms },
-            Some(BackoffKind::Exponential) => Backoff::Exponential { initial_ms, factor: 2, max_ms },
+            Some(BackoffKind::Fixed) => Backoff::Fixed {
+                delay_ms: initial_ms,
+            },
+            Some(BackoffKind::Exponential) => Backoff::Exponential {
+                initial_ms,
+                factor: 2,
+                max_ms,
+            },
         };
         retry
     }
 
     /// What a step does when it gives up: explicit setting, then the tool's rule, then `Fail`.
     /// `degrade_to` is the step's own degrade value, used when the tool rule says degrade.
-    pub fn exhaust_for(&self, tool: Option<&str>, explicit: Option<&OnExhaust>, degrade_to: Option<&Payload>) -> OnExhaust {
+    pub fn exhaust_for(
+        &self,
+        tool: Option<&str>,
+        explicit: Option<&OnExhaust>,
+        degrade_to: Option<&Payload>,
+    ) -> OnExhaust {
         if let Some(explicit) = explicit {
             return explicit.clone();
         }
-        let Some(rule) = tool.and_then(|t| self.tools.get(t)) else { return OnExhaust::Fail };
+        let Some(rule) = tool.and_then(|t| self.tools.get(t)) else {
+            return OnExhaust::Fail;
+        };
         match rule.on_exhaust {
             None | Some(ExhaustKind::Fail) => OnExhaust::Fail,
             Some(ExhaustKind::Skip) => OnExhaust::Skip,
             Some(ExhaustKind::Escalate) => OnExhaust::Escalate,
             Some(ExhaustKind::Degrade) => {
                 let value = degrade_to.cloned().or_else(|| {
-                    rule.degrade_to.as_ref().and_then(|v| Payload::encode(v).ok())
+                    rule.degrade_to
+                        .as_ref()
+                        .and_then(|v| Payload::encode(v).ok())
                 });
                 match value {
                     Some(value) => OnExhaust::Degrade(value),
@@ -553,7 +665,12 @@ pub struct BudgetUse {
 }
 
 /// Which run ceiling, if any, forbids another attempt now. Pure.
-pub fn run_ceiling_reached(ceilings: &RunCeilings, used: &BudgetUse, tool: Option<&str>, now_ms: u64) -> Option<String> {
+pub fn run_ceiling_reached(
+    ceilings: &RunCeilings,
+    used: &BudgetUse,
+    tool: Option<&str>,
+    now_ms: u64,
+) -> Option<String> {
     if let Some(max) = ceilings.max_iterations {
         if used.attempts >= max {
             return Some(format!("run max_iterations ({max})"));
@@ -578,7 +695,11 @@ pub fn run_ceiling_reached(ceilings: &RunCeilings, used: &BudgetUse, tool: Optio
 }
 
 /// Whether the tool's run-wide retry budget allows one more retry. Pure.
-pub fn tool_retry_exhausted(policy: &Policy, tool: Option<&str>, used: &BudgetUse) -> Option<String> {
+pub fn tool_retry_exhausted(
+    policy: &Policy,
+    tool: Option<&str>,
+    used: &BudgetUse,
+) -> Option<String> {
     let tool = tool?;
     let max = policy.tools.get(tool)?.max_retries?;
     let spent = used.tool_retries.get(tool).copied().unwrap_or(0);
@@ -612,17 +733,29 @@ mod policy_file_tests {
         assert_eq!(policy.version.as_deref(), Some("v7"));
         assert_eq!(policy.run.max_iterations, Some(12));
         let search = policy.retry_for(Some("search_api"), None);
-        assert_eq!((search.max_attempts, search.attempt_timeout_ms), (4, Some(3_000)));
+        assert_eq!(
+            (search.max_attempts, search.attempt_timeout_ms),
+            (4, Some(3_000))
+        );
         let crm = policy.retry_for(Some("crm_write"), None);
         assert_eq!(crm.max_attempts, 2);
-        assert_eq!(policy.exhaust_for(Some("crm_write"), None, None), OnExhaust::Escalate);
+        assert_eq!(
+            policy.exhaust_for(Some("crm_write"), None, None),
+            OnExhaust::Escalate
+        );
         assert_eq!(
             policy.exhaust_for(Some("search_api"), None, None),
             OnExhaust::Degrade(Payload(br#"{"results":[]}"#.to_vec()))
         );
         let explicit = RetryPolicy::never();
-        assert_eq!(policy.retry_for(Some("search_api"), Some(&explicit)), explicit);
-        assert_eq!(policy.retry_for(Some("unknown"), None), RetryPolicy::default());
+        assert_eq!(
+            policy.retry_for(Some("search_api"), Some(&explicit)),
+            explicit
+        );
+        assert_eq!(
+            policy.retry_for(Some("unknown"), None),
+            RetryPolicy::default()
+        );
     }
 
     #[test]
@@ -634,12 +767,20 @@ mod policy_file_tests {
     #[test]
     fn ceilings_and_tool_budgets() {
         let policy = Policy::from_toml(FILE).unwrap();
-        let mut used = BudgetUse { started_ms: 1_000, ..BudgetUse::default() };
+        let mut used = BudgetUse {
+            started_ms: 1_000,
+            ..BudgetUse::default()
+        };
         assert_eq!(run_ceiling_reached(&policy.run, &used, None, 2_000), None);
         used.attempts = 12;
-        assert_eq!(run_ceiling_reached(&policy.run, &used, None, 2_000).as_deref(), Some("run max_iterations (12)"));
+        assert_eq!(
+            run_ceiling_reached(&policy.run, &used, None, 2_000).as_deref(),
+            Some("run max_iterations (12)")
+        );
         used.attempts = 0;
-        assert!(run_ceiling_reached(&policy.run, &used, None, 302_000).unwrap().contains("max_duration"));
+        assert!(run_ceiling_reached(&policy.run, &used, None, 302_000)
+            .unwrap()
+            .contains("max_duration"));
         used.tool_retries.insert("search_api".into(), 3);
         assert!(tool_retry_exhausted(&policy, Some("search_api"), &used).is_some());
         assert!(tool_retry_exhausted(&policy, Some("crm_write"), &used).is_none());

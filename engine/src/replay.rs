@@ -176,7 +176,9 @@ pub struct ApprovalRecord {
 impl Recorded {
     fn describe(&self) -> String {
         match self {
-            Recorded::Step(StepRecord { name, tool, class, .. }) => match tool {
+            Recorded::Step(StepRecord {
+                name, tool, class, ..
+            }) => match tool {
                 Some(tool) => format!("step '{name}' (tool {tool}, {class:?})"),
                 None => format!("step '{name}' ({class:?})"),
             },
@@ -238,7 +240,9 @@ pub enum Command<'a> {
 impl Command<'_> {
     fn describe(&self) -> String {
         match self {
-            Command::Step { name, tool, class, .. } => match tool {
+            Command::Step {
+                name, tool, class, ..
+            } => match tool {
                 Some(tool) => format!("step '{name}' (tool {tool}, {class:?})"),
                 None => format!("step '{name}' ({class:?})"),
             },
@@ -303,15 +307,30 @@ pub struct ReplayState {
     escalated: Option<Option<u32>>,
 }
 
-fn step_in(commands: &mut BTreeMap<u32, CommandRecord>, position: u32, seq: u64) -> Result<&mut StepRecord, Contradiction> {
+fn step_in(
+    commands: &mut BTreeMap<u32, CommandRecord>,
+    position: u32,
+    seq: u64,
+) -> Result<&mut StepRecord, Contradiction> {
     match commands.get_mut(&position) {
-        Some(CommandRecord { recorded: Recorded::Step(step), .. }) => Ok(step),
-        _ => Err(Contradiction { seq, reason: format!("step event for position {position}, which is not a step") }),
+        Some(CommandRecord {
+            recorded: Recorded::Step(step),
+            ..
+        }) => Ok(step),
+        _ => Err(Contradiction {
+            seq,
+            reason: format!("step event for position {position}, which is not a step"),
+        }),
     }
 }
 
 /// Counts an attempt against the run's budgets once, however many events mention it.
-fn count_attempt(budget: &mut crate::policy::BudgetUse, step: &mut StepRecord, attempt: u32, cost: u64) {
+fn count_attempt(
+    budget: &mut crate::policy::BudgetUse,
+    step: &mut StepRecord,
+    attempt: u32,
+    cost: u64,
+) {
     budget.cost_units += cost;
     if attempt > step.counted {
         step.counted = attempt;
@@ -324,7 +343,9 @@ fn count_attempt(budget: &mut crate::policy::BudgetUse, step: &mut StepRecord, a
 
 impl ReplayState {
     /// Folds a whole history, stopping at the first contradiction.
-    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Result<Self, Contradiction> {
+    pub fn from_events<'a>(
+        events: impl IntoIterator<Item = &'a Event>,
+    ) -> Result<Self, Contradiction> {
         let mut state = Self::default();
         for event in events {
             state.apply(event)?;
@@ -343,42 +364,62 @@ impl ReplayState {
             return bad(format!("{} after the run ended", event.kind.name()));
         }
         if self.started.is_none() && !matches!(event.kind, EventKind::RunStarted { .. }) {
-            return bad(format!("history starts with {} instead of RunStarted", event.kind.name()));
+            return bad(format!(
+                "history starts with {} instead of RunStarted",
+                event.kind.name()
+            ));
         }
         self.next_seq += 1;
         if let Some(position) = event.kind.command_position() {
             let recorded = match &event.kind {
-                EventKind::StepScheduled { name, tool, class, idem_key, input_hash, .. } => {
-                    Recorded::Step(StepRecord {
-                        name: name.clone(),
-                        tool: tool.clone(),
-                        class: *class,
-                        idem_key: idem_key.clone(),
-                        input_hash: *input_hash,
-                        scheduled_ms: event.at_ms,
-                        attempts: 0,
-                        attempt_open: false,
-                        failures: Vec::new(),
-                        outcome: None,
-                        alternative: 0,
-                        current_tool: tool.clone(),
-                        alternative_attempts: 0,
-                        counted: 0,
-                    })
-                }
-                EventKind::TimerStarted { fire_at_ms, .. } => {
-                    Recorded::Timer { fire_at_ms: *fire_at_ms, done: false }
-                }
-                EventKind::SignalConsumed { name, signal_seq, .. } => {
-                    let received = self.signals.iter().any(|(s, n)| s == signal_seq && n == name);
+                EventKind::StepScheduled {
+                    name,
+                    tool,
+                    class,
+                    idem_key,
+                    input_hash,
+                    ..
+                } => Recorded::Step(StepRecord {
+                    name: name.clone(),
+                    tool: tool.clone(),
+                    class: *class,
+                    idem_key: idem_key.clone(),
+                    input_hash: *input_hash,
+                    scheduled_ms: event.at_ms,
+                    attempts: 0,
+                    attempt_open: false,
+                    failures: Vec::new(),
+                    outcome: None,
+                    alternative: 0,
+                    current_tool: tool.clone(),
+                    alternative_attempts: 0,
+                    counted: 0,
+                }),
+                EventKind::TimerStarted { fire_at_ms, .. } => Recorded::Timer {
+                    fire_at_ms: *fire_at_ms,
+                    done: false,
+                },
+                EventKind::SignalConsumed {
+                    name, signal_seq, ..
+                } => {
+                    let received = self
+                        .signals
+                        .iter()
+                        .any(|(s, n)| s == signal_seq && n == name);
                     if !received || !self.consumed_signals.insert(*signal_seq) {
-                        return bad(format!("signal seq {signal_seq} not received or consumed twice"));
+                        return bad(format!(
+                            "signal seq {signal_seq} not received or consumed twice"
+                        ));
                     }
-                    Recorded::Signal { name: name.clone(), signal_seq: *signal_seq }
+                    Recorded::Signal {
+                        name: name.clone(),
+                        signal_seq: *signal_seq,
+                    }
                 }
-                EventKind::ValueRecorded { kind, value, .. } => {
-                    Recorded::Value { kind: *kind, value: value.clone() }
-                }
+                EventKind::ValueRecorded { kind, value, .. } => Recorded::Value {
+                    kind: *kind,
+                    value: value.clone(),
+                },
                 EventKind::PatchMarker { id, .. } => Recorded::Patch { id: id.clone() },
                 EventKind::ApprovalRequested { gate, request, .. } => {
                     if self.gates.insert(*gate, position).is_some() {
@@ -392,7 +433,10 @@ impl ReplayState {
                         state: GateState::Pending,
                     })
                 }
-                EventKind::CheckRecorded { name, passed, .. } => Recorded::Check { name: name.clone(), passed: *passed },
+                EventKind::CheckRecorded { name, passed, .. } => Recorded::Check {
+                    name: name.clone(),
+                    passed: *passed,
+                },
                 EventKind::CancelDelivered { .. } => {
                     if self.cancel_requested.is_none() || self.cancel_delivered {
                         return bad("cancellation delivered without a pending request".into());
@@ -402,13 +446,22 @@ impl ReplayState {
                 }
                 _ => unreachable!("command_position covers exactly the command events"),
             };
-            if self.commands.insert(position, CommandRecord { seq, recorded }).is_some() {
+            if self
+                .commands
+                .insert(position, CommandRecord { seq, recorded })
+                .is_some()
+            {
                 return bad(format!("position {position} recorded twice"));
             }
             return Ok(());
         }
         match &event.kind {
-            EventKind::RunStarted { workflow, version, input, .. } => {
+            EventKind::RunStarted {
+                workflow,
+                version,
+                input,
+                ..
+            } => {
                 if self.started.is_some() {
                     return bad("second RunStarted".into());
                 }
@@ -418,18 +471,28 @@ impl ReplayState {
             EventKind::AttemptStarted { position, attempt } => {
                 let step = self.step_mut(*position, seq)?;
                 if step.outcome.is_some() || *attempt != step.attempts + 1 {
-                    return bad(format!("attempt {attempt} of position {position} out of order"));
+                    return bad(format!(
+                        "attempt {attempt} of position {position} out of order"
+                    ));
                 }
                 step.attempts = *attempt;
                 step.alternative_attempts += 1;
                 step.attempt_open = true;
             }
-            EventKind::AttemptFailed { position, attempt, class, message, retry_at_ms } => {
+            EventKind::AttemptFailed {
+                position,
+                attempt,
+                class,
+                message,
+                retry_at_ms,
+            } => {
                 let budget = &mut self.budget;
                 let step = step_in(&mut self.commands, *position, seq)?;
                 let continues_open = step.attempt_open && *attempt == step.attempts;
                 if step.outcome.is_some() || !(continues_open || *attempt == step.attempts + 1) {
-                    return bad(format!("attempt {attempt} of position {position} out of order"));
+                    return bad(format!(
+                        "attempt {attempt} of position {position} out of order"
+                    ));
                 }
                 if !continues_open {
                     step.alternative_attempts += 1;
@@ -449,7 +512,13 @@ impl ReplayState {
                     }
                 }
             }
-            EventKind::StepCompleted { position, output, attempt, served_by, cost } => {
+            EventKind::StepCompleted {
+                position,
+                output,
+                attempt,
+                served_by,
+                cost,
+            } => {
                 let budget = &mut self.budget;
                 let step = step_in(&mut self.commands, *position, seq)?;
                 if step.outcome.is_some() {
@@ -467,7 +536,12 @@ impl ReplayState {
                     served_by: served_by.clone(),
                 });
             }
-            EventKind::StepExhausted { position, action, budget, message } => {
+            EventKind::StepExhausted {
+                position,
+                action,
+                budget,
+                message,
+            } => {
                 let step = self.step_mut(*position, seq)?;
                 if step.outcome.is_some() {
                     return bad(format!("position {position} ended twice"));
@@ -482,7 +556,9 @@ impl ReplayState {
             EventKind::FallbackUsed { position, to, .. } => {
                 let step = self.step_mut(*position, seq)?;
                 if step.outcome.is_some() || step.attempt_open {
-                    return bad(format!("fallback of position {position} while an attempt is open or after its end"));
+                    return bad(format!(
+                        "fallback of position {position} while an attempt is open or after its end"
+                    ));
                 }
                 step.alternative += 1;
                 step.current_tool = Some(to.clone());
@@ -490,18 +566,31 @@ impl ReplayState {
             }
             EventKind::TimerFired { position } | EventKind::TimerCancelled { position } => {
                 match self.commands.get_mut(position) {
-                    Some(CommandRecord { recorded: Recorded::Timer { done, .. }, .. }) if !*done => {
-                        *done = true
+                    Some(CommandRecord {
+                        recorded: Recorded::Timer { done, .. },
+                        ..
+                    }) if !*done => *done = true,
+                    _ => {
+                        return bad(format!(
+                            "timer event for position {position} without a running timer"
+                        ))
                     }
-                    _ => return bad(format!("timer event for position {position} without a running timer")),
                 }
                 // A timer is only cancelled to deliver a cancellation to the waiting code.
-                if matches!(event.kind, EventKind::TimerCancelled { .. }) && self.cancel_requested.is_some() {
+                if matches!(event.kind, EventKind::TimerCancelled { .. })
+                    && self.cancel_requested.is_some()
+                {
                     self.cancel_delivered = true;
                 }
             }
             EventKind::SignalReceived { name, .. } => self.signals.push((seq, name.clone())),
-            EventKind::ApprovalDecided { gate, approved, actor, reason, edits } => {
+            EventKind::ApprovalDecided {
+                gate,
+                approved,
+                actor,
+                reason,
+                edits,
+            } => {
                 let at_ms = event.at_ms;
                 let approval = self.approval_mut(gate, seq)?;
                 if approval.state != GateState::Pending {
@@ -525,22 +614,26 @@ impl ReplayState {
                 if approval.state != GateState::Pending {
                     return bad("approval closed when it was not pending".into());
                 }
-                approval.state = if withdrawn { GateState::Withdrawn } else { GateState::Expired };
+                approval.state = if withdrawn {
+                    GateState::Withdrawn
+                } else {
+                    GateState::Expired
+                };
                 if withdrawn && self.cancel_requested.is_some() {
                     self.cancel_delivered = true;
                 }
             }
             EventKind::Escalated { position, .. } => self.escalated = Some(*position),
-            EventKind::OperatorAction { position, action, .. } => {
+            EventKind::OperatorAction {
+                position, action, ..
+            } => {
                 self.escalated = None;
                 if let Some(position) = position {
                     self.apply_operator(*position, action, event.at_ms, seq)?;
                 }
             }
-            EventKind::CancelRequested { reason, .. } => {
-                if self.cancel_requested.is_none() {
-                    self.cancel_requested = Some(reason.clone());
-                }
+            EventKind::CancelRequested { reason, .. } if self.cancel_requested.is_none() => {
+                self.cancel_requested = Some(reason.clone());
             }
             kind if kind.is_terminal() => self.terminal = Some(kind.clone()),
             _ => {}
@@ -552,11 +645,21 @@ impl ReplayState {
         step_in(&mut self.commands, position, seq)
     }
 
-    fn approval_mut(&mut self, gate: &[u8; 16], seq: u64) -> Result<&mut ApprovalRecord, Contradiction> {
+    fn approval_mut(
+        &mut self,
+        gate: &[u8; 16],
+        seq: u64,
+    ) -> Result<&mut ApprovalRecord, Contradiction> {
         let position = self.gates.get(gate).copied();
         match position.and_then(|p| self.commands.get_mut(&p)) {
-            Some(CommandRecord { recorded: Recorded::Approval(approval), .. }) => Ok(approval),
-            _ => Err(Contradiction { seq, reason: "event for an unknown approval gate".into() }),
+            Some(CommandRecord {
+                recorded: Recorded::Approval(approval),
+                ..
+            }) => Ok(approval),
+            _ => Err(Contradiction {
+                seq,
+                reason: "event for an unknown approval gate".into(),
+            }),
         }
     }
 
@@ -570,8 +673,16 @@ impl ReplayState {
         seq: u64,
     ) -> Result<(), Contradiction> {
         use crate::event::OperatorActionKind as Op;
-        let bad = |reason: &str| Err(Contradiction { seq, reason: reason.to_string() });
-        match (self.commands.get_mut(&position).map(|r| &mut r.recorded), action) {
+        let bad = |reason: &str| {
+            Err(Contradiction {
+                seq,
+                reason: reason.to_string(),
+            })
+        };
+        match (
+            self.commands.get_mut(&position).map(|r| &mut r.recorded),
+            action,
+        ) {
             (_, Op::Abort) => {}
             (Some(Recorded::Step(step)), Op::RetryStep) => {
                 step.outcome = None;
@@ -583,7 +694,10 @@ impl ReplayState {
                     last.retry_at_ms = None;
                 }
             }
-            (Some(Recorded::Step(step)), Op::SkipStep { value: output } | Op::ResolveDone { output }) => {
+            (
+                Some(Recorded::Step(step)),
+                Op::SkipStep { value: output } | Op::ResolveDone { output },
+            ) => {
                 step.attempt_open = false;
                 step.outcome = Some(StepOutcome::Completed {
                     output: output.clone(),
@@ -631,13 +745,26 @@ impl ReplayState {
 
     /// Compares the call at `position` with history.
     pub fn check(&self, position: u32, command: &Command<'_>) -> Match<'_> {
-        let Some(record) = self.commands.get(&position) else { return Match::Live };
+        let Some(record) = self.commands.get(&position) else {
+            return Match::Live;
+        };
         let mut fields = Vec::new();
         match (&record.recorded, command) {
             (Recorded::CancelDelivered, _) => {}
             (
-                Recorded::Step(StepRecord { name, tool, class, input_hash, .. }),
-                Command::Step { name: n, tool: t, class: c, input_hash: h },
+                Recorded::Step(StepRecord {
+                    name,
+                    tool,
+                    class,
+                    input_hash,
+                    ..
+                }),
+                Command::Step {
+                    name: n,
+                    tool: t,
+                    class: c,
+                    input_hash: h,
+                },
             ) => {
                 if name != n {
                     fields.push("name".to_string());
@@ -690,20 +817,26 @@ impl ReplayState {
     pub fn check_patch(&self, position: u32, id: &str) -> Option<bool> {
         match self.commands.get(&position) {
             None => None,
-            Some(CommandRecord { recorded: Recorded::Patch { id: recorded }, .. }) => Some(recorded == id),
+            Some(CommandRecord {
+                recorded: Recorded::Patch { id: recorded },
+                ..
+            }) => Some(recorded == id),
             Some(_) => Some(false),
         }
     }
 
     /// The first recorded position the code has not reached, for "code finished early".
     pub fn unvisited(&self, visited: &BTreeSet<u32>) -> Option<Mismatch> {
-        self.commands.iter().find(|(p, _)| !visited.contains(p)).map(|(position, record)| Mismatch {
-            position: *position,
-            seq: Some(record.seq),
-            expected: record.recorded.describe(),
-            got: "workflow returned before reaching it".into(),
-            fields: vec!["kind".into()],
-        })
+        self.commands
+            .iter()
+            .find(|(p, _)| !visited.contains(p))
+            .map(|(position, record)| Mismatch {
+                position: *position,
+                seq: Some(record.seq),
+                expected: record.recorded.describe(),
+                got: "workflow returned before reaching it".into(),
+                fields: vec!["kind".into()],
+            })
     }
 
     /// The earliest received signal named `name` that no call has taken yet.
@@ -764,7 +897,14 @@ pub fn escalation_context(
     let mut last_done: Option<(u64, String)> = None;
     let mut per_tool: BTreeMap<String, u32> = BTreeMap::new();
     for (_, record) in replay.commands() {
-        if let Recorded::Step(StepRecord { name, tool, attempts, outcome, .. }) = &record.recorded {
+        if let Recorded::Step(StepRecord {
+            name,
+            tool,
+            attempts,
+            outcome,
+            ..
+        }) = &record.recorded
+        {
             if let Some(tool) = tool {
                 *per_tool.entry(tool.clone()).or_default() += attempts;
             }
@@ -777,10 +917,18 @@ pub fn escalation_context(
     }
     let failing = position.and_then(|p| replay.command(p));
     let (failing_step, idempotency_key, errors) = match failing.map(|r| &r.recorded) {
-        Some(Recorded::Step(StepRecord { name, idem_key, failures, .. })) => (
+        Some(Recorded::Step(StepRecord {
+            name,
+            idem_key,
+            failures,
+            ..
+        })) => (
             Some(name.clone()),
             Some(idem_key.clone()),
-            failures.iter().map(|f| (f.attempt, f.class.label().to_string(), f.message.clone())).collect(),
+            failures
+                .iter()
+                .map(|f| (f.attempt, f.class.label().to_string(), f.message.clone()))
+                .collect(),
         ),
         _ => (None, None, Vec::new()),
     };

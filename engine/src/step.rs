@@ -29,8 +29,8 @@ use crate::context::{ActiveStep, Begin, Ctx};
 use crate::error::StepError;
 use crate::event::{EventKind, Payload};
 use crate::policy::{
-    decide_retry, run_ceiling_reached, tool_retry_exhausted, FailedAttempt, FailureClass, OnExhaust, RetryDecision,
-    RetryPolicy, StepClass, StepFailure,
+    decide_retry, run_ceiling_reached, tool_retry_exhausted, FailedAttempt, FailureClass,
+    OnExhaust, RetryDecision, RetryPolicy, StepClass, StepFailure,
 };
 use crate::replay::{Command, Recorded, StepOutcome, StepRecord};
 use crate::runtime::inner::AppendReq;
@@ -72,8 +72,10 @@ pub enum Reconciled<T> {
     Unknown,
 }
 
-type ReconcileHook<'c> = Box<dyn Fn(String) -> BoxFuture<'c, Reconciled<Payload>> + Send + Sync + 'c>;
-type ErasedBody<'c> = Box<dyn Fn(Attempt) -> BoxFuture<'c, Result<Payload, StepFailure>> + Send + Sync + 'c>;
+type ReconcileHook<'c> =
+    Box<dyn Fn(String) -> BoxFuture<'c, Reconciled<Payload>> + Send + Sync + 'c>;
+type ErasedBody<'c> =
+    Box<dyn Fn(Attempt) -> BoxFuture<'c, Result<Payload, StepFailure>> + Send + Sync + 'c>;
 
 /// A step being described. Defaults: class `Write`, the retry policy of its tool (or
 /// [`RetryPolicy::default`]), the on-exhaust rule of its tool (or `Fail`).
@@ -101,7 +103,8 @@ where
         let running = body(attempt);
         Box::pin(async move {
             let value = running.await?;
-            Payload::encode(&value).map_err(|e| StepFailure::terminal(format!("step output does not encode: {e}")))
+            Payload::encode(&value)
+                .map_err(|e| StepFailure::terminal(format!("step output does not encode: {e}")))
         })
     })
 }
@@ -173,7 +176,9 @@ impl<'c> StepBuilder<'c> {
             let found = hook(key);
             Box::pin(async move {
                 match found.await {
-                    Reconciled::Done(value) => Payload::encode(&value).map_or(Reconciled::Unknown, Reconciled::Done),
+                    Reconciled::Done(value) => {
+                        Payload::encode(&value).map_or(Reconciled::Unknown, Reconciled::Done)
+                    }
                     Reconciled::NotDone => Reconciled::NotDone,
                     Reconciled::Unknown => Reconciled::Unknown,
                 }
@@ -197,7 +202,10 @@ impl<'c> StepBuilder<'c> {
 
     /// Runs the step: returns its recorded output on replay, or executes `body` (with
     /// retries, budgets, breaker and fallbacks as the policy says) and records the output.
-    pub fn run<T, F, Fut>(mut self, body: F) -> impl Future<Output = Result<T, StepError>> + Send + 'c
+    pub fn run<T, F, Fut>(
+        mut self,
+        body: F,
+    ) -> impl Future<Output = Result<T, StepError>> + Send + 'c
     where
         T: Serialize + DeserializeOwned + Send + 'c,
         F: Fn(Attempt) -> Fut + Send + Sync + 'c,
@@ -216,12 +224,19 @@ impl<'c> StepBuilder<'c> {
         async move {
             let name = self.name.clone();
             let payload = self.execute(position, chain).await?;
-            payload.decode().map_err(|e| StepError::Output { step: name, reason: e.to_string() })
+            payload.decode().map_err(|e| StepError::Output {
+                step: name,
+                reason: e.to_string(),
+            })
         }
         .instrument(span)
     }
 
-    async fn execute(self, position: u32, chain: Vec<(Option<String>, ErasedBody<'c>)>) -> Result<Payload, StepError> {
+    async fn execute(
+        self,
+        position: u32,
+        chain: Vec<(Option<String>, ErasedBody<'c>)>,
+    ) -> Result<Payload, StepError> {
         let ctx = self.ctx;
         let engine = &ctx.engine;
         let command = Command::Step {
@@ -240,17 +255,35 @@ impl<'c> StepBuilder<'c> {
         };
         let idem_key = format!("{}/{}", ctx.slot.run, position);
         let mut live = match record {
-            None => Live { scheduled: false, scheduled_ms: engine.clock.now_ms(), attempt: 0, alternative: 0, alternative_attempts: 0, retry_at_ms: None },
+            None => Live {
+                scheduled: false,
+                scheduled_ms: engine.clock.now_ms(),
+                attempt: 0,
+                alternative: 0,
+                alternative_attempts: 0,
+                retry_at_ms: None,
+            },
             Some(step) => {
                 if let Some(outcome) = step.outcome.clone() {
-                    if let StepOutcome::Exhausted { action: OnExhaust::Escalate, budget, .. } = &outcome {
+                    if let StepOutcome::Exhausted {
+                        action: OnExhaust::Escalate,
+                        budget,
+                        ..
+                    } = &outcome
+                    {
                         // Still waiting for an operator.
-                        ctx.halt(Halt::Escalate(format!("step '{}' exhausted ({budget})", self.name))).await
+                        ctx.halt(Halt::Escalate(format!(
+                            "step '{}' exhausted ({budget})",
+                            self.name
+                        )))
+                        .await
                     }
                     return self.outcome(outcome, step.failures.last().map(|f| f.class.clone()));
                 }
                 if step.attempt_open && step.class == StepClass::Irreversible {
-                    if let Some(output) = self.reconcile_after_crash(position, &idem_key, &step).await {
+                    if let Some(output) =
+                        self.reconcile_after_crash(position, &idem_key, &step).await
+                    {
                         return Ok(output);
                     }
                 }
@@ -260,7 +293,11 @@ impl<'c> StepBuilder<'c> {
                     attempt: step.attempts,
                     alternative: step.alternative as usize,
                     alternative_attempts: step.alternative_attempts,
-                    retry_at_ms: step.failures.last().filter(|f| f.attempt == step.attempts).and_then(|f| f.retry_at_ms),
+                    retry_at_ms: step
+                        .failures
+                        .last()
+                        .filter(|f| f.attempt == step.attempts)
+                        .and_then(|f| f.retry_at_ms),
                 }
             }
         };
@@ -268,37 +305,78 @@ impl<'c> StepBuilder<'c> {
         loop {
             let (tool, body) = match chain.get(live.alternative) {
                 Some((tool, body)) => (tool.clone(), body),
-                None => return Err(self.exhausted("fallback chain".into(), None, "no alternative left".into())),
+                None => {
+                    return Err(self.exhausted(
+                        "fallback chain".into(),
+                        None,
+                        "no alternative left".into(),
+                    ))
+                }
             };
-            let retry = engine.policy.retry_for(tool.as_deref(), self.retry.as_ref());
+            let retry = engine
+                .policy
+                .retry_for(tool.as_deref(), self.retry.as_ref());
             if let Some(due) = live.retry_at_ms.take() {
                 // Backoff is a durable wait: after a crash only the remaining delay is waited.
                 let _ = ctx.wait(Some(due), |_| None::<()>).await;
-                index.push(IndexOp::DeleteTimer { fire_at_ms: due, id: position });
+                index.push(IndexOp::DeleteTimer {
+                    fire_at_ms: due,
+                    id: position,
+                });
             }
             let now_ms = engine.clock.now_ms();
             let ceiling = {
                 let state = ctx.slot.state();
-                run_ceiling_reached(&engine.policy.run, state.replay.budget(), tool.as_deref(), now_ms)
+                run_ceiling_reached(
+                    &engine.policy.run,
+                    state.replay.budget(),
+                    tool.as_deref(),
+                    now_ms,
+                )
             };
             if let Some(budget) = ceiling {
                 let mut events = live.schedule(&self, position, &idem_key);
-                return self.give_up(position, &mut events, &mut index, budget, None, "run budget spent".into()).await;
+                return self
+                    .give_up(
+                        position,
+                        &mut events,
+                        &mut index,
+                        budget,
+                        None,
+                        "run budget spent".into(),
+                    )
+                    .await;
             }
             live.attempt += 1;
             live.alternative_attempts += 1;
             let attempt = live.attempt;
-            let admission = tool.as_deref().map_or(Admission::Allowed, |t| engine.admit(t, now_ms));
+            let admission = tool
+                .as_deref()
+                .map_or(Admission::Allowed, |t| engine.admit(t, now_ms));
             let (result, cost, forced_retry_at) = match admission {
                 Admission::Rejected { retry_at_ms } => {
                     let tool = tool.as_deref().unwrap_or_default();
-                    let failure = StepFailure { class: FailureClass::BreakerOpen, message: format!("circuit breaker for tool {tool} is open") };
+                    let failure = StepFailure {
+                        class: FailureClass::BreakerOpen,
+                        message: format!("circuit breaker for tool {tool} is open"),
+                    };
                     (Err(failure), 0, Some(retry_at_ms))
                 }
                 Admission::Allowed | Admission::Probe => {
-                    let (result, cost) = self.attempt(position, &idem_key, &mut live, &mut index, tool.clone(), &retry, body).await;
+                    let (result, cost) = self
+                        .attempt(
+                            position,
+                            &idem_key,
+                            &mut live,
+                            &mut index,
+                            tool.clone(),
+                            &retry,
+                            body,
+                        )
+                        .await;
                     if let Some(t) = tool.as_deref() {
-                        let counts = !matches!(&result, Err(f) if f.class == FailureClass::Terminal);
+                        let counts =
+                            !matches!(&result, Err(f) if f.class == FailureClass::Terminal);
                         engine.record_call(t, result.is_ok(), counts, engine.clock.now_ms());
                     }
                     (result, cost, None)
@@ -307,9 +385,20 @@ impl<'c> StepBuilder<'c> {
             let mut events = live.schedule(&self, position, &idem_key);
             let failure = match result {
                 Ok(output) => {
-                    let served_by = if live.alternative > 0 { tool.clone() } else { None };
-                    events.push(EventKind::StepCompleted { position, output: output.clone(), attempt, served_by, cost });
-                    ctx.append(AppendReq::events(events).index(index.drain(..))).await;
+                    let served_by = if live.alternative > 0 {
+                        tool.clone()
+                    } else {
+                        None
+                    };
+                    events.push(EventKind::StepCompleted {
+                        position,
+                        output: output.clone(),
+                        attempt,
+                        served_by,
+                        cost,
+                    });
+                    ctx.append(AppendReq::events(events).index(index.drain(..)))
+                        .await;
                     return Ok(output);
                 }
                 Err(failure) => failure,
@@ -317,9 +406,22 @@ impl<'c> StepBuilder<'c> {
             let failure = match self.reconcile_ambiguous(&idem_key, failure).await {
                 Ok(output) => {
                     let lost = "outcome unknown; reconciled: the effect happened".to_string();
-                    events.push(EventKind::AttemptFailed { position, attempt, class: FailureClass::Ambiguous, message: lost, retry_at_ms: None });
-                    events.push(EventKind::StepCompleted { position, output: output.clone(), attempt, served_by: None, cost });
-                    ctx.append(AppendReq::events(events).index(index.drain(..))).await;
+                    events.push(EventKind::AttemptFailed {
+                        position,
+                        attempt,
+                        class: FailureClass::Ambiguous,
+                        message: lost,
+                        retry_at_ms: None,
+                    });
+                    events.push(EventKind::StepCompleted {
+                        position,
+                        output: output.clone(),
+                        attempt,
+                        served_by: None,
+                        cost,
+                    });
+                    ctx.append(AppendReq::events(events).index(index.drain(..)))
+                        .await;
                     return Ok(output);
                 }
                 Err(failure) => failure,
@@ -343,37 +445,81 @@ impl<'c> StepBuilder<'c> {
                     },
                 ),
             };
-            if matches!(decision, RetryDecision::RetryAt(_)) && failure.class != FailureClass::BreakerOpen {
+            if matches!(decision, RetryDecision::RetryAt(_))
+                && failure.class != FailureClass::BreakerOpen
+            {
                 let state = ctx.slot.state();
-                if let Some(budget) = tool_retry_exhausted(&engine.policy, tool.as_deref(), state.replay.budget()) {
+                if let Some(budget) =
+                    tool_retry_exhausted(&engine.policy, tool.as_deref(), state.replay.budget())
+                {
                     decision = RetryDecision::GiveUp(budget);
                 }
             }
             // A breaker rejection with an alternative left falls back at once.
             if failure.class == FailureClass::BreakerOpen && live.alternative + 1 < chain.len() {
-                decision = RetryDecision::GiveUp(format!("breaker of tool {} open", tool.as_deref().unwrap_or_default()));
+                decision = RetryDecision::GiveUp(format!(
+                    "breaker of tool {} open",
+                    tool.as_deref().unwrap_or_default()
+                ));
             }
             match decision {
                 RetryDecision::RetryAt(at) => {
-                    events.push(EventKind::AttemptFailed { position, attempt, class: failure.class, message: failure.message, retry_at_ms: Some(at) });
-                    index.push(IndexOp::PutTimer { fire_at_ms: at, id: position });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable()).await;
+                    events.push(EventKind::AttemptFailed {
+                        position,
+                        attempt,
+                        class: failure.class,
+                        message: failure.message,
+                        retry_at_ms: Some(at),
+                    });
+                    index.push(IndexOp::PutTimer {
+                        fire_at_ms: at,
+                        id: position,
+                    });
+                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable())
+                        .await;
                     live.retry_at_ms = Some(at);
                 }
                 RetryDecision::GiveUp(budget) if live.alternative + 1 < chain.len() => {
                     let next = chain[live.alternative + 1].0.clone().unwrap_or_default();
                     let reason = format!("{budget}: {}", failure.message);
-                    events.push(EventKind::AttemptFailed { position, attempt, class: failure.class, message: failure.message, retry_at_ms: None });
-                    events.push(EventKind::FallbackUsed { position, from: tool.clone(), to: next, reason });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable()).await;
+                    events.push(EventKind::AttemptFailed {
+                        position,
+                        attempt,
+                        class: failure.class,
+                        message: failure.message,
+                        retry_at_ms: None,
+                    });
+                    events.push(EventKind::FallbackUsed {
+                        position,
+                        from: tool.clone(),
+                        to: next,
+                        reason,
+                    });
+                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable())
+                        .await;
                     live.alternative += 1;
                     live.alternative_attempts = 0;
                 }
                 RetryDecision::GiveUp(budget) => {
                     let message = failure.message.clone();
                     let class = failure.class.clone();
-                    events.push(EventKind::AttemptFailed { position, attempt, class: failure.class, message: failure.message, retry_at_ms: None });
-                    return self.give_up(position, &mut events, &mut index, budget, Some(class), message).await;
+                    events.push(EventKind::AttemptFailed {
+                        position,
+                        attempt,
+                        class: failure.class,
+                        message: failure.message,
+                        retry_at_ms: None,
+                    });
+                    return self
+                        .give_up(
+                            position,
+                            &mut events,
+                            &mut index,
+                            budget,
+                            Some(class),
+                            message,
+                        )
+                        .await;
                 }
             }
         }
@@ -396,7 +542,8 @@ impl<'c> StepBuilder<'c> {
         if self.class == StepClass::Irreversible {
             let mut before = live.schedule(self, position, idem_key);
             before.push(EventKind::AttemptStarted { position, attempt });
-            ctx.append(AppendReq::events(before).index(index.drain(..)).durable()).await;
+            ctx.append(AppendReq::events(before).index(index.drain(..)).durable())
+                .await;
         } else if self.class != StepClass::Read {
             // Whatever the workflow observed before this effect must survive a crash.
             if let Err(e) = ctx.engine.barrier(&ctx.slot).await {
@@ -427,7 +574,9 @@ impl<'c> StepBuilder<'c> {
         let _active = ActiveStep(&ctx.slot);
         let running = body(info).instrument(tracing::info_span!("attempt", attempt));
         let result = match retry.attempt_timeout_ms {
-            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), running).await.unwrap_or_else(|e| Err(e.into())),
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), running)
+                .await
+                .unwrap_or_else(|e| Err(e.into())),
             None => running.await,
         };
         (result, cost.load(Ordering::Relaxed))
@@ -444,19 +593,50 @@ impl<'c> StepBuilder<'c> {
         message: String,
     ) -> Result<Payload, StepError> {
         let ctx = self.ctx;
-        let action = ctx.engine.policy.exhaust_for(self.tool.as_deref(), self.on_exhaust.as_ref(), self.degrade_to.as_ref());
-        events.push(EventKind::StepExhausted { position, action: action.clone(), budget: budget.clone(), message: message.clone() });
-        ctx.append(AppendReq::events(std::mem::take(events)).index(index.drain(..)).durable()).await;
+        let action = ctx.engine.policy.exhaust_for(
+            self.tool.as_deref(),
+            self.on_exhaust.as_ref(),
+            self.degrade_to.as_ref(),
+        );
+        events.push(EventKind::StepExhausted {
+            position,
+            action: action.clone(),
+            budget: budget.clone(),
+            message: message.clone(),
+        });
+        ctx.append(
+            AppendReq::events(std::mem::take(events))
+                .index(index.drain(..))
+                .durable(),
+        )
+        .await;
         if action == OnExhaust::Escalate {
             let reason = format!("step '{}' gave up ({budget}): {message}", self.name);
-            ctx.escalate(Some(position), reason, "fix the cause, then retry the step, or skip it with a value").await
+            ctx.escalate(
+                Some(position),
+                reason,
+                "fix the cause, then retry the step, or skip it with a value",
+            )
+            .await
         }
-        self.outcome(StepOutcome::Exhausted { action, budget, message }, class)
+        self.outcome(
+            StepOutcome::Exhausted {
+                action,
+                budget,
+                message,
+            },
+            class,
+        )
     }
 
     /// After a crash with an irreversible attempt open: ask the reconcile hook, never run the
     /// body blindly. Returns the output if the effect happened; `None` to go on (not done).
-    async fn reconcile_after_crash(&self, position: u32, idem_key: &str, step: &StepRecord) -> Option<Payload> {
+    async fn reconcile_after_crash(
+        &self,
+        position: u32,
+        idem_key: &str,
+        step: &StepRecord,
+    ) -> Option<Payload> {
         let ctx = self.ctx;
         let found = match &self.reconcile {
             Some(hook) => hook(idem_key.to_string()).await,
@@ -464,7 +644,13 @@ impl<'c> StepBuilder<'c> {
         };
         match found {
             Reconciled::Done(output) => {
-                let done = EventKind::StepCompleted { position, output: output.clone(), attempt: step.attempts, served_by: None, cost: 0 };
+                let done = EventKind::StepCompleted {
+                    position,
+                    output: output.clone(),
+                    attempt: step.attempts,
+                    served_by: None,
+                    cost: 0,
+                };
                 ctx.append(AppendReq::events(vec![done])).await;
                 Some(output)
             }
@@ -473,7 +659,8 @@ impl<'c> StepBuilder<'c> {
                     position,
                     attempt: step.attempts,
                     class: FailureClass::Transient,
-                    message: "outcome lost in a crash; reconciled: the effect did not happen".into(),
+                    message: "outcome lost in a crash; reconciled: the effect did not happen"
+                        .into(),
                     retry_at_ms: None,
                 };
                 ctx.append(AppendReq::events(vec![failed]).durable()).await;
@@ -497,29 +684,58 @@ impl<'c> StepBuilder<'c> {
     /// An irreversible attempt that may have taken effect asks the reconcile hook, if any:
     /// `Ok(output)` when it did, a definite (retryable) failure when it did not, and the
     /// original failure when nobody can tell.
-    async fn reconcile_ambiguous(&self, idem_key: &str, failure: StepFailure) -> Result<Payload, StepFailure> {
-        let ambiguous = matches!(failure.class, FailureClass::Ambiguous | FailureClass::Timeout);
-        let Some(hook) = self.reconcile.as_ref().filter(|_| ambiguous && self.class == StepClass::Irreversible) else {
+    async fn reconcile_ambiguous(
+        &self,
+        idem_key: &str,
+        failure: StepFailure,
+    ) -> Result<Payload, StepFailure> {
+        let ambiguous = matches!(
+            failure.class,
+            FailureClass::Ambiguous | FailureClass::Timeout
+        );
+        let Some(hook) = self
+            .reconcile
+            .as_ref()
+            .filter(|_| ambiguous && self.class == StepClass::Irreversible)
+        else {
             return Err(failure);
         };
         match hook(idem_key.to_string()).await {
             Reconciled::Done(output) => Ok(output),
-            Reconciled::NotDone => Err(StepFailure::transient(format!("{}; reconciled: the effect did not happen", failure.message))),
+            Reconciled::NotDone => Err(StepFailure::transient(format!(
+                "{}; reconciled: the effect did not happen",
+                failure.message
+            ))),
             Reconciled::Unknown => Err(failure),
         }
     }
 
     fn exhausted(&self, budget: String, class: Option<FailureClass>, message: String) -> StepError {
-        StepError::Exhausted { step: self.name.clone(), budget, class, message }
+        StepError::Exhausted {
+            step: self.name.clone(),
+            budget,
+            class,
+            message,
+        }
     }
 
-    fn outcome(&self, outcome: StepOutcome, class: Option<FailureClass>) -> Result<Payload, StepError> {
+    fn outcome(
+        &self,
+        outcome: StepOutcome,
+        class: Option<FailureClass>,
+    ) -> Result<Payload, StepError> {
         match outcome {
             StepOutcome::Completed { output, .. } => Ok(output),
-            StepOutcome::Exhausted { action, budget, message } => match action {
+            StepOutcome::Exhausted {
+                action,
+                budget,
+                message,
+            } => match action {
                 OnExhaust::Degrade(value) => Ok(value),
                 OnExhaust::Skip => Ok(Payload(b"null".to_vec())),
-                OnExhaust::Fail | OnExhaust::Escalate => Err(self.exhausted(budget, class, message)),
+                OnExhaust::Fail | OnExhaust::Escalate => {
+                    Err(self.exhausted(budget, class, message))
+                }
             },
         }
     }
@@ -537,7 +753,12 @@ struct Live {
 
 impl Live {
     /// The `StepScheduled` event, the first time a step writes anything.
-    fn schedule(&mut self, step: &StepBuilder<'_>, position: u32, idem_key: &str) -> Vec<EventKind> {
+    fn schedule(
+        &mut self,
+        step: &StepBuilder<'_>,
+        position: u32,
+        idem_key: &str,
+    ) -> Vec<EventKind> {
         if self.scheduled {
             return Vec::new();
         }
@@ -555,5 +776,7 @@ impl Live {
 
 /// FNV-1a: a stable, dependency-free hash for drift detection of step inputs (not security).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -26,8 +26,14 @@ impl std::fmt::Display for CorruptReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CorruptReason::Frame(e) => write!(f, "{e}"),
-            CorruptReason::Gap { expected_seq, found_seq } => {
-                write!(f, "missing seq {expected_seq} (next present is {found_seq})")
+            CorruptReason::Gap {
+                expected_seq,
+                found_seq,
+            } => {
+                write!(
+                    f,
+                    "missing seq {expected_seq} (next present is {found_seq})"
+                )
             }
             CorruptReason::Undecodable(why) => write!(f, "undecodable payload: {why}"),
             CorruptReason::BadKey(key) => write!(f, "malformed index key {key:02x?}"),

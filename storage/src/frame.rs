@@ -53,14 +53,20 @@ impl std::fmt::Display for FrameError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FrameError::BadCrc { expected, actual } => {
-                write!(f, "bad crc: stored {expected:#010x}, computed {actual:#010x}")
+                write!(
+                    f,
+                    "bad crc: stored {expected:#010x}, computed {actual:#010x}"
+                )
             }
             FrameError::Truncated { needed, available } => {
                 write!(f, "truncated: needs {needed} bytes, {available} present")
             }
             FrameError::UnknownFormat(v) => write!(f, "unknown frame format version {v}"),
             FrameError::LengthMismatch { declared, actual } => {
-                write!(f, "length mismatch: header says {declared} payload bytes, {actual} present")
+                write!(
+                    f,
+                    "length mismatch: header says {declared} payload bytes, {actual} present"
+                )
             }
         }
     }
@@ -94,7 +100,10 @@ pub fn encode(payload: &[u8]) -> Vec<u8> {
 pub fn decode(bytes: &[u8]) -> Result<&[u8], FrameError> {
     let available = bytes.len() as u64;
     let Some((header, payload)) = bytes.split_at_checked(HEADER_LEN) else {
-        return Err(FrameError::Truncated { needed: HEADER_LEN as u64, available });
+        return Err(FrameError::Truncated {
+            needed: HEADER_LEN as u64,
+            available,
+        });
     };
     let format = header[0];
     if format != FORMAT_V1 {
@@ -105,14 +114,20 @@ pub fn decode(bytes: &[u8]) -> Result<&[u8], FrameError> {
     let declared = u64::from(u32::from_le_bytes(len_bytes));
     let actual = payload.len() as u64;
     if actual < declared {
-        return Err(FrameError::Truncated { needed: HEADER_LEN as u64 + declared, available });
+        return Err(FrameError::Truncated {
+            needed: HEADER_LEN as u64 + declared,
+            available,
+        });
     }
     if actual > declared {
         return Err(FrameError::LengthMismatch { declared, actual });
     }
     let computed = checksum(format, len_bytes, payload);
     if computed != stored_crc {
-        return Err(FrameError::BadCrc { expected: stored_crc, actual: computed });
+        return Err(FrameError::BadCrc {
+            expected: stored_crc,
+            actual: computed,
+        });
     }
     Ok(payload)
 }
@@ -133,14 +148,29 @@ mod tests {
     #[test]
     fn each_damage_has_its_reason() {
         let framed = encode(b"payload");
-        assert!(matches!(decode(&framed[..4]), Err(FrameError::Truncated { needed: 9, available: 4 })));
+        assert!(matches!(
+            decode(&framed[..4]),
+            Err(FrameError::Truncated {
+                needed: 9,
+                available: 4
+            })
+        ));
         assert!(matches!(
             decode(&framed[..framed.len() - 1]),
-            Err(FrameError::Truncated { needed: 16, available: 15 })
+            Err(FrameError::Truncated {
+                needed: 16,
+                available: 15
+            })
         ));
         let mut longer = framed.clone();
         longer.push(0);
-        assert_eq!(decode(&longer), Err(FrameError::LengthMismatch { declared: 7, actual: 8 }));
+        assert_eq!(
+            decode(&longer),
+            Err(FrameError::LengthMismatch {
+                declared: 7,
+                actual: 8
+            })
+        );
         let mut bad_version = framed.clone();
         bad_version[0] = 7;
         assert_eq!(decode(&bad_version), Err(FrameError::UnknownFormat(7)));

@@ -150,7 +150,10 @@ pub fn parse_gate_value(value: &[u8]) -> Option<(RunId, u32)> {
     if value.len() != 20 {
         return None;
     }
-    Some((RunId(value[..16].try_into().ok()?), u32::from_be_bytes(value[16..20].try_into().ok()?)))
+    Some((
+        RunId(value[..16].try_into().ok()?),
+        u32::from_be_bytes(value[16..20].try_into().ok()?),
+    ))
 }
 
 /// Decodes a dedupe value (a run id); `None` if malformed.

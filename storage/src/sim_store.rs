@@ -41,7 +41,9 @@ impl Inner {
             return Err(Error::Crashed);
         }
         if let Some(cause) = &self.poisoned {
-            return Err(Error::Poisoned { cause: cause.clone() });
+            return Err(Error::Poisoned {
+                cause: cause.clone(),
+            });
         }
         Ok(())
     }
@@ -132,7 +134,9 @@ impl SimStore {
     pub fn corrupt_record(&self, run: RunId, seq: u64, f: impl FnOnce(&mut Vec<u8>)) -> bool {
         let mut inner = self.lock();
         let key = keys::event(run, seq);
-        let Some(mut bytes) = inner.durable.get(&key).cloned() else { return false };
+        let Some(mut bytes) = inner.durable.get(&key).cloned() else {
+            return false;
+        };
         f(&mut bytes);
         inner.durable.insert(key.clone(), bytes.clone());
         inner.live.insert(key, bytes);
@@ -226,8 +230,7 @@ impl LogStore for SimStore {
         let inner = self.lock();
         let prefix = keys::event_prefix(run);
         let mut out = Vec::new();
-        let mut expected = from_seq;
-        for (k, v) in inner.live.range(keys::event(run, from_seq)..) {
+        for (expected, (k, v)) in (from_seq..).zip(inner.live.range(keys::event(run, from_seq)..)) {
             if !k.starts_with(&prefix) || out.len() >= max {
                 break;
             }
@@ -235,7 +238,6 @@ impl LogStore for SimStore {
                 reason: crate::CorruptReason::BadKey(k.clone()),
             })?;
             out.push(check_record(run, expected, seq, v)?);
-            expected += 1;
         }
         Ok(out)
     }
@@ -261,9 +263,11 @@ impl LogStore for SimStore {
         self.scan_prefix(&keys::status_prefix(status))
             .into_iter()
             .map(|(k, _)| {
-                keys::parse_status(&k).map(|(_, run)| run).ok_or(crate::Error::CorruptIndex {
-                    reason: crate::CorruptReason::BadKey(k.clone()),
-                })
+                keys::parse_status(&k)
+                    .map(|(_, run)| run)
+                    .ok_or(crate::Error::CorruptIndex {
+                        reason: crate::CorruptReason::BadKey(k.clone()),
+                    })
             })
             .collect()
     }
@@ -312,7 +316,9 @@ impl LogStore for SimStore {
         self.scan_prefix(&[keys::GATE])
             .into_iter()
             .map(|(k, v)| {
-                let bad = || crate::Error::CorruptIndex { reason: crate::CorruptReason::BadKey(k.clone()) };
+                let bad = || crate::Error::CorruptIndex {
+                    reason: crate::CorruptReason::BadKey(k.clone()),
+                };
                 let gate = keys::parse_gate(&k).ok_or_else(bad)?;
                 let (run, step) = keys::parse_gate_value(&v).ok_or_else(bad)?;
                 Ok((gate, run, step))

@@ -229,10 +229,14 @@ pub fn encode_meta(meta: &RunMeta) -> Vec<u8> {
 
 /// Decodes framed metadata.
 pub fn decode_meta(run: RunId, bytes: &[u8]) -> Result<RunMeta> {
-    let payload = frame::decode(bytes)
-        .map_err(|e| Error::CorruptMeta { run, reason: CorruptReason::Frame(e) })?;
-    bincode::deserialize(payload)
-        .map_err(|e| Error::CorruptMeta { run, reason: CorruptReason::Undecodable(e.to_string()) })
+    let payload = frame::decode(bytes).map_err(|e| Error::CorruptMeta {
+        run,
+        reason: CorruptReason::Frame(e),
+    })?;
+    bincode::deserialize(payload).map_err(|e| Error::CorruptMeta {
+        run,
+        reason: CorruptReason::Undecodable(e.to_string()),
+    })
 }
 
 /// Checks one stored event record: its key must carry `expected_seq` and its frame must be
@@ -242,26 +246,35 @@ pub fn check_record(run: RunId, expected_seq: u64, found_seq: u64, bytes: &[u8])
         return Err(Error::Corrupt {
             run,
             seq: expected_seq,
-            reason: CorruptReason::Gap { expected_seq, found_seq },
+            reason: CorruptReason::Gap {
+                expected_seq,
+                found_seq,
+            },
         });
     }
-    let payload = frame::decode(bytes)
-        .map_err(|e| Error::Corrupt { run, seq: found_seq, reason: CorruptReason::Frame(e) })?;
-    Ok(Record { seq: found_seq, payload: payload.to_vec() })
+    let payload = frame::decode(bytes).map_err(|e| Error::Corrupt {
+        run,
+        seq: found_seq,
+        reason: CorruptReason::Frame(e),
+    })?;
+    Ok(Record {
+        seq: found_seq,
+        payload: payload.to_vec(),
+    })
 }
 
 /// One key write of a planned append: `Some(value)` inserts, `None` removes.
 pub type Write = (Vec<u8>, Option<Vec<u8>>);
+
+/// Reads the current value of a key, as a backend sees it while planning.
+pub type Get<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>>;
 
 /// Turns an append into the exact key writes both backends apply, after checking the
 /// expected seq and dedupe claims against the current state read through `get`.
 ///
 /// Backends must call this and apply its result with no other write to the same run in
 /// between (both do so from a single committer).
-pub fn plan_append(
-    batch: AppendBatch,
-    get: &dyn Fn(&[u8]) -> Result<Option<Vec<u8>>>,
-) -> Result<Vec<Write>> {
+pub fn plan_append(batch: AppendBatch, get: Get<'_>) -> Result<Vec<Write>> {
     let run = batch.run;
     let stored = match get(&keys::meta(run))? {
         Some(bytes) => Some(decode_meta(run, &bytes)?),
@@ -269,7 +282,11 @@ pub fn plan_append(
     };
     let found = stored.as_ref().map_or(0, |m| m.next_seq);
     if found != batch.expected_next_seq {
-        return Err(Error::Conflict { run, expected: batch.expected_next_seq, found });
+        return Err(Error::Conflict {
+            run,
+            expected: batch.expected_next_seq,
+            found,
+        });
     }
     let mut meta = match (batch.meta, &stored) {
         (Some(meta), _) => meta,
@@ -280,7 +297,10 @@ pub fn plan_append(
 
     let mut writes: Vec<Write> = Vec::with_capacity(batch.events.len() + batch.index.len() + 3);
     for (i, payload) in batch.events.iter().enumerate() {
-        writes.push((keys::event(run, found + i as u64), Some(frame::encode(payload))));
+        writes.push((
+            keys::event(run, found + i as u64),
+            Some(frame::encode(payload)),
+        ));
     }
     match &stored {
         Some(old) if old.status != meta.status => {
@@ -302,9 +322,10 @@ pub fn plan_append(
             IndexOp::ClaimDedupe { key } => {
                 let key = keys::dedupe(&key);
                 if let Some(holder) = get(&key)? {
-                    let existing = keys::parse_run_value(&holder).ok_or_else(|| {
-                        Error::CorruptIndex { reason: CorruptReason::BadKey(key.clone()) }
-                    })?;
+                    let existing =
+                        keys::parse_run_value(&holder).ok_or_else(|| Error::CorruptIndex {
+                            reason: CorruptReason::BadKey(key.clone()),
+                        })?;
                     if existing != run {
                         return Err(Error::DedupeTaken { existing });
                     }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annal::{
-    Actor, ApprovalFilter, ApprovalRequest, Ctx, Decision, Engine, EngineBuilder, Error, EventKind, GateId,
-    OnExpiry, OperatorActionKind, RiskTier, RunId, RunStatus, StepClass, Verdict, WorkflowError,
+    Actor, ApprovalFilter, ApprovalRequest, Ctx, Decision, Engine, EngineBuilder, Error, EventKind,
+    GateId, OnExpiry, OperatorActionKind, RiskTier, RunId, RunStatus, StepClass, Verdict,
+    WorkflowError,
 };
 use annal_storage::SimStore;
 use serde_json::json;
@@ -19,9 +20,17 @@ fn request(amount: u64, on_expiry: OnExpiry) -> ApprovalRequest {
     ApprovalRequest {
         action: format!("refund {amount} cents"),
         evidence: vec!["order:A-1".into(), "payment:p-9".into()],
-        risk: if amount > 10_000 { RiskTier::High } else { RiskTier::Low },
+        risk: if amount > 10_000 {
+            RiskTier::High
+        } else {
+            RiskTier::Low
+        },
         cost: Some(amount),
-        checks: vec![annal::CheckResult { name: "under_limit".into(), passed: true, detail: "< 500 USD".into() }],
+        checks: vec![annal::CheckResult {
+            name: "under_limit".into(),
+            passed: true,
+            detail: "< 500 USD".into(),
+        }],
         rollback: Some("void the refund within 24h".into()),
         deadline_ms: Some(3 * DAY_MS),
         approvers: vec!["role:finance".into()],
@@ -31,7 +40,8 @@ fn request(amount: u64, on_expiry: OnExpiry) -> ApprovalRequest {
 
 /// Asks for approval of a refund; on rejection revises the amount once and asks again.
 async fn refund(ctx: Ctx, (amount, on_expiry): (u64, OnExpiry)) -> Result<String, WorkflowError> {
-    ctx.check("amount_positive", amount > 0, "refund must be positive").await;
+    ctx.check("amount_positive", amount > 0, "refund must be positive")
+        .await;
     let mut amount = amount;
     for round in 0..2 {
         match ctx.approval(request(amount, on_expiry.clone())).await? {
@@ -41,18 +51,35 @@ async fn refund(ctx: Ctx, (amount, on_expiry): (u64, OnExpiry)) -> Result<String
                     .step("issue_refund")
                     .run(move |a| {
                         let actor = actor.clone();
-                        async move { Ok(format!("refunded {final_amount} by {actor} key {}", a.idempotency_key.len())) }
+                        async move {
+                            Ok(format!(
+                                "refunded {final_amount} by {actor} key {}",
+                                a.idempotency_key.len()
+                            ))
+                        }
                     })
                     .await?;
                 return Ok(done);
             }
             Decision::Rejected { reason, .. } if round == 0 => {
-                amount = ctx.step("revise").class(StepClass::Draft).run(move |_| {
-                    let reason = reason.clone();
-                    async move { Ok(if reason.contains("too much") { amount / 2 } else { amount }) }
-                }).await?;
+                amount = ctx
+                    .step("revise")
+                    .class(StepClass::Draft)
+                    .run(move |_| {
+                        let reason = reason.clone();
+                        async move {
+                            Ok(if reason.contains("too much") {
+                                amount / 2
+                            } else {
+                                amount
+                            })
+                        }
+                    })
+                    .await?;
             }
-            Decision::Rejected { reason, .. } => return Err(WorkflowError::failed(format!("rejected twice: {reason}"))),
+            Decision::Rejected { reason, .. } => {
+                return Err(WorkflowError::failed(format!("rejected twice: {reason}")))
+            }
             Decision::Expired => return Ok("expired: no refund".into()),
         }
     }
@@ -68,7 +95,10 @@ fn builder(store: &Arc<SimStore>, clock: &Arc<annal::clock::TokioClock>) -> Engi
 }
 
 fn world() -> (Arc<SimStore>, Arc<annal::clock::TokioClock>) {
-    (Arc::new(SimStore::new()), Arc::new(annal::clock::TokioClock::starting_at(1_700_000_000_000)))
+    (
+        Arc::new(SimStore::new()),
+        Arc::new(annal::clock::TokioClock::starting_at(1_700_000_000_000)),
+    )
 }
 
 fn finance() -> Actor {
@@ -76,7 +106,10 @@ fn finance() -> Actor {
 }
 
 async fn only_gate(engine: &Engine) -> GateId {
-    let pending = engine.pending_approvals(&ApprovalFilter::default()).await.unwrap();
+    let pending = engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .unwrap();
     assert_eq!(pending.len(), 1, "{pending:?}");
     pending[0].gate
 }
@@ -85,10 +118,21 @@ async fn only_gate(engine: &Engine) -> GateId {
 async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_step() {
     let (store, clock) = world();
     let engine = builder(&store, &clock).open().await.unwrap();
-    let run = engine.start::<_, String>("refund", &(42_000u64, OnExpiry::Escalate)).await.unwrap().run_id();
+    let run = engine
+        .start::<_, String>("refund", &(42_000u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
     tokio::time::sleep(Duration::from_millis(2 * DAY_MS)).await;
-    assert_eq!(engine.status(run).await.unwrap().status, RunStatus::Parked, "waiting costs no memory");
-    let pending = engine.pending_approvals(&ApprovalFilter::default()).await.unwrap();
+    assert_eq!(
+        engine.status(run).await.unwrap().status,
+        RunStatus::Parked,
+        "waiting costs no memory"
+    );
+    let pending = engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .unwrap();
     assert_eq!(pending[0].action, "refund 42000 cents");
     assert_eq!(pending[0].risk, RiskTier::High);
     assert_eq!(pending[0].age_ms, 2 * DAY_MS);
@@ -98,13 +142,31 @@ async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_st
 
     let engine = builder(&store, &clock).open().await.unwrap();
     let gate = only_gate(&engine).await;
-    engine.decide(gate, &finance(), Verdict::Approve { edits: Some(json!({ "amount": 40_000 })) }, "capped").await.unwrap();
+    engine
+        .decide(
+            gate,
+            &finance(),
+            Verdict::Approve {
+                edits: Some(json!({ "amount": 40_000 })),
+            },
+            "capped",
+        )
+        .await
+        .unwrap();
     let out = engine.handle::<String>(run).result().await.unwrap();
     assert!(out.starts_with("refunded 40000 by dana"), "{out}");
     let history = engine.history(run).await.unwrap();
     assert_eq!(
         kinds(&history),
-        ["RunStarted", "CheckRecorded", "ApprovalRequested", "ApprovalDecided", "StepScheduled", "StepCompleted", "RunCompleted"]
+        [
+            "RunStarted",
+            "CheckRecorded",
+            "ApprovalRequested",
+            "ApprovalDecided",
+            "StepScheduled",
+            "StepCompleted",
+            "RunCompleted"
+        ]
     );
 }
 
@@ -112,7 +174,11 @@ async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_st
 async fn two_concurrent_decisions_exactly_one_wins() {
     let (store, clock) = world();
     let engine = builder(&store, &clock).open().await.unwrap();
-    let run = engine.start::<_, String>("refund", &(100u64, OnExpiry::Escalate)).await.unwrap().run_id();
+    let run = engine
+        .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gate = only_gate(&engine).await;
     let lee = Actor::new("lee", &["finance"]);
@@ -125,38 +191,105 @@ async fn two_concurrent_decisions_exactly_one_wins() {
     let loser = if a.is_ok() { b } else { a };
     assert!(matches!(loser, Err(Error::AlreadyDecided { .. })));
     engine.handle::<String>(run).result().await.ok();
-    let decided = engine.history(run).await.unwrap().iter().filter(|e| matches!(e.kind, EventKind::ApprovalDecided { .. })).count();
+    let decided = engine
+        .history(run)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }))
+        .count();
     assert!(decided >= 1);
-    let decisions: Vec<_> = engine.history(run).await.unwrap().into_iter().filter(|e| matches!(e.kind, EventKind::ApprovalDecided { .. })).collect();
+    let decisions: Vec<_> = engine
+        .history(run)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }))
+        .collect();
     // The winner's decision is the only one on the first gate.
-    assert!(matches!(&decisions[0].kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate.0));
-    assert_eq!(decisions.iter().filter(|e| matches!(&e.kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate.0)).count(), 1);
+    assert!(
+        matches!(&decisions[0].kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate.0)
+    );
+    assert_eq!(
+        decisions
+            .iter()
+            .filter(
+                |e| matches!(&e.kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate.0)
+            )
+            .count(),
+        1
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn refusals_are_typed_and_write_nothing() {
     let (store, clock) = world();
     let engine = builder(&store, &clock).open().await.unwrap();
-    let run = engine.start::<_, String>("refund", &(100u64, OnExpiry::Reject)).await.unwrap().run_id();
+    let run = engine
+        .start::<_, String>("refund", &(100u64, OnExpiry::Reject))
+        .await
+        .unwrap()
+        .run_id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gate = only_gate(&engine).await;
     let before = engine.history(run).await.unwrap();
     let intern = Actor::new("sam", &["support"]);
-    assert!(matches!(engine.decide(gate, &intern, Verdict::Approve { edits: None }, "lgtm").await, Err(Error::NotAllowed { ref actor, .. }) if actor == "sam"));
-    assert!(matches!(engine.decide(GateId([9; 16]), &finance(), Verdict::Reject, "x").await, Err(Error::UnknownGate(_))));
-    assert_eq!(engine.history(run).await.unwrap(), before, "nothing written");
+    assert!(
+        matches!(engine.decide(gate, &intern, Verdict::Approve { edits: None }, "lgtm").await, Err(Error::NotAllowed { ref actor, .. }) if actor == "sam")
+    );
+    assert!(matches!(
+        engine
+            .decide(GateId([9; 16]), &finance(), Verdict::Reject, "x")
+            .await,
+        Err(Error::UnknownGate(_))
+    ));
+    assert_eq!(
+        engine.history(run).await.unwrap(),
+        before,
+        "nothing written"
+    );
     // Finance only sees it in their inbox.
-    let mine = engine.pending_approvals(&ApprovalFilter { approver: Some(intern), min_risk: None }).await.unwrap();
+    let mine = engine
+        .pending_approvals(&ApprovalFilter {
+            approver: Some(intern),
+            min_risk: None,
+        })
+        .await
+        .unwrap();
     assert!(mine.is_empty());
-    let high = engine.pending_approvals(&ApprovalFilter { approver: None, min_risk: Some(RiskTier::High) }).await.unwrap();
-    assert!(high.is_empty(), "a low-risk refund is not in the high-risk view");
+    let high = engine
+        .pending_approvals(&ApprovalFilter {
+            approver: None,
+            min_risk: Some(RiskTier::High),
+        })
+        .await
+        .unwrap();
+    assert!(
+        high.is_empty(),
+        "a low-risk refund is not in the high-risk view"
+    );
     // After the deadline: expired, refused, nothing written; the workflow gets Expired.
     tokio::time::sleep(Duration::from_millis(3 * DAY_MS)).await;
-    assert!(matches!(engine.decide(gate, &finance(), Verdict::Approve { edits: None }, "late").await, Err(Error::GateExpired { .. })));
-    assert_eq!(engine.handle::<String>(run).result().await.unwrap(), "expired: no refund");
-    assert!(matches!(engine.decide(gate, &finance(), Verdict::Approve { edits: None }, "late").await, Err(Error::GateExpired { .. })));
     assert!(matches!(
-        engine.operate(run, "ops", OperatorActionKind::RetryStep, "x").await,
+        engine
+            .decide(gate, &finance(), Verdict::Approve { edits: None }, "late")
+            .await,
+        Err(Error::GateExpired { .. })
+    ));
+    assert_eq!(
+        engine.handle::<String>(run).result().await.unwrap(),
+        "expired: no refund"
+    );
+    assert!(matches!(
+        engine
+            .decide(gate, &finance(), Verdict::Approve { edits: None }, "late")
+            .await,
+        Err(Error::GateExpired { .. })
+    ));
+    assert!(matches!(
+        engine
+            .operate(run, "ops", OperatorActionKind::RetryStep, "x")
+            .await,
         Err(Error::ActionRefused { .. })
     ));
 }
@@ -165,16 +298,33 @@ async fn refusals_are_typed_and_write_nothing() {
 async fn a_rejection_reason_goes_back_into_a_revised_request() {
     let (store, clock) = world();
     let engine = builder(&store, &clock).open().await.unwrap();
-    let handle = engine.start::<_, String>("refund", &(30_000u64, OnExpiry::Escalate)).await.unwrap();
+    let handle = engine
+        .start::<_, String>("refund", &(30_000u64, OnExpiry::Escalate))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gate = only_gate(&engine).await;
-    engine.decide(gate, &finance(), Verdict::Reject, "too much for a late delivery").await.unwrap();
+    engine
+        .decide(
+            gate,
+            &finance(),
+            Verdict::Reject,
+            "too much for a late delivery",
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let second = only_gate(&engine).await;
     assert_ne!(second, gate, "a new gate for the revised proposal");
-    let pending = engine.pending_approvals(&ApprovalFilter::default()).await.unwrap();
+    let pending = engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .unwrap();
     assert_eq!(pending[0].action, "refund 15000 cents");
-    engine.decide(second, &finance(), Verdict::Approve { edits: None }, "fine").await.unwrap();
+    engine
+        .decide(second, &finance(), Verdict::Approve { edits: None }, "fine")
+        .await
+        .unwrap();
     assert!(handle.result().await.unwrap().starts_with("refunded 15000"));
 }
 
@@ -182,14 +332,35 @@ async fn a_rejection_reason_goes_back_into_a_revised_request() {
 async fn an_expired_approval_escalates_and_an_operator_reopens_it() {
     let (store, clock) = world();
     let engine = builder(&store, &clock).open().await.unwrap();
-    let handle = engine.start::<_, String>("refund", &(100u64, OnExpiry::Escalate)).await.unwrap();
+    let handle = engine
+        .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(3 * DAY_MS + 1_000)).await;
-    assert!(matches!(handle.result().await, Err(Error::Escalated { .. })));
-    assert!(engine.pending_approvals(&ApprovalFilter::default()).await.unwrap().is_empty());
-    engine.operate(handle.run_id(), "olga", OperatorActionKind::RetryStep, "reviewer was on leave").await.unwrap();
+    assert!(matches!(
+        handle.result().await,
+        Err(Error::Escalated { .. })
+    ));
+    assert!(engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    engine
+        .operate(
+            handle.run_id(),
+            "olga",
+            OperatorActionKind::RetryStep,
+            "reviewer was on leave",
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gate = only_gate(&engine).await;
-    engine.decide(gate, &finance(), Verdict::Approve { edits: None }, "ok").await.unwrap();
+    engine
+        .decide(gate, &finance(), Verdict::Approve { edits: None }, "ok")
+        .await
+        .unwrap();
     assert!(handle.result().await.unwrap().starts_with("refunded 100"));
     let history = engine.history(handle.run_id()).await.unwrap();
     assert!(history.iter().any(|e| matches!(&e.kind, EventKind::OperatorAction { actor, reason, .. } if actor == "olga" && reason == "reviewer was on leave")));
@@ -199,27 +370,61 @@ async fn an_expired_approval_escalates_and_an_operator_reopens_it() {
 async fn reminders_go_out_before_the_deadline() {
     let (store, clock) = world();
     let engine = builder(&store, &clock).open().await.unwrap();
-    let handle = engine.start::<_, String>("refund", &(100u64, OnExpiry::Remind { times: 2, every_ms: DAY_MS })).await.unwrap();
+    let handle = engine
+        .start::<_, String>(
+            "refund",
+            &(
+                100u64,
+                OnExpiry::Remind {
+                    times: 2,
+                    every_ms: DAY_MS,
+                },
+            ),
+        )
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(DAY_MS + 1_000)).await;
-    assert_eq!(engine.pending_approvals(&ApprovalFilter::default()).await.unwrap()[0].reminders, 1);
+    assert_eq!(
+        engine
+            .pending_approvals(&ApprovalFilter::default())
+            .await
+            .unwrap()[0]
+            .reminders,
+        1
+    );
     tokio::time::sleep(Duration::from_millis(3 * DAY_MS)).await;
-    assert!(matches!(handle.result().await, Err(Error::Escalated { .. })));
+    assert!(matches!(
+        handle.result().await,
+        Err(Error::Escalated { .. })
+    ));
     let history = engine.history(handle.run_id()).await.unwrap();
-    let reminded: Vec<_> = history.iter().filter_map(|e| match e.kind {
-        EventKind::ApprovalReminded { reminder, .. } => Some((reminder, e.at_ms)),
-        _ => None,
-    }).collect();
+    let reminded: Vec<_> = history
+        .iter()
+        .filter_map(|e| match e.kind {
+            EventKind::ApprovalReminded { reminder, .. } => Some((reminder, e.at_ms)),
+            _ => None,
+        })
+        .collect();
     let start = history[0].at_ms;
     assert_eq!(reminded.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
-    assert!(reminded.iter().all(|(n, at)| at - start >= u64::from(*n) * DAY_MS && at - start < u64::from(*n) * DAY_MS + 120_000));
-    assert!(history.iter().any(|e| matches!(e.kind, EventKind::ApprovalExpired { .. })));
+    assert!(reminded
+        .iter()
+        .all(|(n, at)| at - start >= u64::from(*n) * DAY_MS
+            && at - start < u64::from(*n) * DAY_MS + 120_000));
+    assert!(history
+        .iter()
+        .any(|e| matches!(e.kind, EventKind::ApprovalExpired { .. })));
 }
 
 /// A step that fails until told otherwise, escalating when it gives up.
 async fn fragile(ctx: Ctx, (): ()) -> Result<String, WorkflowError> {
     let v: String = ctx
         .step("crm_write")
-        .retry(annal::RetryPolicy { max_attempts: 2, backoff: annal::Backoff::None, ..annal::RetryPolicy::default() })
+        .retry(annal::RetryPolicy {
+            max_attempts: 2,
+            backoff: annal::Backoff::None,
+            ..annal::RetryPolicy::default()
+        })
         .on_exhaust(annal::OnExhaust::Escalate)
         .run(|_| async {
             if FIXED.load(Ordering::SeqCst) == 1 {
@@ -246,31 +451,81 @@ async fn operator_retry_skip_and_abort() {
         .unwrap();
     let escalated = |run: RunId| {
         let engine = engine.clone();
-        async move { assert!(matches!(engine.handle::<String>(run).result().await, Err(Error::Escalated { .. }))) }
+        async move {
+            assert!(matches!(
+                engine.handle::<String>(run).result().await,
+                Err(Error::Escalated { .. })
+            ))
+        }
     };
     // Skip with a value.
     let a = engine.start::<_, String>("fragile", &()).await.unwrap();
     escalated(a.run_id()).await;
-    engine.operate(a.run_id(), "olga", OperatorActionKind::SkipStep { value: annal::Payload::encode("manual entry").unwrap() }, "entered by hand").await.unwrap();
+    engine
+        .operate(
+            a.run_id(),
+            "olga",
+            OperatorActionKind::SkipStep {
+                value: annal::Payload::encode("manual entry").unwrap(),
+            },
+            "entered by hand",
+        )
+        .await
+        .unwrap();
     assert_eq!(a.result().await.unwrap(), "manual entry");
     // Abort.
     let b = engine.start::<_, String>("fragile", &()).await.unwrap();
     escalated(b.run_id()).await;
-    assert!(matches!(
-        engine.operate(b.run_id(), "olga", OperatorActionKind::ResolveDone { output: annal::Payload::encode("x").unwrap() }, "x").await,
-        Err(Error::ActionRefused { .. })
-    ), "nothing unknown to resolve");
-    engine.operate(b.run_id(), "olga", OperatorActionKind::Abort, "customer left").await.unwrap();
-    assert!(matches!(b.result().await, Err(Error::WorkflowFailed { ref error, .. }) if error.contains("customer left")));
-    assert_eq!(engine.status(b.run_id()).await.unwrap().status, RunStatus::Failed);
+    assert!(
+        matches!(
+            engine
+                .operate(
+                    b.run_id(),
+                    "olga",
+                    OperatorActionKind::ResolveDone {
+                        output: annal::Payload::encode("x").unwrap()
+                    },
+                    "x"
+                )
+                .await,
+            Err(Error::ActionRefused { .. })
+        ),
+        "nothing unknown to resolve"
+    );
+    engine
+        .operate(
+            b.run_id(),
+            "olga",
+            OperatorActionKind::Abort,
+            "customer left",
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(b.result().await, Err(Error::WorkflowFailed { ref error, .. }) if error.contains("customer left"))
+    );
+    assert_eq!(
+        engine.status(b.run_id()).await.unwrap().status,
+        RunStatus::Failed
+    );
     // Retry once the cause is fixed.
     let c = engine.start::<_, String>("fragile", &()).await.unwrap();
     escalated(c.run_id()).await;
     FIXED.store(1, Ordering::SeqCst);
-    engine.operate(c.run_id(), "olga", OperatorActionKind::RetryStep, "CRM is back").await.unwrap();
+    engine
+        .operate(
+            c.run_id(),
+            "olga",
+            OperatorActionKind::RetryStep,
+            "CRM is back",
+        )
+        .await
+        .unwrap();
     assert_eq!(c.result().await.unwrap(), "written");
     assert!(matches!(
-        engine.operate(c.run_id(), "olga", OperatorActionKind::Abort, "late").await,
+        engine
+            .operate(c.run_id(), "olga", OperatorActionKind::Abort, "late")
+            .await,
         Err(Error::ActionRefused { .. })
     ));
 }
@@ -305,26 +560,42 @@ async fn operator_resolves_an_unknown_irreversible_outcome() {
         // Crash right after AttemptStarted became durable (sync 2: start, attempt).
         store.crash_after_syncs(2);
         let engine = open().await.unwrap();
-        let run = engine.start::<_, String>("send", &()).await.unwrap().run_id();
+        let run = engine
+            .start::<_, String>("send", &())
+            .await
+            .unwrap()
+            .run_id();
         tokio::time::sleep(Duration::from_secs(1)).await;
         engine.shutdown().await;
         store.crash();
         let engine = open().await.unwrap();
-        assert!(matches!(engine.handle::<String>(run).result().await, Err(Error::Escalated { .. })));
+        assert!(matches!(
+            engine.handle::<String>(run).result().await,
+            Err(Error::Escalated { .. })
+        ));
         let sends_before = SENDS.load(Ordering::SeqCst);
         let action = if done {
-            OperatorActionKind::ResolveDone { output: annal::Payload::encode("sent (confirmed by provider)").unwrap() }
+            OperatorActionKind::ResolveDone {
+                output: annal::Payload::encode("sent (confirmed by provider)").unwrap(),
+            }
         } else {
             OperatorActionKind::ResolveNotDone
         };
-        engine.operate(run, "olga", action, "checked the provider's log").await.unwrap();
+        engine
+            .operate(run, "olga", action, "checked the provider's log")
+            .await
+            .unwrap();
         let out = engine.handle::<String>(run).result().await.unwrap();
         if done {
             assert_eq!(out, "sent (confirmed by provider)");
             assert_eq!(SENDS.load(Ordering::SeqCst), sends_before, "not sent again");
         } else {
             assert_eq!(out, "sent");
-            assert_eq!(SENDS.load(Ordering::SeqCst), sends_before + 1, "sent exactly once more");
+            assert_eq!(
+                SENDS.load(Ordering::SeqCst),
+                sends_before + 1,
+                "sent exactly once more"
+            );
         }
     }
 }

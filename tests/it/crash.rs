@@ -24,7 +24,10 @@ async fn order(ctx: Ctx, tools: Tools, amount: u64) -> Result<Value, WorkflowErr
     let note: Value = ctx
         .step("crm_note")
         .tool("crm")
-        .retry(RetryPolicy { jitter: false, ..RetryPolicy::default() })
+        .retry(RetryPolicy {
+            jitter: false,
+            ..RetryPolicy::default()
+        })
         .run(|a| {
             let crm = crm.clone();
             async move { crm.call(&a, "note").await }
@@ -45,13 +48,17 @@ async fn order(ctx: Ctx, tools: Tools, amount: u64) -> Result<Value, WorkflowErr
         })
         .await?;
     let id = ctx.uuid().await;
-    Ok(json!({ "found": found, "note": note, "approved": approved, "charge": charge, "id_len": id.to_string().len() }))
+    Ok(
+        json!({ "found": found, "note": note, "approved": approved, "charge": charge, "id_len": id.to_string().len() }),
+    )
 }
 
 fn harness() -> CrashHarness {
     CrashHarness::new("order", &250u64, |builder, tools| {
         let tools = tools.clone();
-        builder.register("order", 1, move |ctx, amount| order(ctx, tools.clone(), amount))
+        builder.register("order", 1, move |ctx, amount| {
+            order(ctx, tools.clone(), amount)
+        })
     })
     .script(|tools| {
         tools.tool("crm").fail_times(2, FailureClass::Transient);
@@ -68,18 +75,28 @@ async fn every_crash_point_resumes_to_the_same_outcome() {
     crate::support::trace();
     let report = harness().run().await.unwrap_or_else(|f| panic!("{f}"));
     assert!(report.crash_points >= 6, "{report:?}");
-    assert!(matches!(report.outcome, annal::testing::Outcome::Completed(ref out) if out.contains("\"approved\":true")), "{report:?}");
+    assert!(
+        matches!(report.outcome, annal::testing::Outcome::Completed(ref out) if out.contains("\"approved\":true")),
+        "{report:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn torn_tails_are_detected_at_every_crash_point() {
-    let report = harness().with_torn_tails().run().await.unwrap_or_else(|f| panic!("{f}"));
+    let report = harness()
+        .with_torn_tails()
+        .run()
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
     assert!(report.crash_points >= 6);
 }
 
 async fn pay_once(ctx: Ctx, tools: Tools, reconcile: bool) -> Result<Value, WorkflowError> {
     let pay = tools.tool("payments");
-    let mut step = ctx.step("charge").class(StepClass::Irreversible).tool("payments");
+    let mut step = ctx
+        .step("charge")
+        .class(StepClass::Irreversible)
+        .tool("payments");
     if reconcile {
         let pay = pay.clone();
         step = step.reconcile(move |key| {
@@ -99,7 +116,9 @@ async fn pay_once(ctx: Ctx, tools: Tools, reconcile: bool) -> Result<Value, Work
 fn pay_harness(reconcile: bool) -> CrashHarness {
     CrashHarness::new("pay", &(), move |builder, tools| {
         let tools = tools.clone();
-        builder.register("pay", 1, move |ctx, ()| pay_once(ctx, tools.clone(), reconcile))
+        builder.register("pay", 1, move |ctx, ()| {
+            pay_once(ctx, tools.clone(), reconcile)
+        })
     })
     .script(|tools| {
         tools.tool("payments").script([Behavior::ApplyThenLose]);
@@ -110,18 +129,30 @@ fn pay_harness(reconcile: bool) -> CrashHarness {
 async fn a_lost_irreversible_outcome_is_reconciled_not_repeated() {
     // The payment applies and its response is lost. With a reconcile hook the engine asks the
     // ledger and completes with the applied charge, live or after any crash.
-    let report = pay_harness(true).run().await.unwrap_or_else(|f| panic!("{f}"));
-    assert_eq!(report.outcome, annal::testing::Outcome::Completed("10".into()));
+    let report = pay_harness(true)
+        .run()
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        report.outcome,
+        annal::testing::Outcome::Completed("10".into())
+    );
     assert!(report.escalated_at.is_empty(), "{report:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn without_a_reconcile_hook_a_lost_irreversible_outcome_is_never_retried() {
-    let report = pay_harness(false).run().await.unwrap_or_else(|f| panic!("{f}"));
+    let report = pay_harness(false)
+        .run()
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
     match &report.outcome {
         annal::testing::Outcome::Ended(status, message) => {
             assert_eq!(*status, annal::RunStatus::Failed);
-            assert!(message.contains("irreversible effect may have happened"), "{message}");
+            assert!(
+                message.contains("irreversible effect may have happened"),
+                "{message}"
+            );
         }
         other => panic!("expected a failed run, got {other:?}"),
     }

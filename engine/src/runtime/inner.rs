@@ -29,7 +29,10 @@ pub(crate) struct AppendReq {
 
 impl AppendReq {
     pub(crate) fn events(events: Vec<EventKind>) -> Self {
-        Self { events, ..Self::default() }
+        Self {
+            events,
+            ..Self::default()
+        }
     }
     pub(crate) fn index(mut self, index: impl IntoIterator<Item = IndexOp>) -> Self {
         self.index.extend(index);
@@ -57,6 +60,9 @@ pub(crate) struct EngineInner {
     pub(crate) timers_changed: Notify,
     pub(crate) drifts: Mutex<HashMap<RunId, DriftError>>,
     pub(crate) tasks: Mutex<HashMap<RunId, tokio::task::AbortHandle>>,
+    /// Tasks of this engine still alive (drivers, the timer service, wake-ups), so shutdown
+    /// can wait until none holds the store any more.
+    pub(crate) live_tasks: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) shut_down: std::sync::atomic::AtomicBool,
     pub(crate) observer: Option<super::AttemptObserver>,
     /// Set when the store failed under a run: no run is woken again until the store is
@@ -71,9 +77,33 @@ pub(crate) struct EngineInner {
 }
 
 impl EngineInner {
+    /// Spawns a task of this engine, counted in `live_tasks` until it ends or is aborted.
+    pub(crate) fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        struct Alive(Arc<std::sync::atomic::AtomicUsize>);
+        impl Drop for Alive {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        }
+        self.live_tasks
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let alive = Alive(Arc::clone(&self.live_tasks));
+        tokio::spawn(async move {
+            let _alive = alive;
+            task.await;
+        })
+    }
+
     pub(crate) fn slot(&self, run: RunId) -> Arc<RunSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(slots.entry(run).or_insert_with(|| Arc::new(RunSlot::new(run))))
+        Arc::clone(
+            slots
+                .entry(run)
+                .or_insert_with(|| Arc::new(RunSlot::new(run))),
+        )
     }
 
     pub(crate) fn is_active(&self, run: RunId) -> bool {
@@ -114,11 +144,16 @@ impl EngineInner {
         let mut events = Vec::with_capacity(records.len());
         let mut replay = ReplayState::default();
         for record in records {
-            let event = codec::decode_event(&record.payload)
-                .map_err(|reason| Error::Codec { run, seq: record.seq, reason })?;
-            replay
-                .apply(&event)
-                .map_err(|c| Error::Inconsistent { run, seq: c.seq, reason: c.reason })?;
+            let event = codec::decode_event(&record.payload).map_err(|reason| Error::Codec {
+                run,
+                seq: record.seq,
+                reason,
+            })?;
+            replay.apply(&event).map_err(|c| Error::Inconsistent {
+                run,
+                seq: c.seq,
+                reason: c.reason,
+            })?;
             events.push(event);
         }
         if replay.next_seq() != meta.next_seq {
@@ -158,7 +193,11 @@ impl EngineInner {
             .events
             .into_iter()
             .enumerate()
-            .map(|(i, kind)| Event { seq: first_seq + i as u64, at_ms: now_ms, kind })
+            .map(|(i, kind)| Event {
+                seq: first_seq + i as u64,
+                at_ms: now_ms,
+                kind,
+            })
             .collect();
         let mut new_meta = meta.clone();
         new_meta.updated_ms = now_ms;
@@ -183,7 +222,11 @@ impl EngineInner {
                 state
                     .replay
                     .apply(&event)
-                    .map_err(|c| Error::Inconsistent { run, seq: c.seq, reason: c.reason })?;
+                    .map_err(|c| Error::Inconsistent {
+                        run,
+                        seq: c.seq,
+                        reason: c.reason,
+                    })?;
                 state.events.push(event);
             }
             let size = state.events.len() as u64;
@@ -234,14 +277,19 @@ impl EngineInner {
         writer.evicted = true;
         slot.state().driver_running = false;
         self.remove_slot(slot);
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot.run);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&slot.run);
         slot.changed.notify_waiters();
     }
 
     /// Asks the tool's breaker (if it has one) whether a call may go out now.
     pub(crate) fn admit(&self, tool: &str, now_ms: u64) -> crate::breaker::Admission {
         let mut breakers = self.breakers.lock().unwrap_or_else(|e| e.into_inner());
-        breakers.get_mut(tool).map_or(crate::breaker::Admission::Allowed, |b| b.admit(now_ms))
+        breakers
+            .get_mut(tool)
+            .map_or(crate::breaker::Admission::Allowed, |b| b.admit(now_ms))
     }
 
     /// Tells the tool's breaker (if any) how a call went.
@@ -257,7 +305,10 @@ impl EngineInner {
     }
 
     pub(crate) fn store_failed(&self) -> Option<String> {
-        self.store_failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.store_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn notify_settled(&self) {

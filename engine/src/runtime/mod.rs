@@ -25,8 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-pub use self::operator::{ApprovalFilter, PendingApproval};
 use self::inner::{AppendReq, EngineInner};
+pub use self::operator::{ApprovalFilter, PendingApproval};
 use self::registry::Registry;
 use self::slot::Halt;
 use crate::clock::{Clock, TokioClock};
@@ -52,7 +52,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { park_after_ms: 30_000, history_warn_events: 10_000, timer_poll_ms: 60_000, replay_only: false }
+        Self {
+            park_after_ms: 30_000,
+            history_warn_events: 10_000,
+            timer_poll_ms: 60_000,
+            replay_only: false,
+        }
     }
 }
 
@@ -202,17 +207,24 @@ impl EngineBuilder {
             timers_changed: Notify::new(),
             drifts: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
+            live_tasks: Arc::default(),
             shut_down: false.into(),
             observer: self.observer,
             store_failure: Mutex::new(None),
             policy: self.policy,
             breakers: Mutex::new(
-                self.breakers.into_iter().map(|(t, c)| (t, crate::breaker::Breaker::new(c))).collect(),
+                self.breakers
+                    .into_iter()
+                    .map(|(t, c)| (t, crate::breaker::Breaker::new(c)))
+                    .collect(),
             ),
             replayed: Mutex::new(HashMap::new()),
         });
-        let timer = tokio::spawn(Arc::clone(&inner).timer_service());
-        let engine = Engine { inner, timer: timer.abort_handle() };
+        let timer = inner.spawn(Arc::clone(&inner).timer_service());
+        let engine = Engine {
+            inner,
+            timer: timer.abort_handle(),
+        };
         engine.recover().await?;
         Ok(engine)
     }
@@ -292,7 +304,8 @@ impl Engine {
         workflow: &str,
         input: &In,
     ) -> Result<RunHandle<Out>> {
-        self.start_with(workflow, input, StartOptions::default()).await
+        self.start_with(workflow, input, StartOptions::default())
+            .await
     }
 
     /// Starts a run with options. Returns once the start is durable. With a dedupe key
@@ -306,11 +319,19 @@ impl Engine {
         let inner = &self.inner;
         let version = match options.version {
             Some(v) if inner.registry.get(workflow, v).is_some() => v,
-            Some(v) => return Err(Error::UnknownWorkflow { name: workflow.into(), version: Some(v) }),
+            Some(v) => {
+                return Err(Error::UnknownWorkflow {
+                    name: workflow.into(),
+                    version: Some(v),
+                })
+            }
             None => inner
                 .registry
                 .latest(workflow)
-                .ok_or_else(|| Error::UnknownWorkflow { name: workflow.into(), version: None })?,
+                .ok_or_else(|| Error::UnknownWorkflow {
+                    name: workflow.into(),
+                    version: None,
+                })?,
         };
         if let Some(key) = &options.dedupe_key {
             if let Some(existing) = inner.store.dedupe(key.as_bytes()).await? {
@@ -322,7 +343,9 @@ impl Engine {
         let index: Vec<IndexOp> = options
             .dedupe_key
             .iter()
-            .map(|k| IndexOp::ClaimDedupe { key: k.as_bytes().to_vec() })
+            .map(|k| IndexOp::ClaimDedupe {
+                key: k.as_bytes().to_vec(),
+            })
             .collect();
         let started = EventKind::RunStarted {
             workflow: workflow.to_string(),
@@ -346,7 +369,11 @@ impl Engine {
 
     /// A typed handle to an existing run.
     pub fn handle<Out: DeserializeOwned>(&self, run: RunId) -> RunHandle<Out> {
-        RunHandle { inner: Arc::clone(&self.inner), run, _out: PhantomData }
+        RunHandle {
+            inner: Arc::clone(&self.inner),
+            run,
+            _out: PhantomData,
+        }
     }
 
     /// Status and metadata of a run.
@@ -357,7 +384,14 @@ impl Engine {
 
     /// Every run the store holds.
     pub async fn runs(&self) -> Result<Vec<RunInfo>> {
-        Ok(self.inner.store.runs().await?.into_iter().map(|(run, meta)| info(run, meta)).collect())
+        Ok(self
+            .inner
+            .store
+            .runs()
+            .await?
+            .into_iter()
+            .map(|(run, meta)| info(run, meta))
+            .collect())
     }
 
     /// The recorded history of a run.
@@ -367,26 +401,40 @@ impl Engine {
 
     /// The drift that blocked a run, if this engine saw it.
     pub fn drift(&self, run: RunId) -> Option<crate::DriftError> {
-        self.inner.drifts.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
+        self.inner
+            .drifts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .cloned()
     }
 
     /// Sends a signal to a run. Returns once it is durable; a parked run is woken for it.
     pub async fn signal<T: Serialize>(&self, run: RunId, name: &str, payload: &T) -> Result<()> {
         let payload = Payload::encode(payload).map_err(|e| Error::Payload(e.to_string()))?;
-        let kind = EventKind::SignalReceived { name: name.to_string(), payload };
+        let kind = EventKind::SignalReceived {
+            name: name.to_string(),
+            payload,
+        };
         self.append_external(run, kind, false).await
     }
 
     /// Asks a run to cancel. The workflow sees `Cancelled` at its next call (or in the wait it
     /// is in) and may clean up before it returns. Returns once the request is durable.
     pub async fn cancel(&self, run: RunId, actor: &str, reason: &str) -> Result<()> {
-        let kind = EventKind::CancelRequested { actor: actor.into(), reason: reason.into() };
+        let kind = EventKind::CancelRequested {
+            actor: actor.into(),
+            reason: reason.into(),
+        };
         self.append_external(run, kind, false).await
     }
 
     /// Stops a run at once, without running any more of its code.
     pub async fn terminate(&self, run: RunId, actor: &str, reason: &str) -> Result<()> {
-        let kind = EventKind::RunTerminated { actor: actor.into(), reason: reason.into() };
+        let kind = EventKind::RunTerminated {
+            actor: actor.into(),
+            reason: reason.into(),
+        };
         self.append_external(run, kind, true).await
     }
 
@@ -430,26 +478,58 @@ impl Engine {
         wake
     }
 
-    /// Stops every run driver and the timer service. Runs stay as their logs say and resume
-    /// when an engine opens the store again.
+    /// Stops every run driver and the timer service and waits until they are gone. Runs stay
+    /// as their logs say and resume when an engine opens the store again. The store closes
+    /// when the last `Engine` clone and `RunHandle` is dropped.
     pub async fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::Release);
         self.timer.abort();
-        let tasks: Vec<_> = self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let tasks: Vec<_> = self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
         for (_, task) in &tasks {
             task.abort();
         }
-        // Let aborted tasks drop their references before the caller reopens the store.
-        for _ in 0..8 {
-            tokio::task::yield_now().await;
+        // Wait until every task of this engine is gone, so that once the caller drops its
+        // Engine clones and handles, nothing holds the store and it can be reopened.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.inner.live_tasks.load(Ordering::Acquire) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            for task in self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+            {
+                task.1.abort();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        self.inner.slots.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Replay-only result of a run, once its replay ended (see `testing::Replayer`).
     #[cfg(feature = "testing")]
-    pub(crate) fn replayed(&self, run: RunId) -> Option<std::result::Result<(), crate::DriftError>> {
-        self.inner.replayed.lock().unwrap_or_else(|e| e.into_inner()).get(&run).cloned()
+    pub(crate) fn replayed(
+        &self,
+        run: RunId,
+    ) -> Option<std::result::Result<(), crate::DriftError>> {
+        self.inner
+            .replayed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+            .cloned()
     }
 
     /// Waits until something settles (a run ends, blocks, parks or escalates).
@@ -461,7 +541,11 @@ impl Engine {
 
     /// State of a tool's circuit breaker and how often it opened, if it has one.
     pub fn breaker_state(&self, tool: &str) -> Option<(crate::breaker::BreakerState, u64)> {
-        let breakers = self.inner.breakers.lock().unwrap_or_else(|e| e.into_inner());
+        let breakers = self
+            .inner
+            .breakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         breakers.get(tool).map(|b| (b.state(), b.times_opened()))
     }
 
@@ -489,7 +573,13 @@ pub async fn read_history(store: &dyn LogStore, run: RunId) -> Result<Vec<Event>
     annal_storage::read_all(store, run)
         .await?
         .into_iter()
-        .map(|r| crate::codec::decode_event(&r.payload).map_err(|reason| Error::Codec { run, seq: r.seq, reason }))
+        .map(|r| {
+            crate::codec::decode_event(&r.payload).map_err(|reason| Error::Codec {
+                run,
+                seq: r.seq,
+                reason,
+            })
+        })
         .collect()
 }
 
@@ -502,7 +592,11 @@ pub struct RunHandle<Out> {
 
 impl<Out> Clone for RunHandle<Out> {
     fn clone(&self) -> Self {
-        Self { inner: Arc::clone(&self.inner), run: self.run, _out: PhantomData }
+        Self {
+            inner: Arc::clone(&self.inner),
+            run: self.run,
+            _out: PhantomData,
+        }
     }
 }
 
@@ -524,20 +618,53 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
             let status = RunStatus::from_code(meta.status);
             match status {
                 Some(RunStatus::Blocked) => {
-                    if let Some(drift) = self.inner.drifts.lock().unwrap_or_else(|e| e.into_inner()).get(&run) {
+                    if let Some(drift) = self
+                        .inner
+                        .drifts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&run)
+                    {
                         return Err(Error::Drift(drift.clone()));
                     }
-                    return Err(Error::Blocked { run, reason: meta.note });
+                    return Err(Error::Blocked {
+                        run,
+                        reason: meta.note,
+                    });
                 }
-                Some(RunStatus::Escalated) => return Err(Error::Escalated { run, reason: meta.note }),
+                Some(RunStatus::Escalated) => {
+                    return Err(Error::Escalated {
+                        run,
+                        reason: meta.note,
+                    })
+                }
                 Some(s) if s.is_terminal() => {
-                    let history = read_history(self.inner.store.as_ref(), run).await?;
-                    match history.into_iter().rev().find(|e| e.kind.is_terminal()).map(|e| e.kind) {
+                    // The terminal event is the last one: read only the tail.
+                    let tail = self
+                        .inner
+                        .store
+                        .read(run, meta.next_seq.saturating_sub(1), 1)
+                        .await?;
+                    let last = tail
+                        .first()
+                        .map(|r| {
+                            crate::codec::decode_event(&r.payload).map_err(|reason| Error::Codec {
+                                run,
+                                seq: r.seq,
+                                reason,
+                            })
+                        })
+                        .transpose()?;
+                    match last.map(|e| e.kind).filter(EventKind::is_terminal) {
                         Some(EventKind::RunCompleted { output }) => {
                             return output.decode().map_err(|e| Error::Payload(e.to_string()))
                         }
-                        Some(EventKind::RunFailed { error }) => return Err(Error::WorkflowFailed { run, error }),
-                        Some(EventKind::RunCancelled { reason }) => return Err(Error::Cancelled { run, reason }),
+                        Some(EventKind::RunFailed { error }) => {
+                            return Err(Error::WorkflowFailed { run, error })
+                        }
+                        Some(EventKind::RunCancelled { reason }) => {
+                            return Err(Error::Cancelled { run, reason })
+                        }
                         Some(EventKind::RunTerminated { actor, reason }) => {
                             return Err(Error::Terminated { run, actor, reason })
                         }
@@ -549,7 +676,8 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                             return Err(Error::Inconsistent {
                                 run,
                                 seq: meta.next_seq,
-                                reason: "status is terminal but no terminal event is recorded".into(),
+                                reason: "status is terminal but no terminal event is recorded"
+                                    .into(),
                             })
                         }
                     }

@@ -53,17 +53,39 @@ impl Engine {
     /// is unknown, already decided, expired, closed, or the actor is not an approver. Of two
     /// concurrent decisions exactly one wins: both are checked under the run's writer lock.
     /// Returns once the decision is durable; the run resumes.
-    pub async fn decide(&self, gate: GateId, actor: &Actor, verdict: Verdict, reason: &str) -> Result<()> {
+    pub async fn decide(
+        &self,
+        gate: GateId,
+        actor: &Actor,
+        verdict: Verdict,
+        reason: &str,
+    ) -> Result<()> {
         let inner = &self.inner;
-        let (run, position) = inner.store.gate(gate).await?.ok_or(Error::UnknownGate(gate))?;
+        let (run, position) = inner
+            .store
+            .gate(gate)
+            .await?
+            .ok_or(Error::UnknownGate(gate))?;
         let (slot, mut writer) = inner.lock_run(run).await?;
-        let status = writer.meta.as_ref().and_then(|m| RunStatus::from_code(m.status)).unwrap_or(RunStatus::Failed);
+        let status = writer
+            .meta
+            .as_ref()
+            .and_then(|m| RunStatus::from_code(m.status))
+            .unwrap_or(RunStatus::Failed);
         let record = match slot.state().replay.command(position) {
-            Some(CommandRecord { recorded: Recorded::Approval(record), .. }) => record.clone(),
+            Some(CommandRecord {
+                recorded: Recorded::Approval(record),
+                ..
+            }) => record.clone(),
             _ => return Err(Error::UnknownGate(gate)),
         };
         match &record.state {
-            GateState::Decided { actor, .. } => return Err(Error::AlreadyDecided { gate, actor: actor.clone() }),
+            GateState::Decided { actor, .. } => {
+                return Err(Error::AlreadyDecided {
+                    gate,
+                    actor: actor.clone(),
+                })
+            }
             GateState::Expired => return Err(Error::GateExpired { gate }),
             GateState::Withdrawn => return Err(Error::NotWaiting { run, status }),
             GateState::Pending => {}
@@ -71,23 +93,49 @@ impl Engine {
         if status.is_terminal() {
             return Err(Error::NotWaiting { run, status });
         }
-        let deadline = record.request.deadline_ms.map(|d| record.requested_ms.saturating_add(d));
+        let deadline = record
+            .request
+            .deadline_ms
+            .map(|d| record.requested_ms.saturating_add(d));
         if deadline.is_some_and(|d| inner.clock.now_ms() >= d) {
             // The run records the expiry when it wakes; a late decision must not win.
             return Err(Error::GateExpired { gate });
         }
         if !actor.may_decide(&record.request.approvers) {
-            return Err(Error::NotAllowed { gate, actor: actor.id.clone() });
+            return Err(Error::NotAllowed {
+                gate,
+                actor: actor.id.clone(),
+            });
         }
         let (approved, edits) = match verdict {
             Verdict::Approve { edits } => (true, edits),
             Verdict::Reject => (false, None),
         };
-        let edits = edits.as_ref().map(crate::event::Payload::encode).transpose().map_err(|e| Error::Payload(e.to_string()))?;
-        let event = EventKind::ApprovalDecided { gate: gate.0, approved, actor: actor.id.clone(), reason: reason.to_string(), edits };
-        let wake = crate::approval::next_wake(&record.request, record.requested_ms, record.reminders);
-        let index = wake.map(|at| IndexOp::DeleteTimer { fire_at_ms: at, id: position });
-        let position = inner.append_locked(&slot, &mut writer, AppendReq::events(vec![event]).index(index)).await?;
+        let edits = edits
+            .as_ref()
+            .map(crate::event::Payload::encode)
+            .transpose()
+            .map_err(|e| Error::Payload(e.to_string()))?;
+        let event = EventKind::ApprovalDecided {
+            gate: gate.0,
+            approved,
+            actor: actor.id.clone(),
+            reason: reason.to_string(),
+            edits,
+        };
+        let wake =
+            crate::approval::next_wake(&record.request, record.requested_ms, record.reminders);
+        let index = wake.map(|at| IndexOp::DeleteTimer {
+            fire_at_ms: at,
+            id: position,
+        });
+        let position = inner
+            .append_locked(
+                &slot,
+                &mut writer,
+                AppendReq::events(vec![event]).index(index),
+            )
+            .await?;
         let woken = match status {
             RunStatus::Running | RunStatus::Parked => inner.ensure_driver(&slot, &mut writer).await,
             _ => Ok(()),
@@ -103,19 +151,36 @@ impl Engine {
         let now_ms = inner.clock.now_ms();
         let mut out = Vec::new();
         for (gate, run, position) in inner.store.gates().await? {
-            let Some(meta) = inner.store.meta(run).await? else { continue };
+            let Some(meta) = inner.store.meta(run).await? else {
+                continue;
+            };
             if RunStatus::from_code(meta.status).is_none_or(RunStatus::is_terminal) {
                 continue;
             }
             let history = super::read_history(inner.store.as_ref(), run).await?;
-            let replay = crate::replay::ReplayState::from_events(&history)
-                .map_err(|c| Error::Inconsistent { run, seq: c.seq, reason: c.reason })?;
-            let Some(CommandRecord { recorded: Recorded::Approval(record), .. }) = replay.command(position) else { continue };
+            let replay = crate::replay::ReplayState::from_events(&history).map_err(|c| {
+                Error::Inconsistent {
+                    run,
+                    seq: c.seq,
+                    reason: c.reason,
+                }
+            })?;
+            let Some(CommandRecord {
+                recorded: Recorded::Approval(record),
+                ..
+            }) = replay.command(position)
+            else {
+                continue;
+            };
             if record.state != GateState::Pending {
                 continue;
             }
             let request = &record.request;
-            if filter.approver.as_ref().is_some_and(|a| !a.may_decide(&request.approvers)) {
+            if filter
+                .approver
+                .as_ref()
+                .is_some_and(|a| !a.may_decide(&request.approvers))
+            {
                 continue;
             }
             if filter.min_risk.is_some_and(|min| request.risk < min) {
@@ -130,7 +195,9 @@ impl Engine {
                 cost: request.cost,
                 evidence: request.evidence.clone(),
                 approvers: request.approvers.clone(),
-                deadline_ms: request.deadline_ms.map(|d| record.requested_ms.saturating_add(d)),
+                deadline_ms: request
+                    .deadline_ms
+                    .map(|d| record.requested_ms.saturating_add(d)),
                 age_ms: now_ms.saturating_sub(record.requested_ms),
                 reminders: record.reminders,
             });
@@ -143,20 +210,43 @@ impl Engine {
     /// a value, resolve an unknown irreversible outcome as done or not done, or abort the
     /// run. Recorded with actor and reason; refused (nothing written) when the run is not
     /// escalated or the action does not fit the call that escalated.
-    pub async fn operate(&self, run: RunId, actor: &str, action: OperatorActionKind, reason: &str) -> Result<()> {
+    pub async fn operate(
+        &self,
+        run: RunId,
+        actor: &str,
+        action: OperatorActionKind,
+        reason: &str,
+    ) -> Result<()> {
         let inner = &self.inner;
         let (slot, mut writer) = inner.lock_run(run).await?;
-        let status = writer.meta.as_ref().and_then(|m| RunStatus::from_code(m.status)).unwrap_or(RunStatus::Failed);
+        let status = writer
+            .meta
+            .as_ref()
+            .and_then(|m| RunStatus::from_code(m.status))
+            .unwrap_or(RunStatus::Failed);
         if status != RunStatus::Escalated {
-            return Err(Error::ActionRefused { run, reason: format!("the run is {status}, not escalated") });
+            return Err(Error::ActionRefused {
+                run,
+                reason: format!("the run is {status}, not escalated"),
+            });
         }
         let (escalated_at, fits) = {
             let state = slot.state();
             let at = state.replay.escalated().flatten();
-            let fits = match (at.and_then(|p| state.replay.command(p)).map(|r| &r.recorded), &action) {
+            let fits = match (
+                at.and_then(|p| state.replay.command(p))
+                    .map(|r| &r.recorded),
+                &action,
+            ) {
                 (_, OperatorActionKind::Abort) => Ok(()),
-                (Some(Recorded::Step(_)), OperatorActionKind::RetryStep | OperatorActionKind::SkipStep { .. }) => Ok(()),
-                (Some(Recorded::Step(step)), OperatorActionKind::ResolveDone { .. } | OperatorActionKind::ResolveNotDone) => {
+                (
+                    Some(Recorded::Step(_)),
+                    OperatorActionKind::RetryStep | OperatorActionKind::SkipStep { .. },
+                ) => Ok(()),
+                (
+                    Some(Recorded::Step(step)),
+                    OperatorActionKind::ResolveDone { .. } | OperatorActionKind::ResolveNotDone,
+                ) => {
                     if step.attempt_open {
                         Ok(())
                     } else {
@@ -164,18 +254,30 @@ impl Engine {
                     }
                 }
                 (Some(Recorded::Approval(_)), OperatorActionKind::RetryStep) => Ok(()),
-                (Some(Recorded::Approval(_)), _) => Err("an expired approval can only be reopened (retry) or the run aborted".to_string()),
+                (Some(Recorded::Approval(_)), _) => Err(
+                    "an expired approval can only be reopened (retry) or the run aborted"
+                        .to_string(),
+                ),
                 _ => Err("nothing to act on at the escalated position".to_string()),
             };
             (at, fits)
         };
         fits.map_err(|reason| Error::ActionRefused { run, reason })?;
         let abort = action == OperatorActionKind::Abort;
-        let recorded = EventKind::OperatorAction { position: escalated_at, action, actor: actor.to_string(), reason: reason.to_string() };
+        let recorded = EventKind::OperatorAction {
+            position: escalated_at,
+            action,
+            actor: actor.to_string(),
+            reason: reason.to_string(),
+        };
         let req = if abort {
             let deletes = super::driver::timer_deletes(&slot.state().replay);
-            let failed = EventKind::RunFailed { error: format!("aborted by {actor}: {reason}") };
-            AppendReq::events(vec![recorded, failed]).status(RunStatus::Failed, format!("aborted by {actor}")).index(deletes)
+            let failed = EventKind::RunFailed {
+                error: format!("aborted by {actor}: {reason}"),
+            };
+            AppendReq::events(vec![recorded, failed])
+                .status(RunStatus::Failed, format!("aborted by {actor}"))
+                .index(deletes)
         } else {
             AppendReq::events(vec![recorded]).status(RunStatus::Running, "")
         };

@@ -38,16 +38,22 @@ impl Registry {
                 let input: In = match input.decode() {
                     Ok(input) => input,
                     Err(e) => {
-                        ctx.block(format!("workflow input does not decode into the registered type: {e}"));
+                        ctx.block(format!(
+                            "workflow input does not decode into the registered type: {e}"
+                        ));
                         return std::future::pending().await;
                     }
                 };
                 let output = f(ctx, input).await?;
-                Payload::encode(&output)
-                    .map_err(|e| WorkflowError::failed(format!("workflow output does not encode: {e}")))
+                Payload::encode(&output).map_err(|e| {
+                    WorkflowError::failed(format!("workflow output does not encode: {e}"))
+                })
             })
         });
-        self.workflows.entry(name.to_string()).or_default().insert(version, erased);
+        self.workflows
+            .entry(name.to_string())
+            .or_default()
+            .insert(version, erased);
     }
 
     pub(crate) fn get(&self, name: &str, version: u32) -> Option<ErasedWorkflow> {

@@ -43,6 +43,9 @@ impl EngineInner {
             }
         }
         let ahead = self.store.due_timers(u64::MAX, due.len() + 1).await?;
-        Ok(ahead.into_iter().map(|t| t.fire_at_ms).find(|&t| t > now_ms))
+        Ok(ahead
+            .into_iter()
+            .map(|t| t.fire_at_ms)
+            .find(|&t| t > now_ms))
     }
 }

@@ -40,10 +40,10 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::clock::TokioClock;
-use crate::step::{Attempt, Reconciled};
 use crate::error::Error;
 use crate::event::{EventKind, Payload};
 use crate::policy::{FailureClass, StepFailure};
+use crate::step::{Attempt, Reconciled};
 use crate::{Engine, EngineBuilder, ObservedAttempt, RunStatus, StepClass};
 
 /// One scripted behaviour of a [`FakeTool`] call.
@@ -64,6 +64,7 @@ struct ToolState {
     script: VecDeque<Behavior>,
     executions: u64,
     executions_by_key: BTreeMap<String, u64>,
+    repeats_by_key: BTreeMap<String, u64>,
     applied: BTreeMap<String, serde_json::Value>,
 }
 
@@ -96,23 +97,37 @@ impl FakeTool {
     }
 
     /// Calls the tool for a step attempt.
-    pub async fn call<T: Serialize>(&self, attempt: &Attempt, input: T) -> Result<serde_json::Value, StepFailure> {
+    pub async fn call<T: Serialize>(
+        &self,
+        attempt: &Attempt,
+        input: T,
+    ) -> Result<serde_json::Value, StepFailure> {
         let input = serde_json::to_value(input).map_err(StepFailure::from)?;
         let key = attempt.idempotency_key.clone();
         let behavior = {
             let mut state = self.lock();
             state.executions += 1;
             *state.executions_by_key.entry(key.clone()).or_default() += 1;
+            if state.applied.contains_key(&key) {
+                *state.repeats_by_key.entry(key.clone()).or_default() += 1;
+            }
             state.script.pop_front()
         };
         match behavior {
-            Some(Behavior::Fail(class)) => Err(StepFailure { class, message: "scripted failure".into() }),
+            Some(Behavior::Fail(class)) => Err(StepFailure {
+                class,
+                message: "scripted failure".into(),
+            }),
             Some(Behavior::Hang) => std::future::pending().await,
             Some(Behavior::ApplyThenLose) => {
                 self.lock().applied.entry(key).or_insert(input);
-                Err(StepFailure::ambiguous("scripted: response lost after the effect"))
+                Err(StepFailure::ambiguous(
+                    "scripted: response lost after the effect",
+                ))
             }
-            Some(Behavior::Return(value)) => Ok(self.lock().applied.entry(key).or_insert(value).clone()),
+            Some(Behavior::Return(value)) => {
+                Ok(self.lock().applied.entry(key).or_insert(value).clone())
+            }
             None => Ok(self.lock().applied.entry(key).or_insert(input).clone()),
         }
     }
@@ -135,6 +150,12 @@ impl FakeTool {
         self.lock().executions_by_key.get(key).copied().unwrap_or(0)
     }
 
+    /// Calls made with a key whose effect had already been applied: for a target that
+    /// cannot deduplicate (an irreversible step), each one is the effect happening again.
+    pub fn repeats_for(&self, key: &str) -> u64 {
+        self.lock().repeats_by_key.get(key).copied().unwrap_or(0)
+    }
+
     /// Effects applied, by idempotency key.
     pub fn applied(&self) -> BTreeMap<String, serde_json::Value> {
         self.lock().applied.clone()
@@ -155,19 +176,41 @@ impl Tools {
 
     /// The tool named `name`, created on first use.
     pub fn tool(&self, name: &str) -> FakeTool {
-        self.tools.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default().clone()
+        self.tools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(name.to_string())
+            .or_default()
+            .clone()
     }
 
     /// Every applied effect as `tool/key`, for comparing worlds.
     pub fn effects(&self) -> Vec<(String, String)> {
         let tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
-        tools.iter().flat_map(|(name, tool)| tool.applied().into_keys().map(move |k| (name.clone(), k))).collect()
+        tools
+            .iter()
+            .flat_map(|(name, tool)| tool.applied().into_keys().map(move |k| (name.clone(), k)))
+            .collect()
     }
 }
 
 type Setup = Arc<dyn Fn(EngineBuilder, &Tools) -> EngineBuilder + Send + Sync>;
 type Script = Arc<dyn Fn(Tools) + Send + Sync>;
 type Driver = Arc<dyn Fn(Engine, RunId) -> BoxFuture<'static, ()> + Send + Sync>;
+
+impl Tools {
+    /// Every call made with an already applied key, as `(tool, key, calls)`.
+    pub fn repeats(&self) -> Vec<(String, String, u64)> {
+        let tools = self.tools.lock().unwrap_or_else(|e| e.into_inner());
+        tools
+            .iter()
+            .flat_map(|(name, tool)| {
+                let repeats = tool.lock().repeats_by_key.clone();
+                repeats.into_iter().map(move |(k, n)| (name.clone(), k, n))
+            })
+            .collect()
+    }
+}
 
 /// Runs a workflow once without crashes, then once per durable commit k with a crash right
 /// after commit k (and, optionally, with the last durable record torn), and checks each
@@ -224,7 +267,13 @@ pub struct HarnessFailure {
 
 impl std::fmt::Display for HarnessFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "crash after durable commit {}{}: {}", self.crash_point, if self.torn { " (torn tail)" } else { "" }, self.message)
+        write!(
+            f,
+            "crash after durable commit {}{}: {}",
+            self.crash_point,
+            if self.torn { " (torn tail)" } else { "" },
+            self.message
+        )
     }
 }
 
@@ -244,6 +293,8 @@ struct Scenario {
     tools: Tools,
     attempts: Vec<(u8, ObservedAttempt)>,
     durable_before_crash: Vec<crate::event::Event>,
+    /// Per position: attempts the reconcile hook found had not taken effect after a crash.
+    reconciled_not_done: BTreeMap<u32, usize>,
 }
 
 impl CrashHarness {
@@ -308,11 +359,19 @@ impl CrashHarness {
                 }
             }
         }
-        Ok(CrashReport { crash_points: baseline.syncs, outcome: baseline.outcome, escalated_at })
+        Ok(CrashReport {
+            crash_points: baseline.syncs,
+            outcome: baseline.outcome,
+            escalated_at,
+        })
     }
 
     fn fail(crash_point: u64, torn: bool, message: String) -> HarnessFailure {
-        HarnessFailure { crash_point, torn, message }
+        HarnessFailure {
+            crash_point,
+            torn,
+            message,
+        }
     }
 
     fn open(&self, world: &World, phase: u8) -> EngineBuilder {
@@ -321,12 +380,18 @@ impl CrashHarness {
             .store(Arc::clone(&world.store) as Arc<dyn LogStore>)
             .clock(Arc::clone(&world.clock) as Arc<dyn crate::clock::Clock>)
             .observe_attempts(Arc::new(move |a: &ObservedAttempt| {
-                log.lock().unwrap_or_else(|e| e.into_inner()).push((phase, a.clone()));
+                log.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((phase, a.clone()));
             }));
         (self.setup)(builder, &world.tools)
     }
 
-    async fn scenario(&self, crash_after: Option<u64>, torn: bool) -> Result<Scenario, HarnessFailure> {
+    async fn scenario(
+        &self,
+        crash_after: Option<u64>,
+        torn: bool,
+    ) -> Result<Scenario, HarnessFailure> {
         let k = crash_after.unwrap_or(0);
         let fail = |m: String| Self::fail(k, torn, m);
         let world = World {
@@ -343,8 +408,18 @@ impl CrashHarness {
         if let Some(k) = crash_after {
             store.crash_after_syncs(k);
         }
-        let engine = self.open(&world, 0).open().await.map_err(|e| fail(format!("open: {e}")))?;
-        let started = engine.start_with::<_, serde_json::Value>(&self.workflow, &self.input_value(), crate::StartOptions::default()).await;
+        let engine = self
+            .open(&world, 0)
+            .open()
+            .await
+            .map_err(|e| fail(format!("open: {e}")))?;
+        let started = engine
+            .start_with::<_, serde_json::Value>(
+                &self.workflow,
+                &self.input_value(),
+                crate::StartOptions::default(),
+            )
+            .await;
         let run = match (&started, store.runs().await) {
             (Ok(handle), _) => handle.run_id(),
             (Err(_), Ok(runs)) if !runs.is_empty() => runs[0].0,
@@ -366,28 +441,66 @@ impl CrashHarness {
             })
             .await;
             if frozen.is_err() {
-                return Err(fail("the run neither finished nor reached the crash point".into()));
+                return Err(fail(
+                    "the run neither finished nor reached the crash point".into(),
+                ));
             }
             engine.shutdown().await;
             drop(engine);
             store.crash();
-            durable_before_crash = crate::read_history(store.as_ref(), run).await.unwrap_or_default();
+            durable_before_crash = crate::read_history(store.as_ref(), run)
+                .await
+                .unwrap_or_default();
             if torn {
                 let seq = store.tear_tail(run, Tear::Cut);
-                let engine = self.open(&world, 1).open().await.map_err(|e| fail(format!("reopen: {e}")))?;
+                let engine = self
+                    .open(&world, 1)
+                    .open()
+                    .await
+                    .map_err(|e| fail(format!("reopen: {e}")))?;
                 if let Some(driver) = &self.driver {
                     driver(engine.clone(), run).await;
                 }
                 // A parked run meets its damaged log only when it wakes.
-                let _ = tokio::time::timeout(self.time_limit, engine.handle::<serde_json::Value>(run).result()).await;
-                let info = engine.status(run).await.map_err(|e| fail(format!("status: {e}")))?;
+                let _ = tokio::time::timeout(
+                    self.time_limit,
+                    engine.handle::<serde_json::Value>(run).result(),
+                )
+                .await;
+                let info = engine
+                    .status(run)
+                    .await
+                    .map_err(|e| fail(format!("status: {e}")))?;
                 engine.shutdown().await;
-                if info.status != RunStatus::Blocked || !info.note.contains("corrupt") {
-                    return Err(fail(format!("torn record at seq {seq:?} not reported: status {}, note '{}'", info.status, info.note)));
+                // A run that had ended before the crash is not woken again: there the damage
+                // must show when its history is read.
+                let blocked = info.status == RunStatus::Blocked && info.note.contains("corrupt");
+                let ended_and_reported = info.status.is_terminal()
+                    && matches!(
+                        crate::read_history(store.as_ref(), run).await,
+                        Err(Error::Storage(annal_storage::Error::Corrupt { .. }))
+                    );
+                if !blocked && !ended_and_reported {
+                    return Err(fail(format!(
+                        "torn record at seq {seq:?} not reported: status {}, note '{}'",
+                        info.status, info.note
+                    )));
                 }
-                return Ok(Scenario { outcome: Outcome::Ended(RunStatus::Blocked, info.note), run, syncs: 0, tools, attempts: Vec::new(), durable_before_crash });
+                return Ok(Scenario {
+                    outcome: Outcome::Ended(RunStatus::Blocked, info.note),
+                    run,
+                    syncs: 0,
+                    tools,
+                    attempts: Vec::new(),
+                    durable_before_crash,
+                    reconciled_not_done: BTreeMap::new(),
+                });
             }
-            let engine = self.open(&world, 1).open().await.map_err(|e| fail(format!("reopen: {e}")))?;
+            let engine = self
+                .open(&world, 1)
+                .open()
+                .await
+                .map_err(|e| fail(format!("reopen: {e}")))?;
             if let Some(driver) = &self.driver {
                 driver(engine.clone(), run).await;
             }
@@ -402,7 +515,29 @@ impl CrashHarness {
         let syncs = store.syncs();
         engine.shutdown().await;
         let attempts = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(Scenario { outcome, run, syncs, tools, attempts, durable_before_crash })
+        let mut reconciled_not_done: BTreeMap<u32, usize> = BTreeMap::new();
+        for e in crate::read_history(store.as_ref(), run)
+            .await
+            .unwrap_or_default()
+        {
+            if let EventKind::AttemptFailed {
+                position, message, ..
+            } = &e.kind
+            {
+                if message.contains("reconciled: the effect did not happen") {
+                    *reconciled_not_done.entry(*position).or_default() += 1;
+                }
+            }
+        }
+        Ok(Scenario {
+            outcome,
+            run,
+            syncs,
+            tools,
+            attempts,
+            durable_before_crash,
+            reconciled_not_done,
+        })
     }
 
     fn input_value(&self) -> serde_json::Value {
@@ -410,7 +545,10 @@ impl CrashHarness {
     }
 
     async fn settled(&self, engine: &Engine, run: RunId) -> bool {
-        engine.status(run).await.is_ok_and(|i| i.status != RunStatus::Running && i.status != RunStatus::Parked)
+        engine
+            .status(run)
+            .await
+            .is_ok_and(|i| i.status != RunStatus::Running && i.status != RunStatus::Parked)
     }
 
     async fn outcome(&self, engine: &Engine, run: RunId) -> Result<Outcome, Error> {
@@ -426,24 +564,39 @@ impl CrashHarness {
     }
 
     /// Returns `Some(())` when the crashed run legitimately escalated.
-    fn compare(&self, base: &Scenario, crashed: &Scenario, k: u64) -> Result<Option<()>, HarnessFailure> {
+    fn compare(
+        &self,
+        base: &Scenario,
+        crashed: &Scenario,
+        k: u64,
+    ) -> Result<Option<()>, HarnessFailure> {
         let fail = |m: String| Err(Self::fail(k, false, m));
         // Steps whose outcome was durable before the crash must not run after it.
         let mut done_before: HashMap<u32, String> = HashMap::new();
         for e in &crashed.durable_before_crash {
-            if let EventKind::StepCompleted { position, .. } | EventKind::StepExhausted { position, .. } = &e.kind {
+            if let EventKind::StepCompleted { position, .. }
+            | EventKind::StepExhausted { position, .. } = &e.kind
+            {
                 done_before.insert(*position, String::new());
             }
         }
         for (phase, a) in &crashed.attempts {
             if *phase == 1 && done_before.contains_key(&a.position) {
-                return fail(format!("step '{}' (position {}) had a durable outcome but ran again after the restart", a.step, a.position));
+                return fail(format!(
+                    "step '{}' (position {}) had a durable outcome but ran again after the restart",
+                    a.step, a.position
+                ));
             }
         }
-        // Irreversible bodies run no more often than without crashes.
+        // Irreversible bodies run no more often than without crashes, except once more for
+        // each attempt a reconcile hook found had not taken effect (running it again is safe).
         let irreversible = |s: &Scenario| {
             let mut n: BTreeMap<u32, usize> = BTreeMap::new();
-            for (_, a) in s.attempts.iter().filter(|(_, a)| a.class == StepClass::Irreversible) {
+            for (_, a) in s
+                .attempts
+                .iter()
+                .filter(|(_, a)| a.class == StepClass::Irreversible)
+            {
                 *n.entry(a.position).or_default() += 1;
             }
             n
@@ -451,8 +604,41 @@ impl CrashHarness {
         let (base_irr, crash_irr) = (irreversible(base), irreversible(crashed));
         for (position, count) in &crash_irr {
             let allowed = base_irr.get(position).copied().unwrap_or(0);
-            if *count > allowed {
-                return fail(format!("irreversible step at position {position} ran {count} times (crash-free: {allowed})"));
+            let reconciled = crashed
+                .reconciled_not_done
+                .get(position)
+                .copied()
+                .unwrap_or(0);
+            if *count > allowed + reconciled {
+                return fail(format!(
+                    "irreversible step at position {position} ran {count} times (crash-free: {allowed}, reconciled as not done: {reconciled})"
+                ));
+            }
+        }
+        // No irreversible effect reached its tool again once it had been applied.
+        let irreversible_keys: std::collections::BTreeSet<&str> = crashed
+            .attempts
+            .iter()
+            .filter(|(_, a)| a.class == StepClass::Irreversible)
+            .map(|(_, a)| a.idempotency_key.as_str())
+            .collect();
+        let base_repeats: BTreeMap<(String, String), u64> = base
+            .tools
+            .repeats()
+            .into_iter()
+            .map(|(t, k, n)| ((t, k.replace(&base.run.to_string(), "<run>")), n))
+            .collect();
+        for (tool, key, n) in crashed.tools.repeats() {
+            if !irreversible_keys.contains(key.as_str()) {
+                continue;
+            }
+            let normal = (tool, key.replace(&crashed.run.to_string(), "<run>"));
+            let allowed = base_repeats.get(&normal).copied().unwrap_or(0);
+            if n > allowed {
+                return fail(format!(
+                    "irreversible effect {}/{} was requested again after it had been applied ({n} times, crash-free: {allowed})",
+                    normal.0, normal.1
+                ));
             }
         }
         let escalated = matches!(&crashed.outcome, Outcome::Ended(RunStatus::Escalated, _));
@@ -460,17 +646,29 @@ impl CrashHarness {
             return Ok(Some(()));
         }
         if crashed.outcome != base.outcome {
-            return fail(format!("outcome differs: crash-free {:?}, crashed {:?}", base.outcome, crashed.outcome));
+            return fail(format!(
+                "outcome differs: crash-free {:?}, crashed {:?}",
+                base.outcome, crashed.outcome
+            ));
         }
         // Same effects under the same keys (keys embed the run id).
         let normalise = |s: &Scenario| {
             let id = s.run.to_string();
-            let mut v: Vec<_> = s.tools.effects().into_iter().map(|(t, k)| (t, k.replace(&id, "<run>"))).collect();
+            let mut v: Vec<_> = s
+                .tools
+                .effects()
+                .into_iter()
+                .map(|(t, k)| (t, k.replace(&id, "<run>")))
+                .collect();
             v.sort();
             v
         };
         if normalise(base) != normalise(crashed) {
-            return fail(format!("effects differ: crash-free {:?}, crashed {:?}", normalise(base), normalise(crashed)));
+            return fail(format!(
+                "effects differ: crash-free {:?}, crashed {:?}",
+                normalise(base),
+                normalise(crashed)
+            ));
         }
         Ok(None)
     }
@@ -492,8 +690,18 @@ impl Replayer {
 
     /// Replays a history given as events.
     pub async fn replay(&self, history: &[crate::Event]) -> Result<(), Error> {
-        let Some(crate::Event { kind: EventKind::RunStarted { workflow, version, .. }, .. }) = history.first() else {
-            return Err(Error::Inconsistent { run: RunId([0; 16]), seq: 0, reason: "history does not start with RunStarted".into() });
+        let Some(crate::Event {
+            kind: EventKind::RunStarted {
+                workflow, version, ..
+            },
+            ..
+        }) = history.first()
+        else {
+            return Err(Error::Inconsistent {
+                run: RunId([0; 16]),
+                seq: 0,
+                reason: "history does not start with RunStarted".into(),
+            });
         };
         let store = Arc::new(SimStore::new());
         let run = RunId([0x5e; 16]);
@@ -515,9 +723,18 @@ impl Replayer {
             index: Vec::new(),
         };
         store.append_durable(batch).await?;
-        let mut config = crate::EngineConfig { replay_only: true, ..crate::EngineConfig::default() };
+        let mut config = crate::EngineConfig {
+            replay_only: true,
+            ..crate::EngineConfig::default()
+        };
         config.park_after_ms = u64::MAX / 4;
-        let engine = self.builder.clone().store(store as Arc<dyn LogStore>).config(config).open().await?;
+        let engine = self
+            .builder
+            .clone()
+            .store(store as Arc<dyn LogStore>)
+            .config(config)
+            .open()
+            .await?;
         let result = loop {
             if let Some(result) = engine.replayed(run) {
                 break result;
@@ -525,7 +742,10 @@ impl Replayer {
             let info = engine.status(run).await?;
             if info.status == RunStatus::Blocked {
                 engine.shutdown().await;
-                return Err(Error::Blocked { run, reason: info.note });
+                return Err(Error::Blocked {
+                    run,
+                    reason: info.note,
+                });
             }
             engine.settled().await;
         };
@@ -539,7 +759,9 @@ impl Replayer {
         let events = text
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str::<crate::Event>(l).map_err(|e| Error::Payload(e.to_string())))
+            .map(|l| {
+                serde_json::from_str::<crate::Event>(l).map_err(|e| Error::Payload(e.to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         self.replay(&events).await
     }
