@@ -64,8 +64,17 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Opens the store in this process, waiting out the brief locks explained at [`annal`].
 fn open_store(dir: &Path) -> SledStore {
-    SledStore::open(SledConfig::new(dir).durability(Durability::Buffered)).unwrap()
+    for _ in 0..100 {
+        match SledStore::open(SledConfig::new(dir).durability(Durability::Buffered)) {
+            Err(annal_storage::Error::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            opened => return opened.unwrap(),
+        }
+    }
+    panic!("{} stayed locked", dir.display())
 }
 
 /// Writes the fixture into a new database in `dir`, as the engine would have: the first
