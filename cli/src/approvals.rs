@@ -3,8 +3,8 @@
 //! Gates are found through the `A` index (gate -> run, step). What a gate asks and how it
 //! was decided comes from the run's history, through the audit record.
 //!
-//! Recording a decision is not done here yet: see [`decide_in_store`], the seam where the
-//! engine's decide API plugs in.
+//! Decisions are recorded through an operator-only `annal::Engine` (no workflow code, no
+//! recovery): the same checks and the same event as `Engine::decide` in the service.
 
 use std::io::Write;
 
@@ -104,6 +104,7 @@ pub fn decide(
     gate: &str,
     verdict: Verdict,
     actor: &str,
+    roles: &[String],
     reason: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
@@ -161,7 +162,8 @@ pub fn decide(
         );
         return Ok(1);
     }
-    let message = decide_in_store(db, gate_id, run, position, verdict, actor, reason)?;
+    let _ = position;
+    let message = decide_in_store(db, runtime, gate_id, run, verdict, actor, roles, reason)?;
     writeln!(out, "{message}")?;
     Ok(0)
 }
@@ -173,30 +175,45 @@ fn verb(verdict: Verdict) -> &'static str {
     }
 }
 
-/// SEAM: where the engine's decide API plugs in.
-///
-/// The CLI opens the database directly, without the service's workflow code, so it cannot
-/// open an `Engine` (recovery would replay runs whose workflows it does not have). It needs
-/// an engine function that records a decision against the store alone, e.g.
-/// `annal::approval::decide_in_store(store, gate, actor, verdict, reason, now_ms)`, which
-/// checks the gate is still open and the actor allowed, appends `ApprovalDecided` at the
-/// run's expected seq, removes the gate's deadline and marks the run runnable, so the
-/// service resumes it the next time it opens the database. Until then this refuses, and
-/// writes nothing.
+/// Records the decision through an operator-only engine: it checks the gate (still open,
+/// deadline not passed, actor allowed) under the run's writer lock, appends
+/// `ApprovalDecided` durably and marks the run `Running`, so the service resumes it when it
+/// next opens the database. Refusals write nothing.
+#[allow(clippy::too_many_arguments)]
 fn decide_in_store(
     db: &Database,
+    runtime: &tokio::runtime::Runtime,
     gate: GateId,
     run: RunId,
-    position: u32,
     verdict: Verdict,
     actor: &str,
+    roles: &[String],
     reason: &str,
 ) -> anyhow::Result<String> {
-    let _ = (db, actor, reason);
-    bail!(
-        "cannot {} gate {gate} (run {run}, step {position}) from the CLI yet: this annal build has no \
-         store-level decide API; nothing was written. Decide it through the service that runs the workflow \
-         (Engine::decide).",
-        verb(verdict)
-    )
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let actor = annal::Actor::new(actor, &roles);
+    let decided = runtime.block_on(async {
+        let engine = annal::Engine::builder()
+            .store(db.shared())
+            .operator_only()
+            .open()
+            .await?;
+        let verdict_for_engine = match verdict {
+            Verdict::Approve => annal::Verdict::Approve { edits: None },
+            Verdict::Reject => annal::Verdict::Reject,
+        };
+        let result = engine
+            .decide(gate, &actor, verdict_for_engine, reason)
+            .await;
+        engine.shutdown().await;
+        result
+    });
+    match decided {
+        Ok(()) => Ok(format!(
+            "gate {gate} (run {run}): {}d by {} ({reason}); the service resumes the run when it next opens the database",
+            verb(verdict),
+            actor.id
+        )),
+        Err(e) => bail!("cannot {} gate {gate} (run {run}): {e}; nothing was written", verb(verdict)),
+    }
 }

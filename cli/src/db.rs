@@ -27,7 +27,7 @@ pub enum Access {
 
 /// An open annal database.
 pub struct Database {
-    store: SledStore,
+    store: std::sync::Arc<SledStore>,
     path: PathBuf,
 }
 
@@ -149,9 +149,14 @@ impl Database {
         };
         let store = SledStore::open(SledConfig::new(path).durability(durability))?;
         Ok(Self {
-            store,
+            store: std::sync::Arc::new(store),
             path: path.to_path_buf(),
         })
+    }
+
+    /// The store shared, for an operator-only engine (decisions).
+    pub fn shared(&self) -> std::sync::Arc<dyn annal_storage::LogStore> {
+        self.store.clone()
     }
 
     /// The store, for writes through the `LogStore` API.

@@ -97,6 +97,9 @@ enum Command {
         /// Who decides.
         #[arg(long, value_name = "ACTOR")]
         by: String,
+        /// A role of the actor (repeat for several), matched against `role:NAME` approvers.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
         /// Why.
         #[arg(long)]
         reason: String,
@@ -108,6 +111,9 @@ enum Command {
         /// Who decides.
         #[arg(long, value_name = "ACTOR")]
         by: String,
+        /// A role of the actor (repeat for several), matched against `role:NAME` approvers.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
         /// Why.
         #[arg(long)]
         reason: String,
@@ -179,21 +185,33 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Report { since, json } => commands::report(&db, since, json, &mut out)?,
         Command::Export { run, all: _ } => commands::export(&db, run.as_deref(), &mut out)?,
         Command::Approvals => approvals::list(&db, &mut out)?,
-        Command::Approve { gate, by, reason } => approvals::decide(
+        Command::Approve {
+            gate,
+            by,
+            roles,
+            reason,
+        } => approvals::decide(
             &db,
             &runtime,
             &gate,
             approvals::Verdict::Approve,
             &by,
+            &roles,
             &reason,
             &mut out,
         )?,
-        Command::Reject { gate, by, reason } => approvals::decide(
+        Command::Reject {
+            gate,
+            by,
+            roles,
+            reason,
+        } => approvals::decide(
             &db,
             &runtime,
             &gate,
             approvals::Verdict::Reject,
             &by,
+            &roles,
             &reason,
             &mut out,
         )?,

@@ -620,8 +620,7 @@ fn approvals_without_gates_and_with_an_unknown_gate() {
         "{}",
         stderr(&unknown)
     );
-    // A known gate reaches the seam, which refuses until the engine offers a store-level
-    // decide; nothing is written.
+    // A gate registered at a position that holds no approval is refused; nothing is written.
     let known = annal(
         db.path(),
         &["approve", "9a9a", "--by", "dana", "--reason", "fine"],
@@ -808,4 +807,102 @@ fn an_engine_database_is_readable_and_never_holds_a_secret_in_clear() {
         "{}",
         outputs[5]
     );
+}
+
+async fn awaits_refund_approval(ctx: Ctx, amount: u64) -> Result<String, annal::WorkflowError> {
+    let mut request = annal::ApprovalRequest::new(format!("refund {amount} cents"));
+    request.approvers = vec!["role:finance".into()];
+    match ctx.approval(request).await? {
+        annal::Decision::Approved { actor, .. } => Ok(format!("refunded by {actor}")),
+        annal::Decision::Rejected { actor, reason } => Ok(format!("rejected by {actor}: {reason}")),
+        annal::Decision::Expired => Ok("expired".into()),
+    }
+}
+
+#[test]
+fn approve_from_the_cli_is_recorded_and_the_service_resumes_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine_at = || {
+        Engine::builder()
+            .path(dir.path())
+            .park_after_ms(50)
+            .register("refund", 1, awaits_refund_approval)
+    };
+    let rt = runtime();
+    let run = rt.block_on(async {
+        let engine = engine_at().open().await.unwrap();
+        let run = engine
+            .start::<_, String>("refund", &4_200u64)
+            .await
+            .unwrap()
+            .run_id();
+        while engine.status(run).await.unwrap().status != RunStatus::Parked {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        engine.shutdown().await;
+        run
+    });
+    let listed = expect(dir.path(), &["approvals"], 0);
+    let gate = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let history_before = expect(dir.path(), &["history", &run.to_string()], 0);
+    // Not an approver: refused, nothing written.
+    let refused = annal(
+        dir.path(),
+        &[
+            "approve", &gate, "--by", "sam", "--role", "support", "--reason", "lgtm",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("sam may not decide"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(
+        stderr(&refused).contains("nothing was written"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        expect(dir.path(), &["history", &run.to_string()], 0),
+        history_before
+    );
+    // Finance approves.
+    let approved = expect(
+        dir.path(),
+        &[
+            "approve",
+            &gate,
+            "--by",
+            "dana",
+            "--role",
+            "finance",
+            "--reason",
+            "within policy",
+        ],
+        0,
+    );
+    assert!(approved.contains("approved by dana"), "{approved}");
+    // A second decision is refused by the first-decision-wins rule.
+    let again = annal(
+        dir.path(),
+        &[
+            "reject", &gate, "--by", "lee", "--role", "finance", "--reason", "no",
+        ],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    // The service, reopened with its workflows, resumes the run from the decision.
+    let out = rt.block_on(async {
+        let engine = engine_at().open().await.unwrap();
+        let out = engine.handle::<String>(run).result().await.unwrap();
+        engine.shutdown().await;
+        out
+    });
+    assert_eq!(out, "refunded by dana");
+    expect(dir.path(), &["verify"], 0);
 }

@@ -94,6 +94,11 @@ impl EngineInner {
                 return Ok(());
             }
         }
+        if self.config.operator_only {
+            // Leave the run for the service: it is `Running` now, so recovery resumes it.
+            self.evict(slot, writer);
+            return Ok(());
+        }
         slot.state().driver_running = true;
         let engine = Arc::clone(self);
         let driven = Arc::clone(slot);

@@ -48,6 +48,11 @@ pub struct EngineConfig {
     /// Replay histories without executing anything live or writing (see
     /// `testing::Replayer`): a run stops where its history ends.
     pub replay_only: bool,
+    /// Record decisions, signals and operator actions without running any workflow: no
+    /// recovery, no timer service, no drivers. A run woken by such an act is marked
+    /// `Running`, so the service resumes it when it next opens the store. For tools (the
+    /// `annal` CLI) that work on a database without the service's workflow code.
+    pub operator_only: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +62,7 @@ impl Default for EngineConfig {
             history_warn_events: 10_000,
             timer_poll_ms: 60_000,
             replay_only: false,
+            operator_only: false,
         }
     }
 }
@@ -160,6 +166,12 @@ impl EngineBuilder {
         self
     }
 
+    /// Open for operator acts only (see [`EngineConfig::operator_only`]).
+    pub fn operator_only(mut self) -> Self {
+        self.config.operator_only = true;
+        self
+    }
+
     /// Shorthand for `config.park_after_ms`.
     pub fn park_after_ms(mut self, ms: u64) -> Self {
         self.config.park_after_ms = ms;
@@ -220,12 +232,16 @@ impl EngineBuilder {
             ),
             replayed: Mutex::new(HashMap::new()),
         });
-        let timer = inner.spawn(Arc::clone(&inner).timer_service());
-        let engine = Engine {
-            inner,
-            timer: timer.abort_handle(),
-        };
-        engine.recover().await?;
+        let operator_only = inner.config.operator_only;
+        let timer = (!operator_only).then(|| {
+            inner
+                .spawn(Arc::clone(&inner).timer_service())
+                .abort_handle()
+        });
+        let engine = Engine { inner, timer };
+        if !operator_only {
+            engine.recover().await?;
+        }
         Ok(engine)
     }
 }
@@ -267,7 +283,7 @@ pub struct RunInfo {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,
-    timer: tokio::task::AbortHandle,
+    timer: Option<tokio::task::AbortHandle>,
 }
 
 impl Engine {
@@ -483,7 +499,9 @@ impl Engine {
     /// when the last `Engine` clone and `RunHandle` is dropped.
     pub async fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::Release);
-        self.timer.abort();
+        if let Some(timer) = &self.timer {
+            timer.abort();
+        }
         let tasks: Vec<_> = self
             .inner
             .tasks
