@@ -98,6 +98,7 @@ pub fn list(db: &Database, out: &mut dyn Write) -> anyhow::Result<u8> {
 
 /// `annal approve` / `annal reject`. Exit code 1, with nothing written, when the database
 /// has no such gate.
+#[allow(clippy::too_many_arguments)]
 pub fn decide(
     db: &Database,
     runtime: &tokio::runtime::Runtime,
