@@ -27,11 +27,13 @@ pub struct Ctx {
     pub(crate) slot: Arc<RunSlot>,
 }
 
+/// How a call starts: live, from its record (mapped under the state lock, so replay copies
+/// only what the call needs), or cancelled.
 // Lives for one match on the stack; boxing the common variant would cost an allocation per call.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum Begin {
+pub(crate) enum Begin<R = CommandRecord> {
     Live,
-    Recorded(CommandRecord),
+    Recorded(R),
     Cancelled(String),
 }
 
@@ -116,22 +118,34 @@ impl Ctx {
 
     /// Matches the call at `position` against history.
     pub(crate) async fn begin(&self, position: u32, command: Command<'_>) -> Begin {
+        self.begin_map(position, command, CommandRecord::clone)
+            .await
+    }
+
+    /// [`Ctx::begin`], mapping the matched record under the state lock instead of cloning it.
+    pub(crate) async fn begin_map<R>(
+        &self,
+        position: u32,
+        command: Command<'_>,
+        map: impl FnOnce(&CommandRecord) -> R,
+    ) -> Begin<R> {
         let (matched, pending_cancel) = {
             let mut state = self.slot.state();
             state.visited.insert(position);
             let matched = match state.replay.check(position, &command) {
                 Match::Live => Ok(None),
-                Match::Recorded(record) => Ok(Some(record.clone())),
+                Match::Recorded(CommandRecord {
+                    recorded: Recorded::CancelDelivered,
+                    ..
+                }) => Ok(Some(None)),
+                Match::Recorded(record) => Ok(Some(Some(map(record)))),
                 Match::Drift(mismatch) => Err(mismatch),
             };
             (matched, state.replay.pending_cancel().map(str::to_string))
         };
         match matched {
             Err(mismatch) => self.halt(Halt::Drift(mismatch)).await,
-            Ok(Some(CommandRecord {
-                recorded: Recorded::CancelDelivered,
-                ..
-            })) => {
+            Ok(Some(None)) => {
                 let reason = self
                     .slot
                     .state()
@@ -141,7 +155,7 @@ impl Ctx {
                     .to_string();
                 Begin::Cancelled(reason)
             }
-            Ok(Some(record)) => Begin::Recorded(record),
+            Ok(Some(Some(record))) => Begin::Recorded(record),
             Ok(None) => match pending_cancel {
                 Some(reason) => {
                     self.append(AppendReq::events(vec![EventKind::CancelDelivered {

@@ -245,13 +245,22 @@ impl<'c> StepBuilder<'c> {
             class: self.class,
             input_hash: self.input_hash,
         };
-        let record = match ctx.begin(position, command).await {
+        // On replay a finished step copies only its output, not its whole record.
+        let record = match ctx
+            .begin_map(position, command, |record| match &record.recorded {
+                Recorded::Step(StepRecord {
+                    outcome: Some(StepOutcome::Completed { output, .. }),
+                    ..
+                }) => Err(output.clone()),
+                Recorded::Step(step) => Ok(step.clone()),
+                _ => unreachable!("the matcher only returns a step for a step"),
+            })
+            .await
+        {
             Begin::Cancelled(reason) => return Err(StepError::Cancelled { reason }),
             Begin::Live => None,
-            Begin::Recorded(record) => match record.recorded {
-                Recorded::Step(step) => Some(step),
-                _ => unreachable!("the matcher only returns a step for a step"),
-            },
+            Begin::Recorded(Err(output)) => return Ok(output),
+            Begin::Recorded(Ok(step)) => Some(step),
         };
         let idem_key = format!("{}/{}", ctx.slot.run, position);
         let mut live = match record {

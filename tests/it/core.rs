@@ -374,7 +374,8 @@ async fn a_timer_survives_an_engine_restart_and_waits_only_the_remainder() {
     assert_eq!(engine.handle::<u64>(run).result().await.unwrap(), 3);
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(2 * 86_400 - 1) && waited < Duration::from_secs(2 * 86_400 + 120),
+        waited >= Duration::from_secs(2 * 86_400 - 1)
+            && waited < Duration::from_secs(2 * 86_400 + 120),
         "{waited:?}"
     );
     let history = engine.history(run).await.unwrap();
