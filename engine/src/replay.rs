@@ -746,6 +746,16 @@ impl ReplayState {
     /// Compares the call at `position` with history.
     pub fn check(&self, position: u32, command: &Command<'_>) -> Match<'_> {
         let Some(record) = self.commands.get(&position) else {
+            // A finished history has no room for more calls: code that goes on drifted.
+            if let Some(end) = &self.terminal {
+                return Match::Drift(Mismatch {
+                    position,
+                    seq: Some(self.next_seq.saturating_sub(1)),
+                    expected: format!("the end of the run ({})", end.name()),
+                    got: command.describe(),
+                    fields: vec!["kind".into()],
+                });
+            }
             return Match::Live;
         };
         let mut fields = Vec::new();
@@ -816,6 +826,8 @@ impl ReplayState {
     /// path; the position is not consumed), `None` if nothing is recorded (live: record it).
     pub fn check_patch(&self, position: u32, id: &str) -> Option<bool> {
         match self.commands.get(&position) {
+            // A finished history written before the patch never reached it.
+            None if self.terminal.is_some() => Some(false),
             None => None,
             Some(CommandRecord {
                 recorded: Recorded::Patch { id: recorded },
@@ -823,6 +835,44 @@ impl ReplayState {
             }) => Some(recorded == id),
             Some(_) => Some(false),
         }
+    }
+
+    /// How the code's own ending compares with the recorded end of the run, for replays of
+    /// finished histories: `None` when they agree (or the history has not ended). Outputs
+    /// are compared as JSON values, so key order does not matter.
+    pub fn ending_mismatch(&self, ended: Result<&Payload, &str>) -> Option<Mismatch> {
+        let recorded = self.terminal.as_ref()?;
+        let seq = Some(self.next_seq.saturating_sub(1));
+        let as_json = |p: &Payload| serde_json::from_slice::<serde_json::Value>(&p.0).ok();
+        let (expected, got) = match (recorded, ended) {
+            (EventKind::RunCompleted { output }, Ok(out)) => {
+                if as_json(output) == as_json(out) {
+                    return None;
+                }
+                (
+                    format!("output {}", output.as_text()),
+                    format!("output {}", out.as_text()),
+                )
+            }
+            (EventKind::RunCompleted { output }, Err(error)) => (
+                format!("output {}", output.as_text()),
+                format!("error {error}"),
+            ),
+            (EventKind::RunFailed { .. } | EventKind::RunCancelled { .. }, Err(_)) => return None,
+            (other, Ok(out)) => (
+                other.name().to_string(),
+                format!("output {}", out.as_text()),
+            ),
+            (_, Err(_)) => return None,
+        };
+        let position = self.commands.keys().next_back().map_or(0, |p| p + 1);
+        Some(Mismatch {
+            position,
+            seq,
+            expected,
+            got,
+            fields: vec!["output".into()],
+        })
     }
 
     /// The first recorded position the code has not reached, for "code finished early".

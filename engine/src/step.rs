@@ -263,6 +263,8 @@ impl<'c> StepBuilder<'c> {
             Begin::Recorded(Ok(step)) => Some(step),
         };
         let idem_key = format!("{}/{}", ctx.slot.run, position);
+        // The open attempt of an irreversible step that reconcile found not done.
+        let mut not_done: Option<StepFailure> = None;
         let mut live = match record {
             None => Live {
                 scheduled: false,
@@ -290,10 +292,9 @@ impl<'c> StepBuilder<'c> {
                     return self.outcome(outcome, step.failures.last().map(|f| f.class.clone()));
                 }
                 if step.attempt_open && step.class == StepClass::Irreversible {
-                    if let Some(output) =
-                        self.reconcile_after_crash(position, &idem_key, &step).await
-                    {
-                        return Ok(output);
+                    match self.reconcile_after_crash(position, &idem_key, &step).await {
+                        Ok(output) => return Ok(output),
+                        Err(failure) => not_done = Some(failure),
                     }
                 }
                 Live {
@@ -311,6 +312,7 @@ impl<'c> StepBuilder<'c> {
             }
         };
         let mut index: Vec<IndexOp> = Vec::new();
+        let mut pending: Option<StepFailure> = None;
         loop {
             let (tool, body) = match chain.get(live.alternative) {
                 Some((tool, body)) => (tool.clone(), body),
@@ -325,7 +327,10 @@ impl<'c> StepBuilder<'c> {
             let retry = engine
                 .policy
                 .retry_for(tool.as_deref(), self.retry.as_ref());
-            if let Some(due) = live.retry_at_ms.take() {
+            if let Some(failure) = not_done.take() {
+                // No new attempt: the open one failed; decide on it below.
+                pending = Some(failure);
+            } else if let Some(due) = live.retry_at_ms.take() {
                 // Backoff is a durable wait: after a crash only the remaining delay is waited.
                 let _ = ctx.wait(Some(due), |_| None::<()>).await;
                 index.push(IndexOp::DeleteTimer {
@@ -334,7 +339,9 @@ impl<'c> StepBuilder<'c> {
                 });
             }
             let now_ms = engine.clock.now_ms();
-            let ceiling = {
+            let ceiling = if pending.is_some() {
+                None
+            } else {
                 let state = ctx.slot.state();
                 run_ceiling_reached(
                     &engine.policy.run,
@@ -356,40 +363,48 @@ impl<'c> StepBuilder<'c> {
                     )
                     .await;
             }
-            live.attempt += 1;
-            live.alternative_attempts += 1;
+            if pending.is_none() {
+                live.attempt += 1;
+                live.alternative_attempts += 1;
+            }
             let attempt = live.attempt;
-            let admission = tool
-                .as_deref()
-                .map_or(Admission::Allowed, |t| engine.admit(t, now_ms));
-            let (result, cost, forced_retry_at) = match admission {
-                Admission::Rejected { retry_at_ms } => {
-                    let tool = tool.as_deref().unwrap_or_default();
-                    let failure = StepFailure {
-                        class: FailureClass::BreakerOpen,
-                        message: format!("circuit breaker for tool {tool} is open"),
-                    };
-                    (Err(failure), 0, Some(retry_at_ms))
-                }
-                Admission::Allowed | Admission::Probe => {
-                    let (result, cost) = self
-                        .attempt(
-                            position,
-                            &idem_key,
-                            &mut live,
-                            &mut index,
-                            tool.clone(),
-                            &retry,
-                            body,
-                        )
-                        .await;
-                    if let Some(t) = tool.as_deref() {
-                        let counts =
-                            !matches!(&result, Err(f) if f.class == FailureClass::Terminal);
-                        engine.record_call(t, result.is_ok(), counts, engine.clock.now_ms());
+            let admission = match &pending {
+                Some(_) => Admission::Allowed,
+                None => tool
+                    .as_deref()
+                    .map_or(Admission::Allowed, |t| engine.admit(t, now_ms)),
+            };
+            let (result, cost, forced_retry_at) = match (pending.take(), admission) {
+                (Some(failure), _) => (Err(failure), 0, None),
+                (None, admission) => match admission {
+                    Admission::Rejected { retry_at_ms } => {
+                        let tool = tool.as_deref().unwrap_or_default();
+                        let failure = StepFailure {
+                            class: FailureClass::BreakerOpen,
+                            message: format!("circuit breaker for tool {tool} is open"),
+                        };
+                        (Err(failure), 0, Some(retry_at_ms))
                     }
-                    (result, cost, None)
-                }
+                    Admission::Allowed | Admission::Probe => {
+                        let (result, cost) = self
+                            .attempt(
+                                position,
+                                &idem_key,
+                                &mut live,
+                                &mut index,
+                                tool.clone(),
+                                &retry,
+                                body,
+                            )
+                            .await;
+                        if let Some(t) = tool.as_deref() {
+                            let counts =
+                                !matches!(&result, Err(f) if f.class == FailureClass::Terminal);
+                            engine.record_call(t, result.is_ok(), counts, engine.clock.now_ms());
+                        }
+                        (result, cost, None)
+                    }
+                },
             };
             let mut events = live.schedule(&self, position, &idem_key);
             let failure = match result {
@@ -639,13 +654,15 @@ impl<'c> StepBuilder<'c> {
     }
 
     /// After a crash with an irreversible attempt open: ask the reconcile hook, never run the
-    /// body blindly. Returns the output if the effect happened; `None` to go on (not done).
+    /// body blindly. `Ok(output)` if the effect happened (recorded here); `Err(failure)` if it
+    /// did not: the open attempt then failed, and the caller decides on it like any other
+    /// failure (retry, fall back or give up), so recovery never grants an extra attempt.
     async fn reconcile_after_crash(
         &self,
         position: u32,
         idem_key: &str,
         step: &StepRecord,
-    ) -> Option<Payload> {
+    ) -> Result<Payload, StepFailure> {
         let ctx = self.ctx;
         let found = match &self.reconcile {
             Some(hook) => hook(idem_key.to_string()).await,
@@ -661,20 +678,11 @@ impl<'c> StepBuilder<'c> {
                     cost: 0,
                 };
                 ctx.append(AppendReq::events(vec![done])).await;
-                Some(output)
+                Ok(output)
             }
-            Reconciled::NotDone => {
-                let failed = EventKind::AttemptFailed {
-                    position,
-                    attempt: step.attempts,
-                    class: FailureClass::Transient,
-                    message: "outcome lost in a crash; reconciled: the effect did not happen"
-                        .into(),
-                    retry_at_ms: None,
-                };
-                ctx.append(AppendReq::events(vec![failed]).durable()).await;
-                None
-            }
+            Reconciled::NotDone => Err(StepFailure::transient(
+                "outcome lost in a crash; reconciled: the effect did not happen",
+            )),
             Reconciled::Unknown => {
                 let reason = format!(
                     "irreversible step '{}' (key {idem_key}) may have taken effect before a crash; its outcome is unknown",

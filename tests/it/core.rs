@@ -686,3 +686,58 @@ async fn a_database_can_be_reopened_right_after_shutdown() {
         drop(store);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_replayer_reports_code_that_goes_past_or_ends_differently_from_a_finished_history() {
+    let store = Arc::new(SimStore::new());
+    let engine = register(on(&store), "w", 1, shaped(&["a", "b"], Arc::default()))
+        .open()
+        .await
+        .unwrap();
+    let handle = engine.start::<_, Vec<String>>("w", &()).await.unwrap();
+    handle.result().await.unwrap();
+    let history = engine.history(handle.run_id()).await.unwrap();
+    let replay = |calls: &'static [&'static str]| {
+        annal::testing::Replayer::new(register(
+            on(&Arc::new(SimStore::new())),
+            "w",
+            1,
+            shaped(calls, Arc::default()),
+        ))
+    };
+    replay(&["a", "b"]).replay(&history).await.unwrap();
+    match replay(&["a", "b", "c"]).replay(&history).await {
+        Err(Error::Drift(d)) => {
+            assert_eq!((d.position, d.seq), (2, Some(5)));
+            assert_eq!(d.expected, "the end of the run (RunCompleted)");
+            assert_eq!(d.got, "step 'c' (Read)");
+        }
+        other => panic!("expected drift, got {other:?}"),
+    }
+    // Same calls, different output: the uppercase step now lowercases.
+    let lower: Workflow<(), Vec<String>> = Arc::new(|ctx: Ctx, ()| {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for call in ["a", "b"] {
+                let _: String = ctx
+                    .step(call)
+                    .class(StepClass::Read)
+                    .run(move |_| async move { Ok(call.to_string()) })
+                    .await?;
+                out.push(call.to_string());
+            }
+            Ok(out)
+        })
+    });
+    match annal::testing::Replayer::new(register(on(&Arc::new(SimStore::new())), "w", 1, lower))
+        .replay(&history)
+        .await
+    {
+        Err(Error::Drift(d)) => {
+            assert_eq!(d.fields, ["output"]);
+            assert_eq!(d.expected, r#"output ["A","B"]"#);
+            assert_eq!(d.got, r#"output ["a","b"]"#);
+        }
+        other => panic!("expected drift, got {other:?}"),
+    }
+}

@@ -191,6 +191,14 @@ impl EngineInner {
         if self.config.replay_only && !matches!(outcome, Settle::Halted(Halt::Blocked(_))) {
             let drift = match (outcome, unvisited) {
                 (Settle::Halted(Halt::Drift(m)), _) | (Settle::Finished(_), Some(m)) => Some(m),
+                (Settle::Finished(ended), None) => {
+                    let error = ended.as_ref().err().map(ToString::to_string);
+                    let ended = match &ended {
+                        Ok(output) => Ok(output),
+                        Err(_) => Err(error.as_deref().unwrap_or_default()),
+                    };
+                    slot.state().replay.ending_mismatch(ended)
+                }
                 _ => None,
             };
             let result = match drift {

@@ -132,7 +132,7 @@ pub enum ValueOp {
 /// a replay that handed back a different value would show up as drift.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Op {
-    /// Run a step. Output: `{"ok": <tool result>}` or `{"failed": "<step error>"}`; a failed
+    /// Run a step. Output: `{"ok": <tool result>}` or `{"failed": "<step>"}`; a failed
     /// step does not end the program.
     Step(StepSpec),
     /// A durable sleep. Output: `"slept"`.
@@ -304,6 +304,10 @@ fn step<'c>(
     async move {
         match running.await {
             Ok(value) => json!({ "ok": value }),
+            // Only which step gave up counts: after a crash the same give-up can carry the
+            // reconcile verdict (an open attempt found not done) instead of the tool's own
+            // last error, and so another rule and message, which is not another outcome.
+            Err(crate::StepError::Exhausted { step, .. }) => json!({ "failed": step }),
             Err(e) => json!({ "failed": e.to_string() }),
         }
     }
