@@ -557,6 +557,16 @@ impl Engine {
         let _ = rx.changed().await;
     }
 
+    /// How many runs are held in memory right now (running, or being loaded). Parked runs are
+    /// not: they cost only their index entries until woken.
+    pub fn runs_in_memory(&self) -> usize {
+        self.inner
+            .slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// State of a tool's circuit breaker and how often it opened, if it has one.
     pub fn breaker_state(&self, tool: &str) -> Option<(crate::breaker::BreakerState, u64)> {
         let breakers = self
