@@ -69,7 +69,7 @@ enum Command {
     },
     /// Per-tool metrics over the runs.
     ///
-    /// Retry share, failures by class, budget exhaustion, breaker opens, success and
+    /// Retry share, failures by class, budget exhaustion, breaker refusals, success and
     /// escalation rates, cost per successful outcome, approval latency.
     Report {
         /// Only runs created since: a duration back from now (24h, 7d) or a date.

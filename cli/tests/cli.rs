@@ -282,7 +282,7 @@ fn report_over_fixed_runs_matches_snapshots() {
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["runs"], 3);
     assert_eq!(report["total_cost"], 9);
-    assert_eq!(report["tools"]["payments"]["breaker_opens"], 1);
+    assert_eq!(report["tools"]["payments"]["breaker_refusals"], 1);
     assert_eq!(
         report["tools"]["payments"]["exhausted"]["step attempts (3)"],
         1

@@ -10,7 +10,7 @@
 //!   failure classes, approvals, checks, escalations, operator actions, outcome.
 //! - [`timeline`]: a readable history, one line per event.
 //! - [`Report`]: per-tool metrics over many runs (retry share, failures by class, budget
-//!   exhaustion, breaker opens, success and escalation rates, cost per successful outcome,
+//!   exhaustion, breaker refusals, success and escalation rates, cost per successful outcome,
 //!   approval latency).
 //!
 //! Events this module does not know yet (variants added to

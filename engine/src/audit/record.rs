@@ -106,6 +106,8 @@ pub struct StepRecord {
     pub cost: u64,
     /// When it ended, if it did.
     pub ended_ms: Option<u64>,
+    /// The tool of the fallback alternative in use (the primary until a `FallbackUsed`).
+    pub current_tool: Option<String>,
 }
 
 impl StepRecord {
@@ -135,6 +137,8 @@ pub struct FailureRecord {
     pub message: String,
     /// When the next attempt was allowed; `None` when none followed.
     pub retry_at_ms: Option<u64>,
+    /// The tool this attempt called (the fallback alternative in use, if not the primary).
+    pub tool: Option<String>,
 }
 
 /// A step running out of attempts or budget (`StepExhausted`).
@@ -351,6 +355,7 @@ impl Fold {
             exhaustions: Vec::new(),
             cost: 0,
             ended_ms: None,
+            current_tool: None,
         })
     }
 
@@ -400,9 +405,14 @@ impl Fold {
                 step.seq = seq;
                 step.name = name.clone();
                 step.tool = tool.clone();
+                step.current_tool = tool.clone();
                 step.class = *class;
                 step.idem_key = idem_key.clone();
                 step.scheduled_ms = at_ms;
+            }
+            EventKind::FallbackUsed { position, to, .. } => {
+                let step = self.step(*position, event);
+                step.current_tool = Some(to.clone());
             }
             EventKind::AttemptStarted {
                 position, attempt, ..
@@ -420,6 +430,7 @@ impl Fold {
             } => {
                 let step = self.step(*position, event);
                 step.attempts = step.attempts.max(*attempt);
+                let tool = step.current_tool.clone();
                 step.failures.push(FailureRecord {
                     seq,
                     at_ms,
@@ -427,6 +438,7 @@ impl Fold {
                     class: class.clone(),
                     message: message.clone(),
                     retry_at_ms: *retry_at_ms,
+                    tool,
                 });
             }
             EventKind::StepCompleted {
@@ -667,6 +679,7 @@ impl Fold {
                     class: FailureClass::Transient,
                     message: "operator: the effect did not happen".into(),
                     retry_at_ms: None,
+                    tool: step.current_tool.clone(),
                 }),
                 OperatorActionKind::Abort => {}
             }

@@ -52,8 +52,9 @@ pub struct ToolStats {
     pub retry_share: Option<f64>,
     /// Failed attempts by failure class label.
     pub failures: BTreeMap<String, u64>,
-    /// Calls a circuit breaker refused (failures of class `breaker-open`).
-    pub breaker_opens: u64,
+    /// Calls a circuit breaker refused (attempts of class `breaker-open`). How often a
+    /// breaker opened is live state, not history; refusals are what the log records.
+    pub breaker_refusals: u64,
     /// Budget exhaustion events, by budget.
     pub exhausted: BTreeMap<String, u64>,
     /// Steps that completed (an operator's skip or resolution included).
@@ -143,26 +144,53 @@ impl Report {
             }
             report.total_cost = report.total_cost.saturating_add(record.cost());
             for step in &record.steps {
-                let tool = step.tool.clone().unwrap_or_else(|| NO_TOOL.to_string());
-                let stats = report.tools.entry(tool.clone()).or_default();
-                stats.steps += 1;
-                stats.attempts += u64::from(step.attempts);
-                stats.retries += u64::from(step.retries());
-                stats.cost = stats.cost.saturating_add(step.cost);
+                // Attempts are counted against the tool each one called: a fallback
+                // alternative's attempts are its own, not the primary's.
+                let primary = step.tool.clone().unwrap_or_else(|| NO_TOOL.to_string());
+                let current = step.current_tool.clone().unwrap_or_else(|| primary.clone());
+                let mut attempts: BTreeMap<String, u64> = BTreeMap::new();
                 for failure in &step.failures {
+                    let tool = failure.tool.clone().unwrap_or_else(|| primary.clone());
+                    *attempts.entry(tool.clone()).or_default() += 1;
+                    let stats = report.tools.entry(tool).or_default();
                     *stats
                         .failures
                         .entry(failure.class.label().to_string())
                         .or_default() += 1;
                     if failure.class == FailureClass::BreakerOpen {
-                        stats.breaker_opens += 1;
+                        stats.breaker_refusals += 1;
                     }
                 }
-                match &step.outcome {
-                    StepEnd::Completed { .. } => stats.completed += 1,
-                    StepEnd::Exhausted { .. } => stats.gave_up += 1,
-                    StepEnd::Pending => {}
+                if let StepEnd::Completed {
+                    attempt, served_by, ..
+                } = &step.outcome
+                {
+                    let tool = served_by
+                        .clone()
+                        .filter(|s| s != "operator")
+                        .unwrap_or_else(|| current.clone());
+                    // A reconciled attempt is recorded as failed and completed: count it once.
+                    if !step.failures.iter().any(|f| f.attempt == *attempt) {
+                        *attempts.entry(tool.clone()).or_default() += 1;
+                    }
+                    let stats = report.tools.entry(tool).or_default();
+                    stats.completed += 1;
+                    stats.cost = stats.cost.saturating_add(step.cost);
                 }
+                if matches!(step.outcome, StepEnd::Exhausted { .. }) {
+                    report.tools.entry(current.clone()).or_default().gave_up += 1;
+                }
+                if attempts.is_empty() {
+                    attempts.insert(primary.clone(), u64::from(step.attempts));
+                }
+                for (tool, made) in attempts {
+                    let stats = report.tools.entry(tool).or_default();
+                    stats.steps += 1;
+                    stats.attempts += made;
+                    stats.retries += made.saturating_sub(1);
+                }
+                let tool = current.clone();
+                let stats = report.tools.entry(tool.clone()).or_default();
                 for exhaustion in &step.exhaustions {
                     *stats
                         .exhausted
@@ -299,7 +327,7 @@ impl Report {
                 "retry share",
                 "success",
                 "escalated",
-                "breaker opens",
+                "breaker refusals",
                 "exhausted",
                 "cost",
                 "cost/success",
@@ -324,7 +352,7 @@ impl Report {
                         s.steps,
                         percent(s.escalation_rate)
                     ),
-                    s.breaker_opens.to_string(),
+                    s.breaker_refusals.to_string(),
                     exhausted.to_string(),
                     s.cost.to_string(),
                     decimal(s.cost_per_success),

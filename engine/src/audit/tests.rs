@@ -369,7 +369,7 @@ fn report_aggregates_per_tool() {
     let payments = &report.tools["payments"];
     assert_eq!(
         (
-            payments.breaker_opens,
+            payments.breaker_refusals,
             payments.escalations,
             payments.completed
         ),
