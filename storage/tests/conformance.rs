@@ -1271,7 +1271,18 @@ proptest! {
 // SledStore only: the real disk
 
 fn open(dir: &std::path::Path, durability: Durability) -> SledStore {
-    SledStore::open(SledConfig::new(dir).durability(durability)).unwrap()
+    // A test of this binary that spawns a child process (the kill -9 test) makes the child
+    // hold copies of every open file, sled's lock included, between fork and exec: a store
+    // just closed by another test can look locked for that instant. Retry briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match SledStore::open(SledConfig::new(dir).durability(durability)) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other.unwrap(),
+        }
+    }
 }
 
 #[tokio::test]

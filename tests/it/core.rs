@@ -681,9 +681,7 @@ async fn a_database_can_be_reopened_right_after_shutdown() {
         engine.shutdown().await;
         drop(handle);
         drop(engine);
-        let store =
-            annal_storage::SledStore::open(annal_storage::SledConfig::new(dir.path())).unwrap();
-        drop(store);
+        drop(crate::support::open_sled(dir.path()));
     }
 }
 
@@ -740,4 +738,53 @@ async fn the_replayer_reports_code_that_goes_past_or_ends_differently_from_a_fin
         }
         other => panic!("expected drift, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_engine_handle_stops_its_runs_and_releases_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::builder()
+        .path(dir.path())
+        .register("sleeper", 1, sleeper)
+        .open()
+        .await
+        .unwrap();
+    let handle = engine.start::<_, u64>("sleeper", &1u64).await.unwrap();
+    let run = handle.run_id();
+    let clone = engine.clone();
+    drop(engine);
+    assert_eq!(
+        clone.status(run).await.unwrap().status,
+        RunStatus::Running,
+        "a clone keeps it running"
+    );
+    drop(clone);
+    assert!(matches!(handle.result().await, Err(Error::Shutdown)));
+    drop(handle);
+    // The aborted tasks let go of the store shortly after.
+    let mut reopened = None;
+    for _ in 0..200 {
+        match Engine::builder()
+            .path(dir.path())
+            .register("sleeper", 1, sleeper)
+            .open()
+            .await
+        {
+            Ok(engine) => {
+                reopened = Some(engine);
+                break;
+            }
+            Err(Error::Storage(annal_storage::Error::Locked { .. })) => {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let engine = reopened.expect("the store was released");
+    assert_eq!(
+        engine.status(run).await.unwrap().status,
+        RunStatus::Running,
+        "resumed from its log"
+    );
+    engine.shutdown().await;
 }

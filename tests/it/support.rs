@@ -44,3 +44,18 @@ pub fn trace() {
             .try_init();
     }
 }
+
+/// Opens a sled store that an engine of this process just released. Another test of this
+/// binary may be spawning a child process (the SIGKILL test), which holds copies of every
+/// open file, sled's lock included, between fork and exec; so a `Locked` is retried briefly.
+pub fn open_sled(path: &std::path::Path) -> annal_storage::SledStore {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match annal_storage::SledStore::open(annal_storage::SledConfig::new(path)) {
+            Err(annal_storage::Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other.expect("the store opens once released"),
+        }
+    }
+}

@@ -238,7 +238,15 @@ impl EngineBuilder {
                 .spawn(Arc::clone(&inner).timer_service())
                 .abort_handle()
         });
-        let engine = Engine { inner, timer };
+        let last = Arc::new(LastHandle {
+            inner: Arc::clone(&inner),
+            timer: timer.clone(),
+        });
+        let engine = Engine {
+            inner,
+            timer,
+            _last: last,
+        };
         if !operator_only {
             engine.recover().await?;
         }
@@ -284,6 +292,34 @@ pub struct RunInfo {
 pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,
     timer: Option<tokio::task::AbortHandle>,
+    _last: Arc<LastHandle>,
+}
+
+/// Shared by all clones of one `Engine`: when the last clone is dropped without
+/// `shutdown`, the engine's tasks are aborted, so they stop holding the store.
+struct LastHandle {
+    inner: Arc<EngineInner>,
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        self.inner.shut_down.store(true, Ordering::Release);
+        if let Some(timer) = &self.timer {
+            timer.abort();
+        }
+        for (_, task) in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+        // Wake result() waiters so they see the engine is gone.
+        self.inner.notify_settled();
+    }
 }
 
 impl Engine {
@@ -534,6 +570,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.inner.notify_settled();
     }
 
     /// Replay-only result of a run, once its replay ended (see `testing::Replayer`).
@@ -711,6 +748,10 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                     }
                 }
                 _ => {}
+            }
+            if self.inner.shut_down.load(Ordering::Acquire) {
+                // No driver will move this run any more in this engine.
+                return Err(Error::Shutdown);
             }
             if settled.changed().await.is_err() {
                 return Err(Error::Shutdown);
