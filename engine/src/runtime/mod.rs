@@ -347,6 +347,38 @@ impl Engine {
                 }
             }
         }
+        // Runs that wait stay on disk, but a torn or damaged last record (a crash in the
+        // middle of a write) must be found now, not when a decision or a signal arrives:
+        // check the tail of each, one read per run.
+        for status in [RunStatus::Parked, RunStatus::Escalated] {
+            for run in self.inner.store.runs_with_status(status.code()).await? {
+                match self.check_tail(run).await {
+                    Ok(()) => {}
+                    Err(e) if driver::is_unreadable(&e) => {
+                        self.inner.block_unreadable(run, &e).await
+                    }
+                    Err(e) => tracing::error!(%run, error = %e, "run log could not be checked"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and decodes the last record of a run's log.
+    async fn check_tail(&self, run: RunId) -> Result<()> {
+        let meta = self.inner.meta(run).await?;
+        let tail = self
+            .inner
+            .store
+            .read(run, meta.next_seq.saturating_sub(1), 1)
+            .await?;
+        for record in tail {
+            crate::codec::decode_event(&record.payload).map_err(|reason| Error::Codec {
+                run,
+                seq: record.seq,
+                reason,
+            })?;
+        }
         Ok(())
     }
 

@@ -392,6 +392,9 @@ impl CrashHarness {
         crash_after: Option<u64>,
         torn: bool,
     ) -> Result<Scenario, HarnessFailure> {
+        // Drivers act from outside (signals, decisions) while the run goes on; they are
+        // stopped with the engine they act on.
+        let mut drivers: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let k = crash_after.unwrap_or(0);
         let fail = |m: String| Self::fail(k, torn, m);
         let world = World {
@@ -426,7 +429,7 @@ impl CrashHarness {
             (Err(e), _) => return Err(fail(format!("start failed before the run existed: {e}"))),
         };
         if let Some(driver) = &self.driver {
-            driver(engine.clone(), run).await;
+            drivers.push(tokio::spawn(driver(engine.clone(), run)));
         }
         let mut durable_before_crash = Vec::new();
         let engine = if crash_after.is_some() {
@@ -445,6 +448,7 @@ impl CrashHarness {
                     "the run neither finished nor reached the crash point".into(),
                 ));
             }
+            drivers.drain(..).for_each(|d| d.abort());
             engine.shutdown().await;
             drop(engine);
             store.crash();
@@ -459,7 +463,7 @@ impl CrashHarness {
                     .await
                     .map_err(|e| fail(format!("reopen: {e}")))?;
                 if let Some(driver) = &self.driver {
-                    driver(engine.clone(), run).await;
+                    drivers.push(tokio::spawn(driver(engine.clone(), run)));
                 }
                 // A parked run meets its damaged log only when it wakes.
                 let _ = tokio::time::timeout(
@@ -471,6 +475,7 @@ impl CrashHarness {
                     .status(run)
                     .await
                     .map_err(|e| fail(format!("status: {e}")))?;
+                drivers.drain(..).for_each(|d| d.abort());
                 engine.shutdown().await;
                 // A run that had ended before the crash is not woken again: there the damage
                 // must show when its history is read.
@@ -502,7 +507,7 @@ impl CrashHarness {
                 .await
                 .map_err(|e| fail(format!("reopen: {e}")))?;
             if let Some(driver) = &self.driver {
-                driver(engine.clone(), run).await;
+                drivers.push(tokio::spawn(driver(engine.clone(), run)));
             }
             engine
         } else {
@@ -513,6 +518,7 @@ impl CrashHarness {
             .map_err(|_| fail("the run did not finish within the time limit".into()))?
             .map_err(|e| fail(format!("result: {e}")))?;
         let syncs = store.syncs();
+        drivers.drain(..).for_each(|d| d.abort());
         engine.shutdown().await;
         let attempts = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut reconciled_not_done: BTreeMap<u32, usize> = BTreeMap::new();

@@ -153,6 +153,12 @@ pub enum Op {
     },
     /// Run two steps concurrently. Output: a list of the two step outputs.
     Join(StepSpec, StepSpec),
+    /// Ask for a human approval; [`program_driver`] plays the reviewer and decides it as
+    /// `approve` says. Output: `"approved"` or `"rejected"`.
+    Approval {
+        /// The reviewer's verdict.
+        approve: bool,
+    },
 }
 
 impl Program {
@@ -176,6 +182,17 @@ impl Program {
             }
         }
         out
+    }
+
+    /// The reviewer's verdicts for the program's approvals, in program order.
+    pub fn approvals(&self) -> Vec<bool> {
+        self.ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::Approval { approve } => Some(*approve),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Every step of the program, joined ones included, in call order.
@@ -230,6 +247,14 @@ pub async fn interpret(
                 json!("slept")
             }
             Op::Signal { name } => ctx.signal::<Value>(name).await?,
+            Op::Approval { .. } => {
+                let request = crate::ApprovalRequest::new(format!("program op {}", out.len()));
+                match ctx.approval(request).await? {
+                    crate::Decision::Approved { .. } => json!("approved"),
+                    crate::Decision::Rejected { .. } => json!("rejected"),
+                    crate::Decision::Expired => json!("expired"),
+                }
+            }
             Op::Value { kind } => {
                 let (label, value) = match kind {
                     ValueOp::Now => ("now", ctx.now_ms().await),
@@ -327,13 +352,17 @@ pub fn scripted_failure(failures: &[FailureClass], number: u32) -> Option<Failur
 
 /// A [`CrashHarness`] driver for `program`: after every (re)open it sends each signal the
 /// program waits for that the run's history has not received yet, in order, so a signal
-/// lost in a crash is sent again and none is sent twice.
+/// lost in a crash is sent again and none is sent twice; then it plays the reviewer,
+/// deciding each approval as the program says once the run has asked for it. It returns
+/// when every approval is decided, the run stopped, or the engine went away (a crash).
 pub fn program_driver(
     program: &Program,
 ) -> impl Fn(Engine, RunId) -> BoxFuture<'static, ()> + Send + Sync + 'static {
     let signals = program.signals();
+    let approvals = program.approvals();
     move |engine: Engine, run: RunId| {
         let signals = signals.clone();
+        let approvals = approvals.clone();
         Box::pin(async move {
             let Ok(history) = engine.history(run).await else {
                 return;
@@ -356,7 +385,59 @@ pub fn program_driver(
                     return;
                 }
             }
+            review(&engine, run, &approvals).await;
         })
+    }
+}
+
+/// Decides the run's approvals in order, as `verdicts` say, waiting for each to be asked.
+async fn review(engine: &Engine, run: RunId, verdicts: &[bool]) {
+    let reviewer = crate::Actor::new("reviewer", &[]);
+    let mut poll = Duration::from_millis(1);
+    for (k, approve) in verdicts.iter().enumerate() {
+        loop {
+            let Ok(history) = engine.history(run).await else {
+                return;
+            };
+            let gate = history
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EventKind::ApprovalRequested { gate, .. } => Some(*gate),
+                    _ => None,
+                })
+                .nth(k);
+            if let Some(gate) = gate {
+                let decided = history.iter().any(
+                    |e| matches!(&e.kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate),
+                );
+                if decided {
+                    break;
+                }
+                let verdict = if *approve {
+                    crate::Verdict::Approve { edits: None }
+                } else {
+                    crate::Verdict::Reject
+                };
+                match engine
+                    .decide(crate::GateId(gate), &reviewer, verdict, "scripted")
+                    .await
+                {
+                    Ok(()) | Err(crate::Error::AlreadyDecided { .. }) => break,
+                    Err(_) => return,
+                }
+            }
+            match engine.status(run).await {
+                Ok(info)
+                    if matches!(
+                        info.status,
+                        crate::RunStatus::Running | crate::RunStatus::Parked
+                    ) => {}
+                _ => return,
+            }
+            // Virtual time is free, each poll is not: back off up to a minute.
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_secs(60));
+        }
     }
 }
 
@@ -442,6 +523,7 @@ pub fn arb_op() -> impl Strategy<Value = Op> {
         1 => proptest::sample::select(SIGNALS.to_vec()).prop_map(|name| Op::Signal { name: name.to_string() }),
         1 => prop_oneof![Just(ValueOp::Now), Just(ValueOp::Random), Just(ValueOp::Uuid)].prop_map(|kind| Op::Value { kind }),
         1 => (arb_step(), arb_step()).prop_map(|(a, b)| Op::Join(a, b)),
+        1 => any::<bool>().prop_map(|approve| Op::Approval { approve }),
     ]
 }
 
