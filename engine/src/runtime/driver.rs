@@ -54,7 +54,7 @@ impl EngineInner {
         if let Err(e) = self.store.append_durable(batch).await {
             tracing::error!(%run, error = %e, "could not record the blocked status");
         }
-        self.notify_settled();
+        self.notify_run_settled(run);
     }
 
     /// Starts the driver of a loaded slot unless it runs already or the run cannot run.
@@ -154,7 +154,7 @@ impl EngineInner {
         let wake_again = matches!(result, Ok(true));
         self.evict(slot, &mut writer);
         drop(writer);
-        self.notify_settled();
+        self.notify_run_settled(run);
         self.timers_changed.notify_one();
         if wake_again {
             // Something arrived while the run was deciding to park: run it again.

@@ -56,6 +56,8 @@ pub(crate) struct EngineInner {
     pub(crate) slots: Mutex<HashMap<RunId, Arc<RunSlot>>>,
     /// Bumped whenever a run settles (ends, blocks, escalates, parks).
     pub(crate) settled: watch::Sender<u64>,
+    /// Per-run settle notifications, for runs someone awaits (`RunHandle::result`).
+    pub(crate) run_waiters: Mutex<HashMap<RunId, watch::Sender<u64>>>,
     /// Wakes the timer service when a new wake-up time was registered.
     pub(crate) timers_changed: Notify,
     pub(crate) drifts: Mutex<HashMap<RunId, DriftError>>,
@@ -311,8 +313,48 @@ impl EngineInner {
             .clone()
     }
 
+    /// Something about every run may have changed (shutdown): wake every waiter.
     pub(crate) fn notify_settled(&self) {
         self.settled.send_modify(|n| *n += 1);
+        for waiters in self
+            .run_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            waiters.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// `run` settled (ended, blocked, escalated, parked): wake only those waiting for it, so
+    /// a thousand runs ending do not wake a thousand waiters each.
+    pub(crate) fn notify_run_settled(&self, run: RunId) {
+        self.settled.send_modify(|n| *n += 1);
+        if let Some(waiters) = self
+            .run_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run)
+        {
+            waiters.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Subscribes to `run`'s settle notifications.
+    pub(crate) fn watch_run(&self, run: RunId) -> watch::Receiver<u64> {
+        let mut waiters = self.run_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters
+            .entry(run)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// Forgets `run`'s watcher once nobody waits for it any more.
+    pub(crate) fn unwatch_run(&self, run: RunId) {
+        let mut waiters = self.run_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if waiters.get(&run).is_some_and(|w| w.receiver_count() == 0) {
+            waiters.remove(&run);
+        }
     }
 
     /// Current metadata of a run, from memory if loaded, else from the store.

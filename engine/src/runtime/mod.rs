@@ -216,6 +216,7 @@ impl EngineBuilder {
             config: self.config,
             slots: Mutex::new(HashMap::new()),
             settled,
+            run_waiters: Mutex::new(HashMap::new()),
             timers_changed: Notify::new(),
             drifts: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
@@ -549,7 +550,7 @@ impl Engine {
             }
             drop(writer);
             inner.store.wait_durable(position).await?;
-            inner.notify_settled();
+            inner.notify_run_settled(run);
             return Ok(());
         }
         // Wake the run (it may be parked) before waiting: the group commit covers both.
@@ -680,6 +681,14 @@ pub async fn read_history(store: &dyn LogStore, run: RunId) -> Result<Vec<Event>
         .collect()
 }
 
+/// Where waiting for a run's result got to.
+enum Step<Out> {
+    /// The run's output.
+    Done(Out),
+    /// The run continued as this one.
+    Next(RunId),
+}
+
 /// A typed handle to a run: its id and its eventual result.
 pub struct RunHandle<Out> {
     inner: Arc<EngineInner>,
@@ -708,7 +717,27 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
     /// again after it was resolved.
     pub async fn result(&self) -> Result<Out> {
         let mut run = self.run;
-        let mut settled = self.inner.settled.subscribe();
+        let result = loop {
+            let mut settled = self.inner.watch_run(run);
+            match self.wait_settled(run, &mut settled).await {
+                Ok(Step::Done(out)) => break Ok(out),
+                Ok(Step::Next(next)) => {
+                    drop(settled);
+                    self.inner.unwatch_run(run);
+                    run = next;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.inner.unwatch_run(run);
+        result
+    }
+
+    async fn wait_settled(
+        &self,
+        run: RunId,
+        settled: &mut watch::Receiver<u64>,
+    ) -> Result<Step<Out>> {
         loop {
             settled.borrow_and_update();
             let meta = self.inner.meta(run).await?;
@@ -754,7 +783,10 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                         .transpose()?;
                     match last.map(|e| e.kind).filter(EventKind::is_terminal) {
                         Some(EventKind::RunCompleted { output }) => {
-                            return output.decode().map_err(|e| Error::Payload(e.to_string()))
+                            return output
+                                .decode()
+                                .map(Step::Done)
+                                .map_err(|e| Error::Payload(e.to_string()))
                         }
                         Some(EventKind::RunFailed { error }) => {
                             return Err(Error::WorkflowFailed { run, error })
@@ -766,8 +798,7 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                             return Err(Error::Terminated { run, actor, reason })
                         }
                         Some(EventKind::ContinuedAsNew { next_run, .. }) => {
-                            run = RunId(next_run);
-                            continue;
+                            return Ok(Step::Next(RunId(next_run)));
                         }
                         _ => {
                             return Err(Error::Inconsistent {

@@ -290,7 +290,7 @@ impl Engine {
         };
         drop(writer);
         inner.store.wait_durable(position).await?;
-        inner.notify_settled();
+        inner.notify_run_settled(run);
         woken
     }
 }
