@@ -889,6 +889,30 @@ impl ReplayState {
             })
     }
 
+    /// The earliest instant anything recorded wants the run woken: a running timer, a
+    /// backoff before the next attempt, an approval's reminder or deadline. `None` when the
+    /// run waits only on the outside (signals, decisions without a deadline).
+    pub fn next_wake(&self) -> Option<u64> {
+        self.commands
+            .values()
+            .filter_map(|record| match &record.recorded {
+                Recorded::Timer {
+                    fire_at_ms,
+                    done: false,
+                } => Some(*fire_at_ms),
+                Recorded::Step(step) if step.outcome.is_none() && !step.attempt_open => step
+                    .failures
+                    .last()
+                    .filter(|f| f.attempt == step.attempts)
+                    .and_then(|f| f.retry_at_ms),
+                Recorded::Approval(a) if a.state == GateState::Pending => {
+                    crate::approval::next_wake(&a.request, a.requested_ms, a.reminders)
+                }
+                _ => None,
+            })
+            .min()
+    }
+
     /// The earliest received signal named `name` that no call has taken yet.
     pub fn next_signal(&self, name: &str) -> Option<u64> {
         self.signals

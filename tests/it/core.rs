@@ -788,3 +788,34 @@ async fn dropping_the_last_engine_handle_stops_its_runs_and_releases_the_store()
     );
     engine.shutdown().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_run_records_when_it_wants_to_be_woken() {
+    let store = Arc::new(SimStore::new());
+    let engine = on(&store)
+        .park_after_ms(1_000)
+        .register("sleeper", 1, sleeper)
+        .open()
+        .await
+        .unwrap();
+    let run = engine
+        .start::<_, u64>("sleeper", &2u64)
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let meta = engine.store().meta(run).await.unwrap().unwrap();
+    assert_eq!(meta.status, RunStatus::Parked.code());
+    let history = engine.history(run).await.unwrap();
+    let fire_at = history.iter().find_map(|e| match e.kind {
+        annal::EventKind::TimerStarted { fire_at_ms, .. } => Some(fire_at_ms),
+        _ => None,
+    });
+    assert_eq!(meta.wake_ms, fire_at);
+    assert_eq!(engine.handle::<u64>(run).result().await.unwrap(), 2);
+    assert_eq!(
+        engine.store().meta(run).await.unwrap().unwrap().wake_ms,
+        None,
+        "cleared once it runs"
+    );
+}

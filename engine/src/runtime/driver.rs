@@ -267,7 +267,9 @@ impl EngineInner {
                 if changed {
                     return Ok(true);
                 }
-                AppendReq::default().status(RunStatus::Parked, "").durable()
+                let mut req = AppendReq::default().status(RunStatus::Parked, "").durable();
+                req.wake_ms = slot.state().replay.next_wake();
+                req
             }
             Settle::Halted(Halt::Terminated | Halt::ReplayEnd) => return Ok(false),
             Settle::Halted(Halt::Store(reason)) => {

@@ -23,6 +23,8 @@ pub(crate) struct AppendReq {
     pub(crate) index: Vec<IndexOp>,
     /// New status and note.
     pub(crate) status: Option<(RunStatus, String)>,
+    /// With a status change: when the run wants to be woken (a parked run's next due time).
+    pub(crate) wake_ms: Option<u64>,
     /// Wait until durable before returning.
     pub(crate) durable: bool,
 }
@@ -206,6 +208,7 @@ impl EngineInner {
         if let Some((status, note)) = req.status {
             new_meta.status = status.code();
             new_meta.note = note;
+            new_meta.wake_ms = req.wake_ms;
         }
         let batch = AppendBatch {
             run,
@@ -357,7 +360,7 @@ impl EngineInner {
         }
     }
 
-    /// Current metadata of a run, from memory if loaded, else from the store.
+    /// Current metadata of a run, from the store.
     pub(crate) async fn meta(&self, run: RunId) -> Result<RunMeta> {
         self.store.meta(run).await?.ok_or(Error::UnknownRun(run))
     }
