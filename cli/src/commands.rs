@@ -76,7 +76,13 @@ pub fn runs(db: &Database, filter: &RunFilter, out: &mut dyn Write) -> anyhow::R
         )?;
     } else {
         let header = [
-            "RUN", "WORKFLOW", "STATUS", "EVENTS", "CREATED", "UPDATED", "NOTE",
+            "RUN",
+            "WORKFLOW",
+            "STATUS",
+            "EVENTS",
+            "CREATED",
+            "STATUS SINCE",
+            "NOTE",
         ]
         .map(String::from);
         let table: Vec<[String; 7]> = std::iter::once(header)

@@ -245,8 +245,16 @@ impl Database {
         else {
             return Ok(Ok(None));
         };
+        // Metadata is written on status changes only; the log's end is its last event key.
+        let last_event_seq = match self.tree().scan_prefix(keys::event_prefix(run)).next_back() {
+            Some(item) => {
+                let (key, _) = item.context("reading the sled tree")?;
+                keys::parse_event(&key).map(|(_, seq)| seq)
+            }
+            None => None,
+        };
         Ok(annal_storage::decode_meta(run, &bytes)
-            .map(Some)
+            .map(|meta| Some(annal_storage::meta_with_log_end(meta, last_event_seq)))
             .map_err(|e| Problem {
                 subject: Subject::Meta { run },
                 reason: match e {

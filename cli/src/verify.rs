@@ -1,8 +1,8 @@
 //! `annal verify`: every check the stored data must pass, every problem reported.
 //!
 //! Per run: each event record's key, frame (format, length, CRC) and decoding; seq
-//! continuity from 0 with no holes; the metadata's own frame, its `next_seq` against the last
-//! stored seq, its status against the status index and the history's end, its workflow
+//! continuity from 0 with no holes; the metadata's own frame, the `next_seq` it recorded at
+//! its last write against the last stored seq (a log that ends before it lost its tail), its status against the status index and the history's end, its workflow
 //! against `RunStarted`; and the intact history folded through the engine's replay fold
 //! (`ReplayState::from_events`), which finds contradictions such as an outcome without its
 //! command. Over the whole database (when no run is named): status, due-time, gate and

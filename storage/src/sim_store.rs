@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::store::{
-    check_record, decode_meta, plan_append, AppendBatch, Durability, GateId, LogStore, Position,
-    Record, RunId, RunMeta, TimerEntry, Write,
+    check_record, decode_meta, meta_with_log_end, plan_append, AppendBatch, Durability, GateId,
+    LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
 };
 use crate::{frame, keys};
 
@@ -156,6 +156,23 @@ impl SimStore {
         self.lock().durable.clone()
     }
 
+    /// The seq of a run's last event record, if it has any.
+    fn last_event_seq(&self, run: RunId) -> Result<Option<u64>> {
+        let inner = self.lock();
+        let last = inner
+            .live
+            .range(keys::event(run, 0)..=keys::event(run, u64::MAX))
+            .next_back();
+        match last {
+            None => Ok(None),
+            Some((k, _)) => keys::parse_event(k)
+                .map(|(_, seq)| Some(seq))
+                .ok_or_else(|| crate::Error::CorruptIndex {
+                    reason: crate::CorruptReason::BadKey(k.clone()),
+                }),
+        }
+    }
+
     fn scan_prefix(&self, prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         let inner = self.lock();
         inner
@@ -244,7 +261,11 @@ impl LogStore for SimStore {
 
     async fn meta(&self, run: RunId) -> Result<Option<RunMeta>> {
         let bytes = self.lock().live.get(&keys::meta(run)).cloned();
-        bytes.map(|b| decode_meta(run, &b)).transpose()
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let meta = decode_meta(run, &bytes)?;
+        Ok(Some(meta_with_log_end(meta, self.last_event_seq(run)?)))
     }
 
     async fn runs(&self) -> Result<Vec<(RunId, RunMeta)>> {
@@ -254,7 +275,8 @@ impl LogStore for SimStore {
                 let run = keys::parse_meta(&k).ok_or(crate::Error::CorruptIndex {
                     reason: crate::CorruptReason::BadKey(k.clone()),
                 })?;
-                Ok((run, decode_meta(run, &v)?))
+                let meta = decode_meta(run, &v)?;
+                Ok((run, meta_with_log_end(meta, self.last_event_seq(run)?)))
             })
             .collect()
     }

@@ -16,8 +16,8 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{CorruptReason, Error, Result};
 use crate::keys;
 use crate::store::{
-    check_record, decode_meta, plan_append, plan_purge, AppendBatch, Durability, GateId, LogStore,
-    Position, Record, RunId, RunMeta, TimerEntry,
+    check_record, decode_meta, meta_with_log_end, plan_append, plan_purge, AppendBatch, Durability,
+    GateId, LogStore, Position, Record, RunId, RunMeta, TimerEntry,
 };
 
 /// Default size of sled's page cache: 64 MiB. sled's own default (1 GiB) is far more than an
@@ -324,8 +324,21 @@ impl SledStore {
         self.db.get(key).map_err(sled_error)
     }
 
+    /// The seq of a run's last event record, if it has any.
+    fn last_event_seq(&self, run: RunId) -> Result<Option<u64>> {
+        let Some(item) = self.scan(&keys::event_prefix(run)).next_back() else {
+            return Ok(None);
+        };
+        let (key, _) = item?;
+        let (_, seq) = keys::parse_event(&key).ok_or_else(|| bad_key(&key))?;
+        Ok(Some(seq))
+    }
+
     /// Every key (and value) under `prefix`, in key order.
-    fn scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(sled::IVec, sled::IVec)>> {
+    fn scan(
+        &self,
+        prefix: &[u8],
+    ) -> impl DoubleEndedIterator<Item = Result<(sled::IVec, sled::IVec)>> {
         self.db
             .scan_prefix(prefix)
             .map(|item| item.map_err(sled_error))
@@ -754,9 +767,11 @@ impl LogStore for SledStore {
     }
 
     async fn meta(&self, run: RunId) -> Result<Option<RunMeta>> {
-        self.get(&keys::meta(run))?
-            .map(|bytes| decode_meta(run, &bytes))
-            .transpose()
+        let Some(bytes) = self.get(&keys::meta(run))? else {
+            return Ok(None);
+        };
+        let meta = decode_meta(run, &bytes)?;
+        Ok(Some(meta_with_log_end(meta, self.last_event_seq(run)?)))
     }
 
     async fn runs(&self) -> Result<Vec<(RunId, RunMeta)>> {
@@ -764,7 +779,8 @@ impl LogStore for SledStore {
             .map(|item| {
                 let (key, value) = item?;
                 let run = keys::parse_meta(&key).ok_or_else(|| bad_key(&key))?;
-                Ok((run, decode_meta(run, &value)?))
+                let meta = decode_meta(run, &value)?;
+                Ok((run, meta_with_log_end(meta, self.last_event_seq(run)?)))
             })
             .collect()
     }

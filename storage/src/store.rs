@@ -47,6 +47,9 @@ impl std::fmt::Debug for GateId {
 
 /// Per-run metadata kept beside the log. Storage interprets only `next_seq` (which it owns)
 /// and `status` (which it indexes); the meaning of status codes belongs to the engine.
+///
+/// The metadata is written when a run starts and whenever the engine changes its status, not
+/// on every append: the end of the log is its last event key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMeta {
     /// Registered workflow name.
@@ -55,11 +58,13 @@ pub struct RunMeta {
     pub version: u32,
     /// Engine-defined status code, indexed under `S`.
     pub status: u8,
-    /// The seq the next appended event gets. Set by the store on every append.
+    /// The seq the next appended event gets. The store records it whenever it writes the
+    /// metadata, and on reads fills in the end of the log when the log has grown since. A log
+    /// that ends before the recorded value lost its tail (the engine reports that).
     pub next_seq: u64,
     /// When the run was created (engine clock, ms since the Unix epoch).
     pub created_ms: u64,
-    /// When the run last changed.
+    /// When the metadata was last written: the run's start or its last status change.
     pub updated_ms: u64,
     /// When a parked run wants to be woken, if it waits on time.
     pub wake_ms: Option<u64>,
@@ -118,7 +123,7 @@ pub struct AppendBatch {
     /// Encoded events (unframed; the store frames them), seqs `expected_next_seq..`.
     pub events: Vec<Vec<u8>>,
     /// New metadata (its `next_seq` is overwritten). Required when the run is new; `None`
-    /// keeps the stored metadata with `next_seq` advanced.
+    /// keeps the stored metadata and writes no metadata at all.
     pub meta: Option<RunMeta>,
     /// Index changes.
     pub index: Vec<IndexOp>,
@@ -276,41 +281,53 @@ pub type Get<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>>;
 /// between (both do so from a single committer).
 pub fn plan_append(batch: AppendBatch, get: Get<'_>) -> Result<Vec<Write>> {
     let run = batch.run;
-    let stored = match get(&keys::meta(run))? {
-        Some(bytes) => Some(decode_meta(run, &bytes)?),
-        None => None,
-    };
-    let found = stored.as_ref().map_or(0, |m| m.next_seq);
-    if found != batch.expected_next_seq {
+    let expected = batch.expected_next_seq;
+    // The log's end is its last event key: two point reads check it, so an append that
+    // changes no status writes its events and nothing else.
+    let ends_at_expected = (expected == 0 || get(&keys::event(run, expected - 1))?.is_some())
+        && get(&keys::event(run, expected))?.is_none();
+    if !ends_at_expected {
         return Err(Error::Conflict {
             run,
-            expected: batch.expected_next_seq,
-            found,
+            expected,
+            found: log_end(run, get)?,
         });
     }
-    let mut meta = match (batch.meta, &stored) {
-        (Some(meta), _) => meta,
-        (None, Some(stored)) => stored.clone(),
-        (None, None) => return Err(Error::UnknownRun(run)),
+    let stored = if batch.meta.is_some() || expected == 0 {
+        match get(&keys::meta(run))? {
+            Some(bytes) => Some(decode_meta(run, &bytes)?),
+            None => None,
+        }
+    } else {
+        None
     };
-    meta.next_seq = found + batch.events.len() as u64;
-
+    let next_seq = expected + batch.events.len() as u64;
+    let meta = match batch.meta {
+        Some(mut meta) => {
+            meta.next_seq = next_seq;
+            Some(meta)
+        }
+        None if expected == 0 && stored.is_none() => return Err(Error::UnknownRun(run)),
+        None => None,
+    };
     let mut writes: Vec<Write> = Vec::with_capacity(batch.events.len() + batch.index.len() + 3);
     for (i, payload) in batch.events.iter().enumerate() {
         writes.push((
-            keys::event(run, found + i as u64),
+            keys::event(run, expected + i as u64),
             Some(frame::encode(payload)),
         ));
     }
-    match &stored {
-        Some(old) if old.status != meta.status => {
-            writes.push((keys::status(old.status, run), None));
-            writes.push((keys::status(meta.status, run), Some(Vec::new())));
+    if let Some(meta) = &meta {
+        match &stored {
+            Some(old) if old.status != meta.status => {
+                writes.push((keys::status(old.status, run), None));
+                writes.push((keys::status(meta.status, run), Some(Vec::new())));
+            }
+            Some(_) => {}
+            None => writes.push((keys::status(meta.status, run), Some(Vec::new()))),
         }
-        Some(_) => {}
-        None => writes.push((keys::status(meta.status, run), Some(Vec::new()))),
+        writes.push((keys::meta(run), Some(encode_meta(meta))));
     }
-    writes.push((keys::meta(run), Some(encode_meta(&meta))));
     for op in batch.index {
         match op {
             IndexOp::PutTimer { fire_at_ms, id } => {
@@ -339,6 +356,39 @@ pub fn plan_append(batch: AppendBatch, get: Get<'_>) -> Result<Vec<Write>> {
         }
     }
     Ok(writes)
+}
+
+/// The seq after a run's last event, found with point reads (a gallop, then a binary search):
+/// only a conflicting append needs it, to say where the log really ends.
+fn log_end(run: RunId, get: Get<'_>) -> Result<u64> {
+    let present = |seq: u64| -> Result<bool> { Ok(get(&keys::event(run, seq))?.is_some()) };
+    if !present(0)? {
+        return Ok(0);
+    }
+    // Invariant: `low` is present, `high` is absent (a log has no holes).
+    let (mut low, mut high) = (0u64, 1u64);
+    while high < u64::MAX / 2 && present(high)? {
+        low = high;
+        high *= 2;
+    }
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if present(mid)? {
+            low = mid;
+        } else {
+            high = mid;
+        }
+    }
+    Ok(high)
+}
+
+/// Completes stored metadata with the log's end: `next_seq` as recorded at the last metadata
+/// write, or the seq after `last_event_seq` when the log has grown since. Both backends read
+/// metadata through this.
+pub fn meta_with_log_end(mut meta: RunMeta, last_event_seq: Option<u64>) -> RunMeta {
+    let end = last_event_seq.map_or(0, |s| s.saturating_add(1));
+    meta.next_seq = meta.next_seq.max(end);
+    meta
 }
 
 /// Key/value pairs under a prefix, as a backend scans them.

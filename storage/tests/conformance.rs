@@ -137,6 +137,9 @@ conformance!(
     wrong_expected_seq_is_a_conflict_and_writes_nothing,
     appending_without_meta_to_a_new_run_is_unknown_run,
     status_index_follows_meta,
+    appends_that_keep_the_status_write_only_their_events,
+    a_conflict_reports_where_a_long_log_ends,
+    a_lost_tail_shows_in_the_recorded_next_seq,
     due_timers_come_earliest_first_and_bounded,
     dedupe_claims,
     gates,
@@ -502,6 +505,82 @@ async fn status_index_follows_meta(b: Backend) {
         .map(|(r, m)| (*r, m.status, m.next_seq))
         .collect();
     assert_eq!(summary, vec![(a, 2, 4), (c, 1, 1)]);
+}
+
+async fn appends_that_keep_the_status_write_only_their_events(b: Backend) {
+    let s = b.store();
+    let run = run_id(1);
+    create(s, run, 1, 1).await;
+    let before = b.raw();
+    extend(s, run, 1, 2).await;
+    let after = b.raw();
+    // Exactly the two new event records were added; the metadata bytes did not change.
+    let added: Vec<&Vec<u8>> = after.keys().filter(|k| !before.contains_key(*k)).collect();
+    assert_eq!(added, vec![&keys::event(run, 1), &keys::event(run, 2)]);
+    assert_eq!(after.get(&keys::meta(run)), before.get(&keys::meta(run)));
+    // Reads still report where the log ends.
+    assert_eq!(s.meta(run).await.unwrap().unwrap().next_seq, 3);
+    assert_eq!(s.runs().await.unwrap()[0].1.next_seq, 3);
+    // And the next append must start there.
+    let err = s
+        .append(AppendBatch {
+            run,
+            expected_next_seq: 1,
+            events: events(run, 1, 1),
+            meta: None,
+            index: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Conflict {
+                expected: 1,
+                found: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+async fn a_conflict_reports_where_a_long_log_ends(b: Backend) {
+    let s = b.store();
+    let run = run_id(1);
+    create(s, run, 1, 1).await;
+    extend(s, run, 1, 299).await;
+    for expected in [0, 1, 255, 256, 299, 301, 512, 100_000] {
+        let err = s
+            .append(AppendBatch {
+                run,
+                expected_next_seq: expected,
+                events: events(run, expected, 1),
+                meta: None,
+                index: vec![],
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::Conflict { expected: e, found: 300, .. } if e == expected),
+            "{err:?}"
+        );
+    }
+}
+
+async fn a_lost_tail_shows_in_the_recorded_next_seq(b: Backend) {
+    let s = b.store();
+    let run = run_id(1);
+    create(s, run, 1, 4).await;
+    // Records lost behind the store's back after the metadata recorded the log's end.
+    assert!(b.remove(run, 3));
+    assert!(b.remove(run, 2));
+    let meta = s.meta(run).await.unwrap().unwrap();
+    assert_eq!(
+        meta.next_seq, 4,
+        "the recorded end stays, so readers see the loss"
+    );
+    assert_eq!(s.read(run, 0, usize::MAX).await.unwrap().len(), 2);
 }
 
 async fn due_timers_come_earliest_first_and_bounded(b: Backend) {
@@ -1407,13 +1486,14 @@ async fn sled_reports_damaged_metadata_and_index_keys() {
 
     assert!(matches!(store.meta(run).await, Err(Error::CorruptMeta { run: r, .. }) if r == run));
     assert!(matches!(store.runs().await, Err(Error::CorruptMeta { .. })));
-    // Appending to the run needs its metadata: refused, and the store stays usable.
+    // Changing the run's status needs its stored metadata: refused, and the store stays
+    // usable. (Events alone do not read the metadata; the engine reads it before any append.)
     let err = store
         .append(AppendBatch {
             run,
             expected_next_seq: 1,
             events: vec![],
-            meta: None,
+            meta: Some(meta(2)),
             index: vec![],
         })
         .await

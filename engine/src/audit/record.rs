@@ -42,7 +42,7 @@ pub struct RunRecord {
     pub current_step: Option<StepRef>,
     /// When the run was created (ms since the Unix epoch).
     pub created_ms: u64,
-    /// When it last changed.
+    /// When it last changed: its last event or its last status change, whichever is later.
     pub updated_ms: u64,
     /// When it ended, if it did.
     pub ended_ms: Option<u64>,
@@ -765,7 +765,8 @@ impl RunRecord {
             note: meta.map(|m| m.note.clone()).unwrap_or_default(),
             current_step,
             created_ms: meta.map_or(first_ms, |m| m.created_ms),
-            updated_ms: meta.map_or(last_ms, |m| m.updated_ms),
+            // The metadata changes with the status; the last event may be later.
+            updated_ms: meta.map_or(last_ms, |m| m.updated_ms.max(last_ms)),
             ended_ms,
             wake_ms: meta.and_then(|m| m.wake_ms),
             events: events.len() as u64,

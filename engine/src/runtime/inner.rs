@@ -204,17 +204,20 @@ impl EngineInner {
             })
             .collect();
         let mut new_meta = meta.clone();
-        new_meta.updated_ms = now_ms;
-        if let Some((status, note)) = req.status {
+        // The metadata is written only when the status changes: the store knows the log's end
+        // from its last event, so a step writes its events alone.
+        let status_meta = req.status.map(|(status, note)| {
+            new_meta.updated_ms = now_ms;
             new_meta.status = status.code();
             new_meta.note = note;
             new_meta.wake_ms = req.wake_ms;
-        }
+            new_meta.clone()
+        });
         let batch = AppendBatch {
             run,
             expected_next_seq: first_seq,
             events: events.iter().map(codec::encode_event).collect(),
-            meta: Some(new_meta.clone()),
+            meta: status_meta,
             index: req.index,
         };
         let position = self.store.append(batch).await?;

@@ -282,7 +282,8 @@ pub struct RunInfo {
     pub note: String,
     /// Created at (ms since the Unix epoch).
     pub created_ms: u64,
-    /// Last change (ms since the Unix epoch).
+    /// Its last status change (ms since the Unix epoch): the metadata is not rewritten by
+    /// appends that keep the status.
     pub updated_ms: u64,
     /// Events in its history.
     pub events: u64,
