@@ -208,7 +208,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{}", annal::audit::timeline(&at_crash));
     assert_eq!(
         kinds(&at_crash),
-        ["RunStarted", "StepScheduled", "StepCompleted"],
+        ["RunStarted", "StepRan"],
         "the checkpoint: create_lead done"
     );
 

@@ -115,7 +115,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let history = engine.history(run).await?;
     let completions = history
         .iter()
-        .filter(|e| matches!(e.kind, annal::EventKind::StepCompleted { .. }))
+        .filter(|e| {
+            matches!(
+                e.kind,
+                annal::EventKind::StepCompleted { .. } | annal::EventKind::StepRan { .. }
+            )
+        })
         .count();
     println!("\n3. Steps 1 and 2 ran once, before the crash; only step 3 ran again. History of run {run}:");
     print!("{}", annal::audit::timeline(&history));

@@ -13,6 +13,7 @@
 //!   file and the directory).
 //! - `fan_in`: 256 concurrent runs of 10 `Write` steps: steps/s, runs/s, p50/p99 run latency,
 //!   against the raw group-commit limit at the same concurrency (256 records per commit).
+//!   `ANNAL_BENCH_ROUNDS` (default 8) rounds back to back, one engine.
 //! - `replay`: resume a run with a 10,000-event history: events/s and time to resume.
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
 //!   all resumed and finished once due, and resident memory per parked run.
@@ -157,33 +158,57 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let dir = bench_dir();
     let raw_dir = bench_dir();
     let (raw_commits_per_s, _) = raw_commits(raw_dir.path(), runs, 120, scaled(60));
-    let engine = open(dir.path()).await;
-    let started = Instant::now();
-    let tasks: Vec<_> = (0..runs)
-        .map(|_| {
-            let engine = engine.clone();
-            tokio::spawn(async move {
-                let t = Instant::now();
-                engine
-                    .start::<_, u32>("chain", &steps)
-                    .await
-                    .unwrap()
-                    .result()
-                    .await
-                    .unwrap();
-                t.elapsed()
+    // One round lasts tens of milliseconds: several rounds, back to back, steady the number.
+    let rounds = std::env::var("ANNAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8usize);
+    // The store is opened here so that its group commits can be counted.
+    let store = std::sync::Arc::new(
+        annal_storage::SledStore::open(
+            annal_storage::SledConfig::new(dir.path())
+                .durability(Durability::PowerSafe)
+                .cache_capacity_bytes(64 << 20),
+        )
+        .expect("store"),
+    );
+    let engine = Engine::builder()
+        .store(store.clone())
+        .park_after_ms(200)
+        .register("chain", 1, chain)
+        .open()
+        .await
+        .expect("engine");
+    let mut latencies = Vec::with_capacity(runs * rounds);
+    let mut elapsed = Duration::ZERO;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..runs)
+            .map(|_| {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let t = Instant::now();
+                    engine
+                        .start::<_, u32>("chain", &steps)
+                        .await
+                        .unwrap()
+                        .result()
+                        .await
+                        .unwrap();
+                    t.elapsed()
+                })
             })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(runs);
-    for t in tasks {
-        latencies.push(t.await.unwrap());
+            .collect();
+        for t in tasks {
+            latencies.push(t.await.unwrap());
+        }
+        elapsed += started.elapsed();
     }
-    let elapsed = started.elapsed();
     engine.shutdown().await;
+    let commits = store.commits();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
-    let steps_total = runs as f64 * f64::from(steps);
+    let steps_total = (runs * rounds) as f64 * f64::from(steps);
     rows.push(Row {
         workload: "fan_in",
         metric: "steps/s",
@@ -191,17 +216,19 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         unit: "steps/s",
         limit: Some(raw_commits_per_s * runs as f64),
         note: format!(
-            "{runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; limit = raw commits of {runs} records",
-            runs as f64 / elapsed.as_secs_f64(),
+            "{rounds} rounds of {runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; {commits} group commits ({:.1} steps each); limit = raw commits of {runs} records",
+            (runs * rounds) as f64 / elapsed.as_secs_f64(),
             pct(0.5),
-            pct(0.99)
+            pct(0.99),
+            steps_total / commits.max(1) as f64
         ),
     });
 }
 
 async fn bench_replay(rows: &mut Vec<Row>) {
-    // 10,000 events: RunStarted + 4,999 steps x 2 events + ...; Read steps ride on group commits.
-    let steps = (scaled(10_000) / 2) as u32;
+    // 10,000 events: RunStarted, 9,998 steps of one `StepRan` each, the signal; Read steps ride
+    // on group commits.
+    let steps = (scaled(10_000).max(3) - 2) as u32;
     let dir = bench_dir();
     let engine = Engine::builder()
         .path(dir.path())

@@ -371,6 +371,31 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
+    /// A step scheduled and completed in one record: the same facts as `StepScheduled`
+    /// followed by `StepCompleted` at one seq. Written when a step's first append is its
+    /// success (a `Read` or `Write` step, or an `Idempotent` one, whose first attempt served),
+    /// so such a step costs one stored record instead of two. Replay and audit treat the two
+    /// forms alike.
+    StepRan {
+        /// Command position.
+        position: u32,
+        /// Step name.
+        name: String,
+        /// Tool the step calls, if named.
+        tool: Option<String>,
+        /// Retry class.
+        class: StepClass,
+        /// Idempotency key handed to the attempt.
+        idem_key: String,
+        /// Hash of the step's declared input (0 when none was declared).
+        input_hash: u64,
+        /// The step output.
+        output: Payload,
+        /// Attempt that succeeded.
+        attempt: u32,
+        /// Cost units the step reported.
+        cost: u64,
+    },
 }
 
 /// What an operator can do with an escalated run.
@@ -416,6 +441,7 @@ impl EventKind {
     pub fn command_position(&self) -> Option<u32> {
         match self {
             EventKind::StepScheduled { position, .. }
+            | EventKind::StepRan { position, .. }
             | EventKind::TimerStarted { position, .. }
             | EventKind::SignalConsumed { position, .. }
             | EventKind::ValueRecorded { position, .. }
@@ -471,6 +497,7 @@ impl EventKind {
             EventKind::ApprovalWithdrawn { .. } => "ApprovalWithdrawn",
             EventKind::CheckRecorded { .. } => "CheckRecorded",
             EventKind::OperatorAction { .. } => "OperatorAction",
+            EventKind::StepRan { .. } => "StepRan",
         }
     }
 }

@@ -13,7 +13,7 @@
 //! | `StepScheduled`                         | continues live from attempt 1                   |
 //! | … `AttemptFailed { retry_at_ms: Some }` | waits out the remaining backoff, then attempt n+1 |
 //! | … `AttemptStarted` with no outcome      | Irreversible: reconcile or escalate; else re-run|
-//! | … `StepCompleted`                       | returns the recorded output, runs nothing       |
+//! | … `StepCompleted`, or `StepRan` alone     | returns the recorded output, runs nothing       |
 //! | … `StepExhausted`                       | returns the recorded exhaustion, runs nothing   |
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -324,6 +324,28 @@ fn step_in(
     }
 }
 
+/// Records a step's output (`StepCompleted`, or the second half of `StepRan`).
+fn complete_step(
+    budget: &mut crate::policy::BudgetUse,
+    step: &mut StepRecord,
+    output: &Payload,
+    attempt: u32,
+    served_by: &Option<String>,
+    cost: u64,
+) {
+    if attempt > step.attempts {
+        step.alternative_attempts += 1;
+    }
+    step.attempts = step.attempts.max(attempt);
+    step.attempt_open = false;
+    count_attempt(budget, step, attempt, cost);
+    step.outcome = Some(StepOutcome::Completed {
+        output: output.clone(),
+        attempt,
+        served_by: served_by.clone(),
+    });
+}
+
 /// Counts an attempt against the run's budgets once, however many events mention it.
 fn count_attempt(
     budget: &mut crate::policy::BudgetUse,
@@ -395,6 +417,36 @@ impl ReplayState {
                     alternative_attempts: 0,
                     counted: 0,
                 }),
+                EventKind::StepRan {
+                    name,
+                    tool,
+                    class,
+                    idem_key,
+                    input_hash,
+                    output,
+                    attempt,
+                    cost,
+                    ..
+                } => {
+                    let mut step = StepRecord {
+                        name: name.clone(),
+                        tool: tool.clone(),
+                        class: *class,
+                        idem_key: idem_key.clone(),
+                        input_hash: *input_hash,
+                        scheduled_ms: event.at_ms,
+                        attempts: 0,
+                        attempt_open: false,
+                        failures: Vec::new(),
+                        outcome: None,
+                        alternative: 0,
+                        current_tool: tool.clone(),
+                        alternative_attempts: 0,
+                        counted: 0,
+                    };
+                    complete_step(&mut self.budget, &mut step, output, *attempt, &None, *cost);
+                    Recorded::Step(step)
+                }
                 EventKind::TimerStarted { fire_at_ms, .. } => Recorded::Timer {
                     fire_at_ms: *fire_at_ms,
                     done: false,
@@ -519,22 +571,11 @@ impl ReplayState {
                 served_by,
                 cost,
             } => {
-                let budget = &mut self.budget;
                 let step = step_in(&mut self.commands, *position, seq)?;
                 if step.outcome.is_some() {
                     return bad(format!("position {position} completed twice"));
                 }
-                if *attempt > step.attempts {
-                    step.alternative_attempts += 1;
-                }
-                step.attempts = step.attempts.max(*attempt);
-                step.attempt_open = false;
-                count_attempt(budget, step, *attempt, *cost);
-                step.outcome = Some(StepOutcome::Completed {
-                    output: output.clone(),
-                    attempt: *attempt,
-                    served_by: served_by.clone(),
-                });
+                complete_step(&mut self.budget, step, output, *attempt, served_by, *cost);
             }
             EventKind::StepExhausted {
                 position,

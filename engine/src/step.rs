@@ -7,7 +7,7 @@
 //! | run ceiling reached                    | `StepExhausted { budget: "run …" }`              | on-exhaust action    |
 //! | breaker of the tool open               | `AttemptFailed { class: BreakerOpen, retry_at }` | fallback, or wait    |
 //! | `Irreversible` attempt                 | `AttemptStarted` (durable **before** the body)   | run the body         |
-//! | body succeeded                         | `StepCompleted { served_by, cost }`              | return the output    |
+//! | body succeeded                         | `StepCompleted { served_by, cost }` (`StepRan` if first write) | return the output |
 //! | body failed, policy retries            | `AttemptFailed { retry_at_ms }` + due-time index | durable wait, retry  |
 //! | body failed, policy gives up, fallback | `AttemptFailed`, `FallbackUsed { from, to, reason }` | next alternative |
 //! | body failed, nothing left              | `AttemptFailed`, `StepExhausted { action, budget }` | on-exhaust action |
@@ -414,13 +414,22 @@ impl<'c> StepBuilder<'c> {
                     } else {
                         None
                     };
-                    events.push(EventKind::StepCompleted {
+                    let completed = EventKind::StepCompleted {
                         position,
                         output: output.clone(),
                         attempt,
                         served_by,
                         cost,
-                    });
+                    };
+                    let events = match events.pop() {
+                        // Nothing recorded before this success: one record says it all.
+                        Some(scheduled) if events.is_empty() => ran(scheduled, completed),
+                        scheduled => events
+                            .into_iter()
+                            .chain(scheduled)
+                            .chain([completed])
+                            .collect(),
+                    };
                     ctx.append(AppendReq::events(events).index(index.drain(..)))
                         .await;
                     return Ok(output);
@@ -788,6 +797,41 @@ impl Live {
             idem_key: idem_key.to_string(),
             input_hash: step.input_hash,
         }]
+    }
+}
+
+/// Merges a step's `StepScheduled` and `StepCompleted` into one `StepRan` (the primary
+/// served); anything else stays as the two events.
+fn ran(scheduled: EventKind, completed: EventKind) -> Vec<EventKind> {
+    match (scheduled, completed) {
+        (
+            EventKind::StepScheduled {
+                position,
+                name,
+                tool,
+                class,
+                idem_key,
+                input_hash,
+            },
+            EventKind::StepCompleted {
+                output,
+                attempt,
+                served_by: None,
+                cost,
+                ..
+            },
+        ) => vec![EventKind::StepRan {
+            position,
+            name,
+            tool,
+            class,
+            idem_key,
+            input_hash,
+            output,
+            attempt,
+            cost,
+        }],
+        (scheduled, completed) => vec![scheduled, completed],
     }
 }
 

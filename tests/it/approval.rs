@@ -163,8 +163,7 @@ async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_st
             "CheckRecorded",
             "ApprovalRequested",
             "ApprovalDecided",
-            "StepScheduled",
-            "StepCompleted",
+            "StepRan",
             "RunCompleted"
         ]
     );

@@ -384,7 +384,7 @@ async fn reported_cost_is_recorded_and_capped() {
         .unwrap()
         .iter()
         .filter_map(|e| match e.kind {
-            EventKind::StepCompleted { cost, .. } => Some(cost),
+            EventKind::StepCompleted { cost, .. } | EventKind::StepRan { cost, .. } => Some(cost),
             _ => None,
         })
         .collect();

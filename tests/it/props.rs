@@ -353,6 +353,7 @@ fn mutate(events: &mut Vec<Event>, mutation: &Mutation) {
         Mutation::Truncate(i) => events.truncate(i % n + 1),
         Mutation::Position(i, p) => match &mut events[i % n].kind {
             EventKind::StepScheduled { position, .. }
+            | EventKind::StepRan { position, .. }
             | EventKind::AttemptStarted { position, .. }
             | EventKind::AttemptFailed { position, .. }
             | EventKind::StepCompleted { position, .. }
@@ -366,17 +367,21 @@ fn mutate(events: &mut Vec<Event>, mutation: &Mutation) {
         Mutation::Attempt(i, a) => match &mut events[i % n].kind {
             EventKind::AttemptStarted { attempt, .. }
             | EventKind::AttemptFailed { attempt, .. }
-            | EventKind::StepCompleted { attempt, .. } => *attempt = *a,
+            | EventKind::StepCompleted { attempt, .. }
+            | EventKind::StepRan { attempt, .. } => *attempt = *a,
             _ => {}
         },
         Mutation::Rename(i, new) => match &mut events[i % n].kind {
             EventKind::StepScheduled { name, .. }
+            | EventKind::StepRan { name, .. }
             | EventKind::SignalConsumed { name, .. }
             | EventKind::SignalReceived { name, .. } => *name = new.clone(),
             _ => {}
         },
         Mutation::Class(i, c) => {
-            if let EventKind::StepScheduled { class, .. } = &mut events[i % n].kind {
+            if let EventKind::StepScheduled { class, .. } | EventKind::StepRan { class, .. } =
+                &mut events[i % n].kind
+            {
                 *class = *c;
             }
         }

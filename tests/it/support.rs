@@ -29,6 +29,7 @@ pub fn completed_steps(history: &[Event]) -> Vec<String> {
                 names.insert(*position, name.clone());
             }
             EventKind::StepCompleted { position, .. } => out.push(names[position].clone()),
+            EventKind::StepRan { name, .. } => out.push(name.clone()),
             _ => {}
         }
     }

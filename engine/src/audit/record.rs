@@ -81,7 +81,7 @@ pub struct StepRef {
 pub struct StepRecord {
     /// Command position.
     pub position: u32,
-    /// Seq of its `StepScheduled`.
+    /// Seq of its `StepScheduled` (or `StepRan`).
     pub seq: u64,
     /// Step name.
     pub name: String,
@@ -402,13 +402,22 @@ impl Fold {
                 ..
             } => {
                 let step = self.step(*position, event);
-                step.seq = seq;
-                step.name = name.clone();
-                step.tool = tool.clone();
-                step.current_tool = tool.clone();
-                step.class = *class;
-                step.idem_key = idem_key.clone();
-                step.scheduled_ms = at_ms;
+                scheduled(step, event, name, tool, *class, idem_key);
+            }
+            EventKind::StepRan {
+                position,
+                name,
+                tool,
+                class,
+                idem_key,
+                output,
+                attempt,
+                cost,
+                ..
+            } => {
+                let step = self.step(*position, event);
+                scheduled(step, event, name, tool, *class, idem_key);
+                completed(step, at_ms, output, *attempt, &None, *cost);
             }
             EventKind::FallbackUsed { position, to, .. } => {
                 let step = self.step(*position, event);
@@ -450,14 +459,7 @@ impl Fold {
                 ..
             } => {
                 let step = self.step(*position, event);
-                step.attempts = step.attempts.max(*attempt);
-                step.cost = step.cost.saturating_add(*cost);
-                step.ended_ms = Some(at_ms);
-                step.outcome = StepEnd::Completed {
-                    attempt: *attempt,
-                    served_by: served_by.clone(),
-                    output: output.clone(),
-                };
+                completed(step, at_ms, output, *attempt, served_by, *cost);
             }
             EventKind::StepExhausted {
                 position,
@@ -706,6 +708,43 @@ impl Fold {
         }
         format!("{label} [{position}]")
     }
+}
+
+/// What `StepScheduled` (or the first half of `StepRan`) records about a step.
+fn scheduled(
+    step: &mut StepRecord,
+    event: &Event,
+    name: &str,
+    tool: &Option<String>,
+    class: StepClass,
+    idem_key: &str,
+) {
+    step.seq = event.seq;
+    step.name = name.to_string();
+    step.tool = tool.clone();
+    step.current_tool = tool.clone();
+    step.class = class;
+    step.idem_key = idem_key.to_string();
+    step.scheduled_ms = event.at_ms;
+}
+
+/// What `StepCompleted` (or the second half of `StepRan`) records about a step.
+fn completed(
+    step: &mut StepRecord,
+    at_ms: u64,
+    output: &Payload,
+    attempt: u32,
+    served_by: &Option<String>,
+    cost: u64,
+) {
+    step.attempts = step.attempts.max(attempt);
+    step.cost = step.cost.saturating_add(cost);
+    step.ended_ms = Some(at_ms);
+    step.outcome = StepEnd::Completed {
+        attempt,
+        served_by: served_by.clone(),
+        output: output.clone(),
+    };
 }
 
 impl RunRecord {

@@ -721,3 +721,94 @@ fn contradictory_histories_still_yield_a_record() {
     assert_eq!(record.events, 0);
     assert!(!record.render().is_empty());
 }
+
+/// A step written as one `StepRan` must read exactly like `StepScheduled` + `StepCompleted`
+/// to the replay fold, the audit record and the per-tool report.
+#[test]
+fn step_ran_reads_like_scheduled_then_completed() {
+    let started = ev(
+        0,
+        0,
+        EventKind::RunStarted {
+            workflow: "crm".into(),
+            version: 1,
+            input: json("{}"),
+            dedupe_key: None,
+            owner: None,
+            continued_from: None,
+            policy_version: None,
+        },
+    );
+    let output = json(r#""lead-1""#);
+    let two = vec![
+        started.clone(),
+        ev(
+            1,
+            5,
+            scheduled(0, "create_lead", Some("crm"), StepClass::Write),
+        ),
+        ev(
+            2,
+            5,
+            EventKind::StepCompleted {
+                position: 0,
+                output: output.clone(),
+                attempt: 1,
+                served_by: None,
+                cost: 3,
+            },
+        ),
+    ];
+    let one = vec![
+        started,
+        ev(
+            1,
+            5,
+            EventKind::StepRan {
+                position: 0,
+                name: "create_lead".into(),
+                tool: Some("crm".into()),
+                class: StepClass::Write,
+                idem_key: "run/0".into(),
+                input_hash: 0,
+                output,
+                attempt: 1,
+                cost: 3,
+            },
+        ),
+    ];
+
+    let fold = |h: &[Event]| crate::replay::ReplayState::from_events(h).unwrap();
+    let (a, b) = (fold(&two), fold(&one));
+    assert_eq!(a.budget(), b.budget());
+    let step = |s: &crate::replay::ReplayState| match &s.command(0).unwrap().recorded {
+        crate::replay::Recorded::Step(step) => step.clone(),
+        other => panic!("not a step: {other:?}"),
+    };
+    let (sa, sb) = (step(&a), step(&b));
+    assert_eq!(sa, sb);
+    assert!(matches!(
+        sb.outcome,
+        Some(crate::replay::StepOutcome::Completed { attempt: 1, .. })
+    ));
+
+    let run = RunId([7; 16]);
+    let (ra, rb) = (
+        RunRecord::from_history(run, None, &two),
+        RunRecord::from_history(run, None, &one),
+    );
+    let mut steps_a = ra.steps.clone();
+    steps_a[0].seq = 1;
+    assert_eq!(steps_a, rb.steps);
+    assert_eq!(rb.steps[0].cost, 3);
+    assert_eq!(
+        Report::from_records([&ra]).render(),
+        Report::from_records([&rb]).render(),
+        "the per-tool report does not depend on the form"
+    );
+    let line = timeline(&one).lines().nth(1).unwrap().to_string();
+    assert_eq!(
+        line,
+        "  +0.005s  #1    StepRan           [0] create_lead tool=crm class=Write attempt 1, cost 3 -> \"lead-1\""
+    );
+}

@@ -31,7 +31,9 @@ pub fn timeline(events: &[Event]) -> String {
     let mut names: BTreeMap<u32, String> = BTreeMap::new();
     let mut out = String::new();
     for event in events {
-        if let EventKind::StepScheduled { position, name, .. } = &event.kind {
+        if let EventKind::StepScheduled { position, name, .. }
+        | EventKind::StepRan { position, name, .. } = &event.kind
+        {
             names.insert(*position, name.clone());
         }
         let step = |position: &u32| match names.get(position) {
@@ -70,11 +72,26 @@ pub fn timeline(events: &[Event]) -> String {
                 tool,
                 class,
                 ..
+            } => format!("{}{} class={class:?}", step(position), tool_detail(tool)),
+            EventKind::StepRan {
+                position,
+                tool,
+                class,
+                output,
+                attempt,
+                cost,
+                ..
             } => {
-                let tool = tool
-                    .as_deref()
-                    .map_or_else(String::new, |t| format!(" tool={t}"));
-                format!("{}{tool} class={class:?}", step(position))
+                let mut s = format!(
+                    "{}{} class={class:?} attempt {attempt}",
+                    step(position),
+                    tool_detail(tool)
+                );
+                if *cost > 0 {
+                    let _ = write!(s, ", cost {cost}");
+                }
+                let _ = write!(s, " -> {}", short_payload(output));
+                s
             }
             EventKind::AttemptStarted {
                 position, attempt, ..
@@ -306,4 +323,9 @@ fn generic_detail(kind: &EventKind, names: &BTreeMap<u32, String>) -> String {
         parts.push(format!("{key}={text}"));
     }
     parts.join(" ")
+}
+
+fn tool_detail(tool: &Option<String>) -> String {
+    tool.as_deref()
+        .map_or_else(String::new, |t| format!(" tool={t}"))
 }

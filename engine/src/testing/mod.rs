@@ -581,6 +581,7 @@ impl CrashHarness {
         let mut done_before: HashMap<u32, String> = HashMap::new();
         for e in &crashed.durable_before_crash {
             if let EventKind::StepCompleted { position, .. }
+            | EventKind::StepRan { position, .. }
             | EventKind::StepExhausted { position, .. } = &e.kind
             {
                 done_before.insert(*position, String::new());
