@@ -20,6 +20,7 @@ pub use error::{CorruptReason, Error, Result};
 pub use sim_store::{SimStore, Tear};
 pub use sled_store::{SledConfig, SledStore};
 pub use store::{
-    check_record, decode_meta, encode_meta, meta_with_log_end, plan_append, read_all, AppendBatch,
-    Durability, GateId, IndexOp, LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
+    check_record, decode_meta, encode_meta, meta_with_log_end, plan_append, plan_append_at,
+    read_all, AppendBatch, Durability, GateId, IndexOp, LogStore, Position, Record, RunId, RunMeta,
+    TimerEntry, Write,
 };

@@ -15,13 +15,20 @@ pub struct RunId(pub [u8; 16]);
 pub struct GateId(pub [u8; 16]);
 
 fn fmt_uuid(bytes: &[u8; 16], f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    // Every step formats its run id into its idempotency key: one write, not 20.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut at = 0;
     for (i, b) in bytes.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            f.write_str("-")?;
+            out[at] = b'-';
+            at += 1;
         }
-        write!(f, "{b:02x}")?;
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xf)];
+        at += 2;
     }
-    Ok(())
+    f.write_str(std::str::from_utf8(&out).expect("hex digits and dashes are ASCII"))
 }
 
 impl std::fmt::Display for RunId {
@@ -280,12 +287,24 @@ pub type Get<'a> = &'a dyn Fn(&[u8]) -> Result<Option<Vec<u8>>>;
 /// Backends must call this and apply its result with no other write to the same run in
 /// between (both do so from a single committer).
 pub fn plan_append(batch: AppendBatch, get: Get<'_>) -> Result<Vec<Write>> {
+    plan_append_at(batch, get, None)
+}
+
+/// [`plan_append`] for a backend that remembers where the logs it wrote end: with
+/// `known_end == Some(batch.expected_next_seq)` the two reads that check the seq are skipped.
+/// The backend must be the only writer of the run since it learnt `known_end`.
+pub fn plan_append_at(
+    batch: AppendBatch,
+    get: Get<'_>,
+    known_end: Option<u64>,
+) -> Result<Vec<Write>> {
     let run = batch.run;
     let expected = batch.expected_next_seq;
     // The log's end is its last event key: two point reads check it, so an append that
     // changes no status writes its events and nothing else.
-    let ends_at_expected = (expected == 0 || get(&keys::event(run, expected - 1))?.is_some())
-        && get(&keys::event(run, expected))?.is_none();
+    let ends_at_expected = known_end == Some(expected)
+        || ((expected == 0 || get(&keys::event(run, expected - 1))?.is_some())
+            && get(&keys::event(run, expected))?.is_none());
     if !ends_at_expected {
         return Err(Error::Conflict {
             run,
@@ -425,4 +444,21 @@ pub fn plan_purge(run: RunId, scan: Scan<'_>) -> Result<Vec<Write>> {
         }
     }
     Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_print_as_hyphenated_lowercase_uuids() {
+        let mut bytes = [0u8; 16];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (i as u8) * 17;
+        }
+        let text = "00112233-4455-6677-8899-aabbccddeeff";
+        assert_eq!(RunId(bytes).to_string(), text);
+        assert_eq!(format!("{:?}", GateId(bytes)), text);
+        assert_eq!(uuid::Uuid::from_bytes(bytes).to_string(), text);
+    }
 }

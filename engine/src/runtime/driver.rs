@@ -338,7 +338,8 @@ impl EngineInner {
         Ok(next_run)
     }
 
-    /// Writes a new run's first event and metadata, durably.
+    /// Writes a new run's first event and metadata, durably, and keeps them resident so the
+    /// run's first wake-up does not read them back.
     pub(crate) async fn create_run(
         &self,
         run: RunId,
@@ -371,10 +372,11 @@ impl EngineInner {
             run,
             expected_next_seq: 0,
             events: vec![crate::codec::encode_event(&event)],
-            meta: Some(meta),
+            meta: Some(meta.clone()),
             index,
         };
         self.store.append_durable(batch).await?;
+        self.adopt_created(run, event, meta).await;
         Ok(())
     }
 }

@@ -175,6 +175,28 @@ impl EngineInner {
         Ok(())
     }
 
+    /// Makes a run this engine has just created resident without reading it back: the
+    /// first event and the metadata are the ones it wrote.
+    pub(crate) async fn adopt_created(&self, run: RunId, first: Event, mut meta: RunMeta) {
+        let slot = self.slot(run);
+        let mut writer = slot.writer.lock().await;
+        if writer.loaded || writer.evicted {
+            return;
+        }
+        let mut replay = ReplayState::default();
+        if replay.apply(&first).is_err() {
+            // Not a valid first event: leave the run to the normal load, which reports it.
+            return;
+        }
+        meta.next_seq = 1;
+        let mut state = slot.state();
+        state.events = vec![first];
+        state.replay = replay;
+        drop(state);
+        writer.meta = Some(meta);
+        writer.loaded = true;
+    }
+
     /// Appends with the writer lock held. Returns the store position (not yet durable).
     pub(crate) async fn append_locked(
         &self,
