@@ -741,6 +741,14 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
     ) -> Result<Step<Out>> {
         loop {
             settled.borrow_and_update();
+            // A run driven here is not settled until its driver stops, which notifies:
+            // no need to read its metadata until then.
+            if self.inner.is_active(run) && !self.inner.shut_down.load(Ordering::Acquire) {
+                if settled.changed().await.is_err() {
+                    return Err(Error::Shutdown);
+                }
+                continue;
+            }
             let meta = self.inner.meta(run).await?;
             let status = RunStatus::from_code(meta.status);
             match status {
