@@ -217,7 +217,7 @@ impl Ctx {
     fn request_park(&self) {
         let mut state = self.slot.state();
         if state.active_steps == 0 && state.halt.is_none() {
-            state.park_requested_at_len = state.events.len();
+            state.park_requested_at_len = state.replay.next_seq();
             drop(state);
             self.slot.halt(Halt::Park);
         }
@@ -307,11 +307,7 @@ impl Ctx {
 
     fn timer_result(&self, position: u32) -> Result<(), Cancelled> {
         let state = self.slot.state();
-        let cancelled = state
-            .events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::TimerCancelled { position: p } if p == position));
-        if cancelled {
+        if state.replay.timer_cancelled(position) {
             Err(Cancelled {
                 reason: state.replay.cancel_reason().unwrap_or_default().to_string(),
             })
@@ -376,13 +372,7 @@ impl Ctx {
             };
             let payload = {
                 let state = self.slot.state();
-                state
-                    .events
-                    .get(signal_seq as usize)
-                    .and_then(|e| match &e.kind {
-                        EventKind::SignalReceived { payload, .. } => Some(payload.clone()),
-                        _ => None,
-                    })
+                state.replay.signal_payload(signal_seq).cloned()
             };
             let payload = payload.ok_or_else(|| StepError::Output {
                 step: format!("signal '{name}'"),
@@ -580,7 +570,7 @@ impl Ctx {
                     reminders,
                     state,
                     ..
-                } = record;
+                } = *record;
                 let action = request.action.clone();
                 match state {
                     GateState::Decided {

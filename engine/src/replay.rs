@@ -93,8 +93,8 @@ pub struct StepRecord {
 /// What history says one workflow call did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Recorded {
-    /// A step.
-    Step(StepRecord),
+    /// A step (boxed: a history holds thousands, and the fold moves records around).
+    Step(Box<StepRecord>),
     /// A durable timer.
     Timer {
         /// When it fires.
@@ -124,7 +124,7 @@ pub enum Recorded {
     /// Cancellation was delivered to whatever call stood at this position.
     CancelDelivered,
     /// A human approval.
-    Approval(ApprovalRecord),
+    Approval(Box<ApprovalRecord>),
     /// A recorded check.
     Check {
         /// Check name.
@@ -176,11 +176,9 @@ pub struct ApprovalRecord {
 impl Recorded {
     fn describe(&self) -> String {
         match self {
-            Recorded::Step(StepRecord {
-                name, tool, class, ..
-            }) => match tool {
-                Some(tool) => format!("step '{name}' (tool {tool}, {class:?})"),
-                None => format!("step '{name}' ({class:?})"),
+            Recorded::Step(step) => match &step.tool {
+                Some(tool) => format!("step '{}' (tool {tool}, {:?})", step.name, step.class),
+                None => format!("step '{}' ({:?})", step.name, step.class),
             },
             Recorded::Timer { .. } => "timer".into(),
             Recorded::Signal { name, .. } => format!("signal '{name}'"),
@@ -295,8 +293,11 @@ pub struct Contradiction {
 #[derive(Debug, Clone, Default)]
 pub struct ReplayState {
     commands: BTreeMap<u32, CommandRecord>,
-    signals: Vec<(u64, String)>,
+    /// Received signals: seq, name, payload.
+    signals: Vec<(u64, String, Payload)>,
     consumed_signals: BTreeSet<u64>,
+    /// Positions of timers that were cancelled (to deliver a cancellation).
+    cancelled_timers: BTreeSet<u32>,
     cancel_requested: Option<String>,
     cancel_delivered: bool,
     started: Option<(String, u32, Payload)>,
@@ -401,7 +402,7 @@ impl ReplayState {
                     idem_key,
                     input_hash,
                     ..
-                } => Recorded::Step(StepRecord {
+                } => Recorded::Step(Box::new(StepRecord {
                     name: name.clone(),
                     tool: tool.clone(),
                     class: *class,
@@ -416,7 +417,7 @@ impl ReplayState {
                     current_tool: tool.clone(),
                     alternative_attempts: 0,
                     counted: 0,
-                }),
+                })),
                 EventKind::StepRan {
                     name,
                     tool,
@@ -428,7 +429,7 @@ impl ReplayState {
                     cost,
                     ..
                 } => {
-                    let mut step = StepRecord {
+                    let mut step = Box::new(StepRecord {
                         name: name.clone(),
                         tool: tool.clone(),
                         class: *class,
@@ -443,7 +444,7 @@ impl ReplayState {
                         current_tool: tool.clone(),
                         alternative_attempts: 0,
                         counted: 0,
-                    };
+                    });
                     complete_step(&mut self.budget, &mut step, output, *attempt, &None, *cost);
                     Recorded::Step(step)
                 }
@@ -457,7 +458,7 @@ impl ReplayState {
                     let received = self
                         .signals
                         .iter()
-                        .any(|(s, n)| s == signal_seq && n == name);
+                        .any(|(s, n, _)| s == signal_seq && n == name);
                     if !received || !self.consumed_signals.insert(*signal_seq) {
                         return bad(format!(
                             "signal seq {signal_seq} not received or consumed twice"
@@ -477,13 +478,13 @@ impl ReplayState {
                     if self.gates.insert(*gate, position).is_some() {
                         return bad("approval gate recorded twice".into());
                     }
-                    Recorded::Approval(ApprovalRecord {
+                    Recorded::Approval(Box::new(ApprovalRecord {
                         gate: *gate,
                         request: request.clone(),
                         requested_ms: event.at_ms,
                         reminders: 0,
                         state: GateState::Pending,
-                    })
+                    }))
                 }
                 EventKind::CheckRecorded { name, passed, .. } => Recorded::Check {
                     name: name.clone(),
@@ -618,13 +619,16 @@ impl ReplayState {
                     }
                 }
                 // A timer is only cancelled to deliver a cancellation to the waiting code.
-                if matches!(event.kind, EventKind::TimerCancelled { .. })
-                    && self.cancel_requested.is_some()
-                {
-                    self.cancel_delivered = true;
+                if matches!(event.kind, EventKind::TimerCancelled { .. }) {
+                    self.cancelled_timers.insert(*position);
+                    if self.cancel_requested.is_some() {
+                        self.cancel_delivered = true;
+                    }
                 }
             }
-            EventKind::SignalReceived { name, .. } => self.signals.push((seq, name.clone())),
+            EventKind::SignalReceived { name, payload } => {
+                self.signals.push((seq, name.clone(), payload.clone()))
+            }
             EventKind::ApprovalDecided {
                 gate,
                 approved,
@@ -803,13 +807,7 @@ impl ReplayState {
         match (&record.recorded, command) {
             (Recorded::CancelDelivered, _) => {}
             (
-                Recorded::Step(StepRecord {
-                    name,
-                    tool,
-                    class,
-                    input_hash,
-                    ..
-                }),
+                Recorded::Step(step),
                 Command::Step {
                     name: n,
                     tool: t,
@@ -817,16 +815,16 @@ impl ReplayState {
                     input_hash: h,
                 },
             ) => {
-                if name != n {
+                if step.name != *n {
                     fields.push("name".to_string());
                 }
-                if tool.as_deref() != *t {
+                if step.tool.as_deref() != *t {
                     fields.push("tool".to_string());
                 }
-                if class != c {
+                if step.class != *c {
                     fields.push("class".to_string());
                 }
-                if input_hash != h {
+                if step.input_hash != *h {
                     fields.push("input_hash".to_string());
                 }
             }
@@ -958,8 +956,21 @@ impl ReplayState {
     pub fn next_signal(&self, name: &str) -> Option<u64> {
         self.signals
             .iter()
-            .find(|(seq, n)| n == name && !self.consumed_signals.contains(seq))
-            .map(|(seq, _)| *seq)
+            .find(|(seq, n, _)| n == name && !self.consumed_signals.contains(seq))
+            .map(|(seq, _, _)| *seq)
+    }
+
+    /// The payload of the signal received at `seq`.
+    pub fn signal_payload(&self, seq: u64) -> Option<&Payload> {
+        self.signals
+            .iter()
+            .find(|(s, _, _)| *s == seq)
+            .map(|(_, _, payload)| payload)
+    }
+
+    /// Whether the timer at `position` was cancelled.
+    pub fn timer_cancelled(&self, position: u32) -> bool {
+        self.cancelled_timers.contains(&position)
     }
 
     /// A pending cancellation not yet delivered: its reason.
@@ -1012,35 +1023,23 @@ pub fn escalation_context(
     let mut last_done: Option<(u64, String)> = None;
     let mut per_tool: BTreeMap<String, u32> = BTreeMap::new();
     for (_, record) in replay.commands() {
-        if let Recorded::Step(StepRecord {
-            name,
-            tool,
-            attempts,
-            outcome,
-            ..
-        }) = &record.recorded
-        {
-            if let Some(tool) = tool {
-                *per_tool.entry(tool.clone()).or_default() += attempts;
+        if let Recorded::Step(step) = &record.recorded {
+            if let Some(tool) = &step.tool {
+                *per_tool.entry(tool.clone()).or_default() += step.attempts;
             }
-            if matches!(outcome, Some(StepOutcome::Completed { .. }))
+            if matches!(step.outcome, Some(StepOutcome::Completed { .. }))
                 && last_done.as_ref().is_none_or(|(seq, _)| record.seq > *seq)
             {
-                last_done = Some((record.seq, name.clone()));
+                last_done = Some((record.seq, step.name.clone()));
             }
         }
     }
     let failing = position.and_then(|p| replay.command(p));
     let (failing_step, idempotency_key, errors) = match failing.map(|r| &r.recorded) {
-        Some(Recorded::Step(StepRecord {
-            name,
-            idem_key,
-            failures,
-            ..
-        })) => (
-            Some(name.clone()),
-            Some(idem_key.clone()),
-            failures
+        Some(Recorded::Step(step)) => (
+            Some(step.name.clone()),
+            Some(step.idem_key.clone()),
+            step.failures
                 .iter()
                 .map(|f| (f.attempt, f.class.label().to_string(), f.message.clone()))
                 .collect(),

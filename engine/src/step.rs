@@ -248,11 +248,10 @@ impl<'c> StepBuilder<'c> {
         // On replay a finished step copies only its output, not its whole record.
         let record = match ctx
             .begin_map(position, command, |record| match &record.recorded {
-                Recorded::Step(StepRecord {
-                    outcome: Some(StepOutcome::Completed { output, .. }),
-                    ..
-                }) => Err(output.clone()),
-                Recorded::Step(step) => Ok(step.clone()),
+                Recorded::Step(step) => match &step.outcome {
+                    Some(StepOutcome::Completed { output, .. }) => Err(output.clone()),
+                    _ => Ok(step.clone()),
+                },
                 _ => unreachable!("the matcher only returns a step for a step"),
             })
             .await

@@ -390,8 +390,8 @@ pub(crate) fn timer_deletes(replay: &ReplayState) -> Vec<IndexOp> {
                 fire_at_ms: *fire_at_ms,
                 id: position,
             }),
-            Recorded::Step(crate::replay::StepRecord { failures, .. }) => {
-                for f in failures {
+            Recorded::Step(step) => {
+                for f in &step.failures {
                     if let Some(at) = f.retry_at_ms {
                         out.push(IndexOp::DeleteTimer {
                             fire_at_ms: at,

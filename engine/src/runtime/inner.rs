@@ -145,7 +145,6 @@ impl EngineInner {
         let run = slot.run;
         let meta = self.store.meta(run).await?.ok_or(Error::UnknownRun(run))?;
         let records = annal_storage::read_all(self.store.as_ref(), run).await?;
-        let mut events = Vec::with_capacity(records.len());
         let mut replay = ReplayState::default();
         for record in records {
             let event = codec::decode_event(&record.payload).map_err(|reason| Error::Codec {
@@ -158,7 +157,6 @@ impl EngineInner {
                 seq: c.seq,
                 reason: c.reason,
             })?;
-            events.push(event);
         }
         if replay.next_seq() != meta.next_seq {
             return Err(Error::Inconsistent {
@@ -168,7 +166,6 @@ impl EngineInner {
             });
         }
         let mut state = slot.state();
-        state.events = events;
         state.replay = replay;
         writer.meta = Some(meta);
         writer.loaded = true;
@@ -190,7 +187,6 @@ impl EngineInner {
         }
         meta.next_seq = 1;
         let mut state = slot.state();
-        state.events = vec![first];
         state.replay = replay;
         drop(state);
         writer.meta = Some(meta);
@@ -257,9 +253,8 @@ impl EngineInner {
                         seq: c.seq,
                         reason: c.reason,
                     })?;
-                state.events.push(event);
             }
-            let size = state.events.len() as u64;
+            let size = state.replay.next_seq();
             if size >= self.config.history_warn_events && !state.history_warned {
                 state.history_warned = true;
                 tracing::warn!(%run, events = size, "run history is large; consider ctx.continue_as_new");

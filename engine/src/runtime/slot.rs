@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use annal_storage::{Position, RunId, RunMeta};
 use tokio::sync::Notify;
 
-use crate::event::Event;
 use crate::replay::{Mismatch, ReplayState};
 
 /// Why a run's driver must stop running workflow code.
@@ -46,7 +45,8 @@ pub(crate) struct Writer {
 /// What the run's code and waiters look at.
 #[derive(Default)]
 pub(crate) struct RunState {
-    pub(crate) events: Vec<Event>,
+    /// The fold of the run's history. The events themselves are not kept: the fold holds
+    /// everything replay and the engine read back.
     pub(crate) replay: ReplayState,
     pub(crate) driver_running: bool,
     pub(crate) next_position: u32,
@@ -55,7 +55,7 @@ pub(crate) struct RunState {
     pub(crate) active_steps: u32,
     pub(crate) history_warned: bool,
     /// History length when parking was requested, to notice events that arrived meanwhile.
-    pub(crate) park_requested_at_len: usize,
+    pub(crate) park_requested_at_len: u64,
 }
 
 impl RunState {
@@ -69,7 +69,7 @@ impl RunState {
 
     /// Whether events arrived since parking was requested (a signal, a cancel request).
     pub(crate) fn halt_generation_changed(&self) -> bool {
-        self.events.len() != self.park_requested_at_len
+        self.replay.next_seq() != self.park_requested_at_len
     }
 }
 
