@@ -329,9 +329,9 @@ fn step_in(
 fn complete_step(
     budget: &mut crate::policy::BudgetUse,
     step: &mut StepRecord,
-    output: &Payload,
+    output: Payload,
     attempt: u32,
-    served_by: &Option<String>,
+    served_by: Option<String>,
     cost: u64,
 ) {
     if attempt > step.attempts {
@@ -341,10 +341,39 @@ fn complete_step(
     step.attempt_open = false;
     count_attempt(budget, step, attempt, cost);
     step.outcome = Some(StepOutcome::Completed {
-        output: output.clone(),
+        output,
         attempt,
-        served_by: served_by.clone(),
+        served_by,
     });
+}
+
+impl StepRecord {
+    /// A step as its `StepScheduled` (or the first half of `StepRan`) records it.
+    fn scheduled(
+        name: String,
+        tool: Option<String>,
+        class: StepClass,
+        idem_key: String,
+        input_hash: u64,
+        scheduled_ms: u64,
+    ) -> Self {
+        StepRecord {
+            name,
+            current_tool: tool.clone(),
+            tool,
+            class,
+            idem_key,
+            input_hash,
+            scheduled_ms,
+            attempts: 0,
+            attempt_open: false,
+            failures: Vec::new(),
+            outcome: None,
+            alternative: 0,
+            alternative_attempts: 0,
+            counted: 0,
+        }
+    }
 }
 
 /// Counts an attempt against the run's budgets once, however many events mention it.
@@ -376,78 +405,87 @@ impl ReplayState {
         Ok(state)
     }
 
-    /// Folds one more event.
-    pub fn apply(&mut self, event: &Event) -> Result<(), Contradiction> {
-        let seq = event.seq;
+    /// Folds one more event it may keep: a step's strings and output move into its record
+    /// instead of being copied (loading a run folds thousands of them).
+    pub fn apply_owned(&mut self, event: Event) -> Result<(), Contradiction> {
+        let Event { seq, at_ms, kind } = event;
+        let (position, record) = match kind {
+            EventKind::StepRan {
+                position,
+                name,
+                tool,
+                class,
+                idem_key,
+                input_hash,
+                output,
+                attempt,
+                cost,
+            } => {
+                self.admit(seq, "StepRan")?;
+                let mut step = Box::new(StepRecord::scheduled(
+                    name, tool, class, idem_key, input_hash, at_ms,
+                ));
+                complete_step(&mut self.budget, &mut step, output, attempt, None, cost);
+                (position, step)
+            }
+            EventKind::StepScheduled {
+                position,
+                name,
+                tool,
+                class,
+                idem_key,
+                input_hash,
+            } => {
+                self.admit(seq, "StepScheduled")?;
+                let step = StepRecord::scheduled(name, tool, class, idem_key, input_hash, at_ms);
+                (position, Box::new(step))
+            }
+            kind => return self.apply(&Event { seq, at_ms, kind }),
+        };
+        let recorded = Recorded::Step(record);
+        if self
+            .commands
+            .insert(position, CommandRecord { seq, recorded })
+            .is_some()
+        {
+            return Err(Contradiction {
+                seq,
+                reason: format!("position {position} recorded twice"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that an event named `kind` may come next at `seq`, and counts it.
+    fn admit(&mut self, seq: u64, kind: &str) -> Result<(), Contradiction> {
         let bad = |reason: String| Err(Contradiction { seq, reason });
         if seq != self.next_seq {
             return bad(format!("seq {seq} where {} was expected", self.next_seq));
         }
         if self.terminal.is_some() {
-            return bad(format!("{} after the run ended", event.kind.name()));
+            return bad(format!("{kind} after the run ended"));
         }
-        if self.started.is_none() && !matches!(event.kind, EventKind::RunStarted { .. }) {
-            return bad(format!(
-                "history starts with {} instead of RunStarted",
-                event.kind.name()
-            ));
+        if self.started.is_none() && kind != "RunStarted" {
+            return bad(format!("history starts with {kind} instead of RunStarted"));
         }
         self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Folds one more event.
+    pub fn apply(&mut self, event: &Event) -> Result<(), Contradiction> {
+        if matches!(
+            event.kind,
+            EventKind::StepRan { .. } | EventKind::StepScheduled { .. }
+        ) {
+            // The fold keeps a step's strings either way: one copy, then the owned path.
+            return self.apply_owned(event.clone());
+        }
+        let seq = event.seq;
+        let bad = |reason: String| Err(Contradiction { seq, reason });
+        self.admit(seq, event.kind.name())?;
         if let Some(position) = event.kind.command_position() {
             let recorded = match &event.kind {
-                EventKind::StepScheduled {
-                    name,
-                    tool,
-                    class,
-                    idem_key,
-                    input_hash,
-                    ..
-                } => Recorded::Step(Box::new(StepRecord {
-                    name: name.clone(),
-                    tool: tool.clone(),
-                    class: *class,
-                    idem_key: idem_key.clone(),
-                    input_hash: *input_hash,
-                    scheduled_ms: event.at_ms,
-                    attempts: 0,
-                    attempt_open: false,
-                    failures: Vec::new(),
-                    outcome: None,
-                    alternative: 0,
-                    current_tool: tool.clone(),
-                    alternative_attempts: 0,
-                    counted: 0,
-                })),
-                EventKind::StepRan {
-                    name,
-                    tool,
-                    class,
-                    idem_key,
-                    input_hash,
-                    output,
-                    attempt,
-                    cost,
-                    ..
-                } => {
-                    let mut step = Box::new(StepRecord {
-                        name: name.clone(),
-                        tool: tool.clone(),
-                        class: *class,
-                        idem_key: idem_key.clone(),
-                        input_hash: *input_hash,
-                        scheduled_ms: event.at_ms,
-                        attempts: 0,
-                        attempt_open: false,
-                        failures: Vec::new(),
-                        outcome: None,
-                        alternative: 0,
-                        current_tool: tool.clone(),
-                        alternative_attempts: 0,
-                        counted: 0,
-                    });
-                    complete_step(&mut self.budget, &mut step, output, *attempt, &None, *cost);
-                    Recorded::Step(step)
-                }
                 EventKind::TimerStarted { fire_at_ms, .. } => Recorded::Timer {
                     fire_at_ms: *fire_at_ms,
                     done: false,
@@ -497,7 +535,9 @@ impl ReplayState {
                     self.cancel_delivered = true;
                     Recorded::CancelDelivered
                 }
-                _ => unreachable!("command_position covers exactly the command events"),
+                _ => unreachable!(
+                    "command_position covers exactly the command events; steps fold owned"
+                ),
             };
             if self
                 .commands
@@ -576,6 +616,7 @@ impl ReplayState {
                 if step.outcome.is_some() {
                     return bad(format!("position {position} completed twice"));
                 }
+                let (output, served_by) = (output.clone(), served_by.clone());
                 complete_step(&mut self.budget, step, output, *attempt, served_by, *cost);
             }
             EventKind::StepExhausted {

@@ -16,8 +16,8 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{CorruptReason, Error, Result};
 use crate::keys;
 use crate::store::{
-    check_record, decode_meta, meta_with_log_end, plan_append_at, plan_purge, AppendBatch,
-    Durability, GateId, LogStore, Position, Record, RunId, RunMeta, TimerEntry,
+    check_payload, check_record, decode_meta, meta_with_log_end, plan_append_at, plan_purge,
+    AppendBatch, Durability, GateId, LogStore, Position, Record, RunId, RunMeta, TimerEntry,
 };
 
 /// Default size of sled's page cache: 64 MiB. sled's own default (1 GiB) is far more than an
@@ -788,6 +788,26 @@ impl LogStore for SledStore {
             out.push(check_record(run, expected, seq, &value)?);
         }
         Ok(out)
+    }
+
+    async fn read_each(
+        &self,
+        run: RunId,
+        from_seq: u64,
+        visit: &mut (dyn for<'p> FnMut(u64, &'p [u8]) -> bool + Send),
+    ) -> Result<()> {
+        let prefix = keys::event_prefix(run);
+        for (expected, item) in (from_seq..).zip(self.db.range(keys::event(run, from_seq)..)) {
+            let (key, value) = item.map_err(sled_error)?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (_, seq) = keys::parse_event(&key).ok_or_else(|| bad_key(&key))?;
+            if !visit(seq, check_payload(run, expected, seq, &value)?) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     async fn meta(&self, run: RunId) -> Result<Option<RunMeta>> {

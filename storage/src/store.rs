@@ -197,6 +197,24 @@ pub trait LogStore: Send + Sync + 'static {
     /// in the sequence is reported as corruption.
     async fn read(&self, run: RunId, from_seq: u64, max: usize) -> Result<Vec<Record>>;
 
+    /// Hands every event of `run` from `from_seq` on to `visit`, in seq order, each
+    /// CRC-checked and gap-checked as [`read`](Self::read) does, without copying payloads
+    /// where the backend can avoid it (loading a run visits its whole history). Stops early
+    /// when `visit` returns `false`.
+    async fn read_each(
+        &self,
+        run: RunId,
+        from_seq: u64,
+        visit: &mut (dyn for<'p> FnMut(u64, &'p [u8]) -> bool + Send),
+    ) -> Result<()> {
+        for record in self.read(run, from_seq, usize::MAX).await? {
+            if !visit(record.seq, &record.payload) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// The run's metadata, if the run exists.
     async fn meta(&self, run: RunId) -> Result<Option<RunMeta>>;
 
@@ -254,6 +272,14 @@ pub fn decode_meta(run: RunId, bytes: &[u8]) -> Result<RunMeta> {
 /// Checks one stored event record: its key must carry `expected_seq` and its frame must be
 /// intact.
 pub fn check_record(run: RunId, expected_seq: u64, found_seq: u64, bytes: &[u8]) -> Result<Record> {
+    Ok(Record {
+        seq: found_seq,
+        payload: check_payload(run, expected_seq, found_seq, bytes)?.to_vec(),
+    })
+}
+
+/// [`check_record`] without the copy: the payload inside the stored frame.
+pub fn check_payload(run: RunId, expected_seq: u64, found_seq: u64, bytes: &[u8]) -> Result<&[u8]> {
     if found_seq != expected_seq {
         return Err(Error::Corrupt {
             run,
@@ -264,14 +290,10 @@ pub fn check_record(run: RunId, expected_seq: u64, found_seq: u64, bytes: &[u8])
             },
         });
     }
-    let payload = frame::decode(bytes).map_err(|e| Error::Corrupt {
+    frame::decode(bytes).map_err(|e| Error::Corrupt {
         run,
         seq: found_seq,
         reason: CorruptReason::Frame(e),
-    })?;
-    Ok(Record {
-        seq: found_seq,
-        payload: payload.to_vec(),
     })
 }
 

@@ -146,6 +146,7 @@ conformance!(
     purge_removes_every_trace,
     flipped_byte_is_reported_with_run_and_seq,
     removed_record_is_a_gap,
+    read_each_visits_what_read_returns_and_stops_at_damage,
     failed_sync_poisons_the_store,
     failed_sync_poisons_concurrent_writers,
     pipelined_appends_to_one_run_see_each_other,
@@ -856,6 +857,65 @@ async fn purge_removes_every_trace(b: Backend) {
 
 fn mentions(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+async fn read_each_visits_what_read_returns_and_stops_at_damage(b: Backend) {
+    let s = b.store();
+    let run = run_id(1);
+    create(s, run, 1, 6).await;
+    create(s, run_id(2), 1, 3).await;
+    let mut visited: Vec<(u64, Vec<u8>)> = Vec::new();
+    s.read_each(run, 1, &mut |seq, payload| {
+        visited.push((seq, payload.to_vec()));
+        true
+    })
+    .await
+    .unwrap();
+    let read: Vec<(u64, Vec<u8>)> = s
+        .read(run, 1, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.seq, r.payload))
+        .collect();
+    assert_eq!(
+        visited, read,
+        "same records, same payloads, nothing of the next run"
+    );
+    // The visitor can stop the walk.
+    let mut seen = 0;
+    s.read_each(run, 0, &mut |_, _| {
+        seen += 1;
+        seen < 2
+    })
+    .await
+    .unwrap();
+    assert_eq!(seen, 2);
+    // Damage is reported with its seq, and nothing from it on is visited.
+    assert!(b.corrupt(run, 3, |bytes| bytes[HEADER_LEN] ^= 0x01));
+    let mut visited = Vec::new();
+    let err = s
+        .read_each(run, 0, &mut |seq, _| {
+            visited.push(seq);
+            true
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { seq: 3, .. }), "{err:?}");
+    assert!(visited.iter().all(|&seq| seq < 3), "{visited:?}");
+    assert!(b.remove(run, 3));
+    let err = s.read_each(run, 0, &mut |_, _| true).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Corrupt {
+                seq: 3,
+                reason: CorruptReason::Gap { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 async fn flipped_byte_is_reported_with_run_and_seq(b: Backend) {

@@ -812,3 +812,67 @@ fn step_ran_reads_like_scheduled_then_completed() {
         "  +0.005s  #1    StepRan           [0] create_lead tool=crm class=Write attempt 1, cost 3 -> \"lead-1\""
     );
 }
+
+/// The engine folds events it owns with `apply_owned`; tools fold borrowed ones with `apply`.
+/// Both must build the same state, and refuse the same contradictions.
+#[test]
+fn owned_and_borrowed_folds_agree() {
+    let fold_borrowed = |h: &[Event]| {
+        let mut state = crate::replay::ReplayState::default();
+        h.iter()
+            .try_for_each(|e| state.apply(e))
+            .map(|()| format!("{state:?}"))
+            .map_err(|c| (c.seq, c.reason))
+    };
+    let fold_owned = |h: &[Event]| {
+        let mut state = crate::replay::ReplayState::default();
+        h.iter()
+            .try_for_each(|e| state.apply_owned(e.clone()))
+            .map(|()| format!("{state:?}"))
+            .map_err(|c| (c.seq, c.reason))
+    };
+    let ran = |seq: u64, position: u32| {
+        ev(
+            seq,
+            seq,
+            EventKind::StepRan {
+                position,
+                name: format!("s{position}"),
+                tool: Some("crm".into()),
+                class: StepClass::Write,
+                idem_key: format!("run/{position}"),
+                input_hash: 7,
+                output: json("1"),
+                attempt: 1,
+                cost: 2,
+            },
+        )
+    };
+    let mut with_ran = completed_history();
+    let next = with_ran.len() as u64 - 1;
+    let end = with_ran.pop().unwrap();
+    with_ran.push(ran(next, 90));
+    with_ran.push(ran(next + 1, 91));
+    with_ran.push(Event {
+        seq: next + 2,
+        ..end
+    });
+    let mut twice = with_ran.clone();
+    let second = twice.len() - 2;
+    twice[second] = ran(next + 1, 90);
+    let mut early = with_ran.clone();
+    early.remove(0);
+    assert!(fold_owned(&with_ran).is_ok());
+    assert!(fold_owned(&twice).unwrap_err().1.contains("recorded twice"));
+    assert!(fold_owned(&early).is_err());
+    for history in [
+        escalated_history(),
+        completed_history(),
+        approval_history(),
+        with_ran,
+        twice,
+        early,
+    ] {
+        assert_eq!(fold_owned(&history), fold_borrowed(&history));
+    }
+}

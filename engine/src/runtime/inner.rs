@@ -144,19 +144,32 @@ impl EngineInner {
     async fn load(&self, slot: &RunSlot, writer: &mut Writer) -> Result<()> {
         let run = slot.run;
         let meta = self.store.meta(run).await?.ok_or(Error::UnknownRun(run))?;
-        let records = annal_storage::read_all(self.store.as_ref(), run).await?;
+        // Each record is decoded straight from the store's buffer and folded; the first
+        // problem stops the walk.
         let mut replay = ReplayState::default();
-        for record in records {
-            let event = codec::decode_event(&record.payload).map_err(|reason| Error::Codec {
-                run,
-                seq: record.seq,
-                reason,
-            })?;
-            replay.apply(&event).map_err(|c| Error::Inconsistent {
-                run,
-                seq: c.seq,
-                reason: c.reason,
-            })?;
+        let mut failed: Option<Error> = None;
+        self.store
+            .read_each(run, 0, &mut |seq, payload| {
+                let folded = codec::decode_event(payload)
+                    .map_err(|reason| Error::Codec { run, seq, reason })
+                    .and_then(|event| {
+                        replay.apply_owned(event).map_err(|c| Error::Inconsistent {
+                            run,
+                            seq: c.seq,
+                            reason: c.reason,
+                        })
+                    });
+                match folded {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })
+            .await?;
+        if let Some(e) = failed {
+            return Err(e);
         }
         if replay.next_seq() != meta.next_seq {
             return Err(Error::Inconsistent {
@@ -247,7 +260,7 @@ impl EngineInner {
             for event in events {
                 state
                     .replay
-                    .apply(&event)
+                    .apply_owned(event)
                     .map_err(|c| Error::Inconsistent {
                         run,
                         seq: c.seq,
