@@ -381,12 +381,14 @@ struct Committer {
     applied: u64,
     /// Where the logs this committer appended to end (the seq of their next event), so that
     /// an append's seq check needs no reads. Only this thread writes through the store, and a
-    /// purge forgets its run. Bounded: cleared when it reaches `LOG_ENDS_MAX` runs.
+    /// purge forgets its run. Holds runs between status changes (the steps of a running run),
+    /// bounded: cleared when it reaches `LOG_ENDS_MAX` runs.
     log_ends: HashMap<RunId, u64>,
 }
 
-/// Runs whose log end the committer remembers (about 40 bytes each).
-const LOG_ENDS_MAX: usize = 1 << 16;
+/// Runs whose log end the committer remembers (about 40 bytes each): more than the runs that
+/// append at once in any realistic service.
+const LOG_ENDS_MAX: usize = 4096;
 
 impl Committer {
     fn run(mut self) {
@@ -479,6 +481,7 @@ impl Committer {
         let run = batch.run;
         let end = batch.expected_next_seq + batch.events.len() as u64;
         let known_end = self.log_ends.get(&run).copied();
+        let with_meta = batch.meta.is_some();
         let planned = plan_append_at(
             batch,
             &|key| match group.writes.get(key) {
@@ -489,10 +492,16 @@ impl Committer {
         );
         match planned {
             Ok(writes) => {
-                if self.log_ends.len() >= LOG_ENDS_MAX {
-                    self.log_ends.clear();
+                if with_meta {
+                    // A status change (start, park, end): the run may not append again for
+                    // a long time, so it gives its place up.
+                    self.log_ends.remove(&run);
+                } else {
+                    if self.log_ends.len() >= LOG_ENDS_MAX {
+                        self.log_ends.clear();
+                    }
+                    self.log_ends.insert(run, end);
                 }
-                self.log_ends.insert(run, end);
                 group.writes.extend(writes);
                 self.applied += 1;
                 group.answers.push((reply, Position(self.applied)));

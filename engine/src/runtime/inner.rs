@@ -307,6 +307,7 @@ impl EngineInner {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if slots.get(&slot.run).is_some_and(|s| Arc::ptr_eq(s, slot)) {
             slots.remove(&slot.run);
+            shrink_when_sparse(&mut slots);
         }
     }
 
@@ -315,10 +316,10 @@ impl EngineInner {
         writer.evicted = true;
         slot.state().driver_running = false;
         self.remove_slot(slot);
-        self.tasks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&slot.run);
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.remove(&slot.run);
+        shrink_when_sparse(&mut tasks);
+        drop(tasks);
         slot.changed.notify_waiters();
     }
 
@@ -390,11 +391,20 @@ impl EngineInner {
         let mut waiters = self.run_waiters.lock().unwrap_or_else(|e| e.into_inner());
         if waiters.get(&run).is_some_and(|w| w.receiver_count() == 0) {
             waiters.remove(&run);
+            shrink_when_sparse(&mut waiters);
         }
     }
 
     /// Current metadata of a run, from the store.
     pub(crate) async fn meta(&self, run: RunId) -> Result<RunMeta> {
         self.store.meta(run).await?.ok_or(Error::UnknownRun(run))
+    }
+}
+
+/// Gives back a per-run map's memory once most of it is empty: a burst of ten thousand
+/// runs that then park must not leave ten thousand buckets behind.
+fn shrink_when_sparse<V>(map: &mut HashMap<RunId, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
     }
 }
