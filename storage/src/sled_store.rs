@@ -2,7 +2,7 @@
 //! appends with one `apply_batch` and makes it durable with one flush (and fsync). The design
 //! is documented on [`SledStore`], where users of the crate can read it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -367,6 +367,10 @@ struct Group {
     answers: Vec<(oneshot::Sender<Result<Position>>, Position)>,
     /// Requests taken into the group, failed ones and purges included.
     taken: usize,
+    /// Runs with writes waiting in `writes`: their later appends must wait too, so that sled's
+    /// log (which a crash cuts to a prefix) never holds a run's later events without its
+    /// earlier ones.
+    waiting_runs: HashSet<RunId>,
 }
 
 /// The single writer: plans, applies and makes durable groups of requests.
@@ -502,6 +506,27 @@ impl Committer {
                     }
                     self.log_ends.insert(run, end);
                 }
+                if !group.waiting_runs.contains(&run) && writes.len() == 1 {
+                    if let [(key, Some(value))] = writes.as_slice() {
+                        // One event record and nothing else (a step): sled inserts one key
+                        // atomically, so it goes in now, while the rest of the group gathers,
+                        // instead of in the group's batch after it.
+                        let answer = match self.db.insert(key.as_slice(), value.as_slice()) {
+                            Ok(_) => {
+                                self.applied += 1;
+                                Ok(Position(self.applied))
+                            }
+                            Err(e) => {
+                                let cause = format!("sled insert failed: {}", sled_error(e));
+                                self.shared.poison(cause.clone());
+                                Err(Error::Poisoned { cause })
+                            }
+                        };
+                        let _ = reply.send(answer);
+                        return;
+                    }
+                }
+                group.waiting_runs.insert(run);
                 group.writes.extend(writes);
                 self.applied += 1;
                 group.answers.push((reply, Position(self.applied)));
@@ -517,6 +542,7 @@ impl Committer {
     fn apply_group(&mut self, group: &mut Group) {
         let writes = std::mem::take(&mut group.writes);
         let answers = std::mem::take(&mut group.answers);
+        group.waiting_runs.clear();
         let result = if writes.is_empty() {
             Ok(())
         } else {
