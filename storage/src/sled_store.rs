@@ -152,11 +152,14 @@ impl Shared {
 /// 1. It blocks for the first request, then drains whatever else is queued (up to 1024). If
 ///    the store is busy, it also waits briefly for the writers the last commit acknowledged
 ///    (see `gather` in the source: at most half a sync, at most 2 ms).
-/// 2. It plans each append with [`plan_append`], reading current values from the tree as the
-///    group's earlier appends have changed it. A failed plan (conflict, taken dedupe key) is
-///    answered at once and writes nothing.
-/// 3. It applies the whole group with one `apply_batch` and answers every append with its
-///    [`Position`]: the appends are now visible to reads, not yet durable.
+/// 2. It plans each append with [`plan_append`](crate::plan_append), reading current values from the tree as the
+///    group's earlier appends have changed it (and skipping the seq check's reads for runs
+///    whose log end it remembers). A failed plan (conflict, taken dedupe key) is answered at
+///    once and writes nothing. An append that is one event record and nothing else, for a run
+///    with no writes waiting in the group, is inserted into sled right away (a single insert
+///    is atomic) and answered, so sled's work overlaps the gathering.
+/// 3. It applies the rest of the group with one `apply_batch` and answers those appends with
+///    their [`Position`]s: the appends are now visible to reads, not yet durable.
 /// 4. It makes the group durable at once (`PowerSafe`: flush, then fsync of the `db` file,
 ///    of new blob files, and of the directory when its entries changed; `ProcessSafe`:
 ///    flush; `Buffered`: nothing) and publishes the position, which wakes every
@@ -166,7 +169,8 @@ impl Shared {
 /// IO buffer on every `apply_batch` (`PageCache::pin_log`): 256 single-append batches cost 256
 /// `pwrite` + `sync_file_range` pairs at the next flush, measured at 28–44 ms against 1–2.5 ms
 /// for one batch with the same writes (BENCHMARKS.md). Each append stays all-or-nothing,
-/// because its group is.
+/// because its batch (or single insert) is, and a run's appends reach sled's log in order, so
+/// a crash leaves every run's log a prefix.
 ///
 /// Being the only writer is also what makes `plan_append` sound: nothing can change a run
 /// between the read of its metadata and the batch that depends on it.
