@@ -219,26 +219,36 @@ impl<'c> StepBuilder<'c> {
             tool = self.tool.as_deref().unwrap_or(""),
             class = ?self.class
         );
-        let mut chain = vec![(self.tool.clone(), erase(body))];
-        chain.append(&mut self.fallbacks);
         async move {
-            let name = self.name.clone();
-            let payload = self.execute(position, chain).await?;
+            // A step that finished before hands back its output without building its body
+            // chain: replaying a long history does this for every step.
+            let payload = match self.begin(position).await {
+                Err(done) => done?,
+                Ok(record) => {
+                    let name = self.name.clone();
+                    let mut chain = vec![(self.tool.clone(), erase(body))];
+                    chain.append(&mut self.fallbacks);
+                    let payload = self.execute(position, record, chain).await?;
+                    return payload.decode().map_err(|e| StepError::Output {
+                        step: name,
+                        reason: e.to_string(),
+                    });
+                }
+            };
             payload.decode().map_err(|e| StepError::Output {
-                step: name,
+                step: self.name,
                 reason: e.to_string(),
             })
         }
         .instrument(span)
     }
 
-    async fn execute(
-        self,
+    /// Matches the call with history: `Err` with the result when the step is settled
+    /// (its recorded output, or a cancellation), else `Ok` with what was recorded so far.
+    async fn begin(
+        &self,
         position: u32,
-        chain: Vec<(Option<String>, ErasedBody<'c>)>,
-    ) -> Result<Payload, StepError> {
-        let ctx = self.ctx;
-        let engine = &ctx.engine;
+    ) -> Result<Option<Box<StepRecord>>, Result<Payload, StepError>> {
         let command = Command::Step {
             name: &self.name,
             tool: self.tool.as_deref(),
@@ -246,7 +256,8 @@ impl<'c> StepBuilder<'c> {
             input_hash: self.input_hash,
         };
         // On replay a finished step copies only its output, not its whole record.
-        let record = match ctx
+        match self
+            .ctx
             .begin_map(position, command, |record| match &record.recorded {
                 Recorded::Step(step) => match &step.outcome {
                     Some(StepOutcome::Completed { output, .. }) => Err(output.clone()),
@@ -256,11 +267,21 @@ impl<'c> StepBuilder<'c> {
             })
             .await
         {
-            Begin::Cancelled(reason) => return Err(StepError::Cancelled { reason }),
-            Begin::Live => None,
-            Begin::Recorded(Err(output)) => return Ok(output),
-            Begin::Recorded(Ok(step)) => Some(step),
-        };
+            Begin::Cancelled(reason) => Err(Err(StepError::Cancelled { reason })),
+            Begin::Live => Ok(None),
+            Begin::Recorded(Err(output)) => Err(Ok(output)),
+            Begin::Recorded(Ok(step)) => Ok(Some(step)),
+        }
+    }
+
+    async fn execute(
+        self,
+        position: u32,
+        record: Option<Box<StepRecord>>,
+        chain: Vec<(Option<String>, ErasedBody<'c>)>,
+    ) -> Result<Payload, StepError> {
+        let ctx = self.ctx;
+        let engine = &ctx.engine;
         let idem_key = format!("{}/{}", ctx.slot.run, position);
         // The open attempt of an irreversible step that reconcile found not done.
         let mut not_done: Option<StepFailure> = None;
