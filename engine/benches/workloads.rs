@@ -10,15 +10,19 @@
 //! Workloads (`PowerSafe` unless stated):
 //! - `chain`: one run of 1000 sequential `Write` steps: steps/s and mean step latency, against
 //!   one raw power-safe commit (sled `apply_batch` of one record + flush + fsync of the `db`
-//!   file and the directory).
+//!   file and the directory; half the raw commits measured before the chain, half after).
 //! - `fan_in`: 256 concurrent runs of 10 `Write` steps: steps/s, runs/s, p50/p99 run latency,
-//!   against the raw group-commit limit at the same concurrency (256 records per commit).
-//!   `ANNAL_BENCH_ROUNDS` (default 8) rounds back to back, one engine.
+//!   against the raw group-commit limit at the same concurrency (256 ascending records per
+//!   commit; also printed: 256 records spread over 256 runs' keys, as the engine writes).
+//!   `ANNAL_BENCH_ROUNDS` (default 8) rounds on one engine, each after a slice of both raw
+//!   loops.
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
-//!   all resumed and finished once due, and resident memory per parked run.
-//! - `disk`: bytes on disk per event against encoded bytes per event.
+//!   all resumed and finished once due, and the heap each parked run keeps (sled's share and
+//!   the engine's).
+//! - `disk`: bytes on disk per event against encoded bytes per event, for one long chain and
+//!   for 256 runs at once.
 //!
 //! Prints a table, then one JSON line per row (`{"bench":"engine",...}`).
 
@@ -61,36 +65,81 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
-/// The raw limit: `batch` records of `bytes` each per sled `apply_batch`, then flush, fsync of
-/// the `db` file and of the directory. Returns (commits/s, mean commit latency).
-fn raw_commits(dir: &Path, batch: usize, bytes: usize, commits: usize) -> (f64, Duration) {
-    let db = sled::Config::new()
-        .path(dir)
-        .cache_capacity(64 << 20)
-        .open()
-        .expect("raw sled");
-    let tree = db.open_tree("raw").expect("tree");
-    let db_file = File::open(dir.join("db")).expect("db file");
-    let dir_file = File::open(dir).expect("dir");
-    let payload = vec![7u8; bytes];
-    let started = Instant::now();
-    let mut key = 0u64;
-    for _ in 0..commits {
-        let mut b = sled::Batch::default();
-        for _ in 0..batch {
-            key += 1;
-            b.insert(&key.to_be_bytes(), payload.as_slice());
+/// The raw limit: sled `apply_batch` of `batch` records, then flush, fsync of the `db` file
+/// and of the directory, in a loop on one thread. Kept open so that its slices can alternate
+/// with the engine's, and a change in the machine's speed hits both alike.
+struct RawLimit {
+    db: sled::Db,
+    tree: sled::Tree,
+    db_file: File,
+    dir_file: File,
+    payload: Vec<u8>,
+    /// Each record under its own key among `batch` runs (as an engine's runs write), rather
+    /// than one ascending key sequence.
+    spread: bool,
+    key: u64,
+    commits: u64,
+    elapsed: Duration,
+}
+
+impl RawLimit {
+    fn open(dir: &Path, bytes: usize, spread: bool) -> Self {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open()
+            .expect("raw sled");
+        Self {
+            tree: db.open_tree("raw").expect("tree"),
+            db_file: File::open(dir.join("db")).expect("db file"),
+            dir_file: File::open(dir).expect("dir"),
+            db,
+            payload: vec![7u8; bytes],
+            spread,
+            key: 0,
+            commits: 0,
+            elapsed: Duration::ZERO,
         }
-        tree.apply_batch(b).expect("apply");
-        db.flush().expect("flush");
-        db_file.sync_all().expect("fsync db");
-        dir_file.sync_all().expect("fsync dir");
     }
-    let elapsed = started.elapsed();
-    (
-        commits as f64 / elapsed.as_secs_f64(),
-        elapsed / commits as u32,
-    )
+
+    /// Runs `commits` commits of `batch` records.
+    fn run(&mut self, batch: usize, commits: usize) {
+        let started = Instant::now();
+        for _ in 0..commits {
+            let mut b = sled::Batch::default();
+            for i in 0..batch {
+                if self.spread {
+                    // A 16-byte run id, then the record's seq: one key per run and commit.
+                    let mut key = [0u8; 24];
+                    key[..8].copy_from_slice(
+                        &(i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15).to_be_bytes(),
+                    );
+                    key[16..].copy_from_slice(&self.key.to_be_bytes());
+                    b.insert(&key, self.payload.as_slice());
+                } else {
+                    b.insert(
+                        &(self.key * batch as u64 + i as u64).to_be_bytes(),
+                        self.payload.as_slice(),
+                    );
+                }
+            }
+            self.key += 1;
+            self.tree.apply_batch(b).expect("apply");
+            self.db.flush().expect("flush");
+            self.db_file.sync_all().expect("fsync db");
+            self.dir_file.sync_all().expect("fsync dir");
+        }
+        self.commits += commits as u64;
+        self.elapsed += started.elapsed();
+    }
+
+    fn commits_per_s(&self) -> f64 {
+        self.commits as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn commit_latency(&self) -> Duration {
+        self.elapsed / self.commits.max(1) as u32
+    }
 }
 
 async fn chain(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
@@ -126,7 +175,9 @@ async fn bench_chain(rows: &mut Vec<Row>) {
     let steps = scaled(1000) as u32;
     let dir = bench_dir();
     let raw_dir = bench_dir();
-    let (_, raw_latency) = raw_commits(raw_dir.path(), 1, 120, scaled(300));
+    // Half the raw commits before the chain and half after.
+    let mut raw = RawLimit::open(raw_dir.path(), 120, false);
+    raw.run(1, scaled(150));
     let engine = open(dir.path()).await;
     let started = Instant::now();
     let out = engine
@@ -139,6 +190,8 @@ async fn bench_chain(rows: &mut Vec<Row>) {
     let elapsed = started.elapsed();
     assert_eq!(out, (0..steps).sum::<u32>());
     engine.shutdown().await;
+    raw.run(1, scaled(150));
+    let raw_latency = raw.commit_latency();
     let per_step = elapsed / steps;
     rows.push(Row {
         workload: "chain",
@@ -157,13 +210,16 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let runs = scaled(256);
     let steps = 10u32;
     let dir = bench_dir();
-    let raw_dir = bench_dir();
-    let (raw_commits_per_s, _) = raw_commits(raw_dir.path(), runs, 120, scaled(60));
-    // One round lasts tens of milliseconds: several rounds, back to back, steady the number.
+    let (raw_dir, spread_dir) = (bench_dir(), bench_dir());
+    // One round lasts tens of milliseconds: several rounds steady the number, each after a
+    // slice of both raw loops.
     let rounds = std::env::var("ANNAL_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8usize);
+    let raw_commits_per_round = (scaled(64) / rounds).max(2);
+    let mut raw = RawLimit::open(raw_dir.path(), 120, false);
+    let mut raw_spread = RawLimit::open(spread_dir.path(), 120, true);
     // The store is opened here so that its group commits can be counted.
     let store = std::sync::Arc::new(
         annal_storage::SledStore::open(
@@ -183,6 +239,8 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let mut latencies = Vec::with_capacity(runs * rounds);
     let mut elapsed = Duration::ZERO;
     for _ in 0..rounds {
+        raw.run(runs, raw_commits_per_round);
+        raw_spread.run(runs, raw_commits_per_round);
         let started = Instant::now();
         let tasks: Vec<_> = (0..runs)
             .map(|_| {
@@ -215,13 +273,15 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         metric: "steps/s",
         value: steps_total / elapsed.as_secs_f64(),
         unit: "steps/s",
-        limit: Some(raw_commits_per_s * runs as f64),
+        limit: Some(raw.commits_per_s() * runs as f64),
         note: format!(
-            "{rounds} rounds of {runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; {commits} group commits ({:.1} steps each); limit = raw commits of {runs} records",
+            "{rounds} rounds of {runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; {commits} group commits ({:.1} steps each); limit = raw commits of {runs} ascending records, alternating with the rounds; with one record per run instead {:.0} records/s (ratio {:.2})",
             (runs * rounds) as f64 / elapsed.as_secs_f64(),
             pct(0.5),
             pct(0.99),
-            steps_total / commits.max(1) as f64
+            steps_total / commits.max(1) as f64,
+            raw_spread.commits_per_s() * runs as f64,
+            steps_total / elapsed.as_secs_f64() / (raw_spread.commits_per_s() * runs as f64)
         ),
     });
 }
