@@ -818,3 +818,45 @@ async fn a_parked_run_records_when_it_wants_to_be_woken() {
         "cleared once it runs"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_run_whose_log_lost_its_tail_is_blocked_at_open_not_resumed() {
+    let store = Arc::new(SimStore::new());
+    let runs = Arc::new(AtomicU32::new(0));
+    let open = || {
+        register(
+            on(&store).park_after_ms(1_000),
+            "w",
+            1,
+            shaped(&["a", "b", "?go", "c"], Arc::clone(&runs)),
+        )
+        .open()
+    };
+    let engine = open().await.unwrap();
+    let run = engine
+        .start::<_, Vec<String>>("w", &())
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(engine.status(run).await.unwrap().status, RunStatus::Parked);
+    engine.shutdown().await;
+    // The last record disappears behind the engine's back (a disk that lied about a flush);
+    // the metadata written when the run parked still says where the log ended.
+    let history = annal::read_history(store.as_ref(), run).await.unwrap();
+    let last = history.len() as u64 - 1;
+    assert!(store.remove_record(run, last));
+
+    let engine = open().await.unwrap();
+    let info = engine.status(run).await.unwrap();
+    assert_eq!(info.status, RunStatus::Blocked, "{}", info.note);
+    assert!(info.note.contains("missing"), "{}", info.note);
+    // Nothing ran again and nothing was appended: the damage is left for an operator.
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let after = annal::read_history(store.as_ref(), run).await.unwrap();
+    assert_eq!(after[..], history[..history.len() - 1]);
+    assert!(matches!(
+        engine.handle::<Vec<String>>(run).result().await,
+        Err(Error::Blocked { .. })
+    ));
+}

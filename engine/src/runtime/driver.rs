@@ -44,14 +44,20 @@ impl EngineInner {
         meta.status = RunStatus::Blocked.code();
         meta.note = format!("unreadable log: {error}");
         meta.updated_ms = self.clock.now_ms();
-        let batch = annal_storage::AppendBatch {
+        let block = |expected_next_seq: u64| annal_storage::AppendBatch {
             run,
-            expected_next_seq: meta.next_seq,
+            expected_next_seq,
             events: Vec::new(),
-            meta: Some(meta),
+            meta: Some(meta.clone()),
             index: Vec::new(),
         };
-        if let Err(e) = self.store.append_durable(batch).await {
+        let mut result = self.store.append_durable(block(meta.next_seq)).await;
+        if let Err(annal_storage::Error::Conflict { found, .. }) = result {
+            // The log ends before the seq its metadata recorded (a lost tail): the status
+            // goes on where the log really ends, which is the problem being reported.
+            result = self.store.append_durable(block(found)).await;
+        }
+        if let Err(e) = result {
             tracing::error!(%run, error = %e, "could not record the blocked status");
         }
         self.notify_run_settled(run);

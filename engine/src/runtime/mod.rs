@@ -366,7 +366,8 @@ impl Engine {
         Ok(())
     }
 
-    /// Reads and decodes the last record of a run's log.
+    /// Reads and decodes the last record of a run's log; a log that ends before the seq its
+    /// metadata recorded lost its tail.
     async fn check_tail(&self, run: RunId) -> Result<()> {
         let meta = self.inner.meta(run).await?;
         let tail = self
@@ -374,6 +375,16 @@ impl Engine {
             .store
             .read(run, meta.next_seq.saturating_sub(1), 1)
             .await?;
+        if tail.is_empty() && meta.next_seq > 0 {
+            return Err(Error::Inconsistent {
+                run,
+                seq: meta.next_seq - 1,
+                reason: format!(
+                    "metadata says the log ends at seq {} but that record is missing",
+                    meta.next_seq
+                ),
+            });
+        }
         for record in tail {
             crate::codec::decode_event(&record.payload).map_err(|reason| Error::Codec {
                 run,
