@@ -152,9 +152,9 @@ impl Shared {
 /// 1. It blocks for the first request, then drains whatever else is queued (up to 1024). If
 ///    the store is busy, it also waits briefly for the writers the last commit acknowledged
 ///    (see `gather` in the source: at most half a sync, at most 2 ms).
-/// 2. It plans each append with [`plan_append`](crate::plan_append), reading current values from the tree as the
-///    group's earlier appends have changed it (and skipping the seq check's reads for runs
-///    whose log end it remembers). A failed plan (conflict, taken dedupe key) is answered at
+/// 2. It plans each append with [`plan_append`](crate::plan_append), reading current values
+///    from the tree as the group's earlier appends have changed it (and skipping the seq
+///    check's reads for runs whose log end it remembers). A failed plan (conflict, taken dedupe key) is answered at
 ///    once and writes nothing. An append that is one event record and nothing else, for a run
 ///    with no writes waiting in the group, is inserted into sled right away (a single insert
 ///    is atomic) and answered, so sled's work overlaps the gathering.
