@@ -266,6 +266,15 @@ impl Database {
             }))
     }
 
+    /// The run's stored checkpoint value (framed), if it has one.
+    pub fn checkpoint(&self, run: RunId) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree()
+            .get(keys::checkpoint(run))
+            .context("reading the sled tree")?
+            .map(|v| v.to_vec()))
+    }
+
     /// Reads a run's event records one by one, checking keys, seq continuity, frames and
     /// event decoding. One bad record is reported and the scan goes on, so every problem is
     /// found.

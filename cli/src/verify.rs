@@ -3,9 +3,9 @@
 //! Per run: each event record's key, frame (format, length, CRC) and decoding; seq
 //! continuity from 0 with no holes; the metadata's own frame, the `next_seq` it recorded at
 //! its last write against the last stored seq (a log that ends before it lost its tail), its status against the status index and the history's end, its workflow
-//! against `RunStarted`; and the intact history folded through the engine's replay fold
+//! against `RunStarted`; the intact history folded through the engine's replay fold
 //! (`ReplayState::from_events`), which finds contradictions such as an outcome without its
-//! command. Over the whole database (when no run is named): status, due-time, gate and
+//! command; and the run's checkpoint, if any, against the fold of the events it covers. Over the whole database (when no run is named): status, due-time, gate and
 //! dedupe index entries that point at runs that do not exist or disagree with them.
 
 use std::io::Write;
@@ -111,6 +111,7 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
     let (true, Some(folded)) = (intact, folded) else {
         return Ok(());
     };
+    verify_checkpoint(db, run, &scan.events, problems)?;
     if let Some((workflow, version, _)) = folded.started() {
         if *workflow != meta.workflow || *version != meta.version {
             problems.push(meta_problem(format!(
@@ -141,6 +142,51 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
             )));
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// A run's checkpoint is what the engine replays from when it wakes the run, instead of the
+/// events it covers: it must be exactly the fold of the log's first events.
+fn verify_checkpoint(
+    db: &Database,
+    run: RunId,
+    events: &[annal::Event],
+    problems: &mut Vec<Problem>,
+) -> anyhow::Result<()> {
+    let Some(raw) = db.checkpoint(run)? else {
+        return Ok(());
+    };
+    let problem = |reason: String| Problem {
+        subject: Subject::Run { run },
+        reason,
+    };
+    let state = match annal_storage::decode_checkpoint(&raw)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| annal::codec::decode_checkpoint(&bytes).map_err(|e| e.to_string()))
+    {
+        Ok(state) => state,
+        Err(e) => {
+            problems.push(problem(format!(
+                "checkpoint unreadable (the engine folds the whole log instead): {e}"
+            )));
+            return Ok(());
+        }
+    };
+    let covered = state.next_seq();
+    let Some(prefix) = usize::try_from(covered).ok().and_then(|n| events.get(..n)) else {
+        problems.push(problem(format!(
+            "checkpoint covers {covered} events but the log holds {}",
+            events.len()
+        )));
+        return Ok(());
+    };
+    let agrees = ReplayState::from_events(prefix)
+        .is_ok_and(|fold| format!("{fold:?}") == format!("{state:?}"));
+    if !agrees {
+        problems.push(problem(format!(
+            "checkpoint disagrees with the fold of the log's first {covered} events"
+        )));
     }
     Ok(())
 }

@@ -906,3 +906,75 @@ fn approve_from_the_cli_is_recorded_and_the_service_resumes_the_run() {
     assert_eq!(out, "refunded by dana");
     expect(dir.path(), &["verify"], 0);
 }
+
+#[test]
+fn verify_checks_a_checkpoint_against_the_events_it_covers() {
+    let db = fixture_db();
+    let parked = run_id(RUN_PARKED);
+    let events = fixture_runs()
+        .into_iter()
+        .find(|(run, _)| *run == parked)
+        .unwrap()
+        .1;
+    let put = |dir: &Path, bytes: Vec<u8>| {
+        tamper(dir, |tree| {
+            tree.insert(
+                keys::checkpoint(parked),
+                annal_storage::frame::encode(&bytes),
+            )
+            .unwrap();
+        })
+    };
+    let fold = |events: &[Event]| annal::replay::ReplayState::from_events(events).unwrap();
+
+    // The fold of the first 6 events, as the engine writes it when the run parks: fine.
+    put(
+        db.path(),
+        annal::codec::encode_checkpoint(&fold(&events[..6])),
+    );
+    expect(db.path(), &["verify"], 0);
+
+    // One that says something the log does not.
+    let mut other = events[..6].to_vec();
+    other.truncate(5);
+    other.push(Event {
+        seq: 5,
+        at_ms: events[5].at_ms,
+        kind: annal::EventKind::SignalReceived {
+            name: "forged".into(),
+            payload: annal::Payload::encode(&1).unwrap(),
+        },
+    });
+    put(db.path(), annal::codec::encode_checkpoint(&fold(&other)));
+    let out = expect(db.path(), &["verify"], 1);
+    assert!(
+        out.contains(&format!(
+            "run {RUN_PARKED}: checkpoint disagrees with the fold of the log's first 6 events"
+        )),
+        "{out}"
+    );
+
+    // One that covers more than the log holds, and one that does not decode.
+    let mut longer = events.clone();
+    longer.push(Event {
+        seq: events.len() as u64,
+        at_ms: events[0].at_ms,
+        kind: annal::EventKind::SignalReceived {
+            name: "later".into(),
+            payload: annal::Payload::encode(&2).unwrap(),
+        },
+    });
+    put(db.path(), annal::codec::encode_checkpoint(&fold(&longer)));
+    let out = expect(db.path(), &["verify"], 1);
+    assert!(
+        out.contains(&format!(
+            "checkpoint covers {} events but the log holds {}",
+            longer.len(),
+            events.len()
+        )),
+        "{out}"
+    );
+    put(db.path(), vec![1, 2, 3]);
+    let out = expect(db.path(), &["verify"], 1);
+    assert!(out.contains("checkpoint unreadable"), "{out}");
+}

@@ -59,6 +59,42 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
     }
 }
 
+/// The checkpoint format this build writes and reads. A checkpoint in any other format is
+/// ignored and the fold rebuilt from the log, so bump it whenever a type the fold is made of
+/// (`replay::ReplayState` and what it holds) changes shape.
+pub const CHECKPOINT_V1: u8 = 1;
+
+/// Upper bound on one encoded checkpoint; decoding refuses anything claiming more.
+pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
+
+fn checkpoint_options() -> impl Options {
+    bincode::DefaultOptions::new()
+        .with_varint_encoding()
+        .with_little_endian()
+        .with_limit(MAX_CHECKPOINT_BYTES)
+        .reject_trailing_bytes()
+}
+
+/// Encodes a fold as a checkpoint: `[format u8][bincode(ReplayState)]`.
+pub fn encode_checkpoint(state: &crate::replay::ReplayState) -> Vec<u8> {
+    let mut out = vec![CHECKPOINT_V1];
+    checkpoint_options()
+        .serialize_into(&mut out, state)
+        .expect("a fold encodes");
+    out
+}
+
+/// Decodes a checkpoint; never panics on arbitrary input.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<crate::replay::ReplayState, CodecError> {
+    let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    match format {
+        CHECKPOINT_V1 => checkpoint_options()
+            .deserialize(body)
+            .map_err(|e| CodecError::Invalid(e.to_string())),
+        other => Err(CodecError::UnknownSchema(other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -650,7 +650,7 @@ impl Policy {
 }
 
 /// Budget use of a run so far, folded from its history.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BudgetUse {
     /// Attempts of all steps.
     pub attempts: u32,

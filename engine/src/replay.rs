@@ -22,7 +22,7 @@ use crate::event::{Event, EventKind, Payload, ValueKind};
 use crate::policy::{FailureClass, OnExhaust, StepClass};
 
 /// One failed attempt as recorded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AttemptFailure {
     /// Attempt number.
     pub attempt: u32,
@@ -35,7 +35,7 @@ pub struct AttemptFailure {
 }
 
 /// How a step ended, as recorded.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum StepOutcome {
     /// Output recorded.
     Completed {
@@ -58,7 +58,7 @@ pub enum StepOutcome {
 }
 
 /// What history says about one step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     /// Name.
     pub name: String,
@@ -91,7 +91,7 @@ pub struct StepRecord {
 }
 
 /// What history says one workflow call did.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Recorded {
     /// A step (boxed: a history holds thousands, and the fold moves records around).
     Step(Box<StepRecord>),
@@ -135,7 +135,7 @@ pub enum Recorded {
 }
 
 /// Where an approval gate stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GateState {
     /// Waiting for a decision.
     Pending,
@@ -159,7 +159,7 @@ pub enum GateState {
 }
 
 /// What history says about one approval.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ApprovalRecord {
     /// The gate id.
     pub gate: [u8; 16],
@@ -192,7 +192,7 @@ impl Recorded {
 }
 
 /// A recorded command and where it sits in the log.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CommandRecord {
     /// Seq of the event that created it.
     pub seq: u64,
@@ -290,7 +290,7 @@ pub struct Contradiction {
 }
 
 /// The fold of a history: what each position recorded, pending signals, cancellation, end.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReplayState {
     commands: BTreeMap<u32, CommandRecord>,
     /// Received signals: seq, name, payload.

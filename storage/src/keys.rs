@@ -10,6 +10,7 @@
 //! | `T` fire_at_ms(u64) run(16) id(u32)   | empty                    |
 //! | `D` dedupe key bytes                  | run(16)                  |
 //! | `A` gate(16)                          | run(16) step(u32)        |
+//! | `C` run(16)                           | framed fold checkpoint   |
 
 use crate::{GateId, RunId};
 
@@ -25,6 +26,8 @@ pub const TIMER: u8 = b'T';
 pub const DEDUPE: u8 = b'D';
 /// Keyspace tag of approval gates.
 pub const GATE: u8 = b'A';
+/// Keyspace tag of fold checkpoints (the engine's, opaque to storage).
+pub const CHECKPOINT: u8 = b'C';
 
 /// `E run seq`.
 pub fn event(run: RunId, seq: u64) -> Vec<u8> {
@@ -118,6 +121,14 @@ pub fn dedupe(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(DEDUPE);
     k.extend_from_slice(key);
+    k
+}
+
+/// `C run`.
+pub fn checkpoint(run: RunId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(CHECKPOINT);
+    k.extend_from_slice(&run.0);
     k
 }
 

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::store::{
-    check_record, decode_meta, meta_with_log_end, plan_append, AppendBatch, Durability, GateId,
-    LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
+    check_record, decode_checkpoint, decode_meta, meta_with_log_end, plan_append, AppendBatch,
+    Durability, GateId, LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
 };
 use crate::{frame, keys};
 
@@ -332,6 +332,11 @@ impl LogStore for SimStore {
                 })
             })
             .transpose()
+    }
+
+    async fn checkpoint(&self, run: RunId) -> Result<Option<Vec<u8>>> {
+        let bytes = self.lock().live.get(&keys::checkpoint(run)).cloned();
+        bytes.map(|b| decode_checkpoint(&b)).transpose()
     }
 
     async fn gates(&self) -> Result<Vec<(GateId, RunId, u32)>> {

@@ -16,8 +16,9 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{CorruptReason, Error, Result};
 use crate::keys;
 use crate::store::{
-    check_payload, check_record, decode_meta, meta_with_log_end, plan_append_at, plan_purge,
-    AppendBatch, Durability, GateId, LogStore, Position, Record, RunId, RunMeta, TimerEntry,
+    check_payload, check_record, decode_checkpoint, decode_meta, meta_with_log_end, plan_append_at,
+    plan_purge, AppendBatch, Durability, GateId, LogStore, Position, Record, RunId, RunMeta,
+    TimerEntry,
 };
 
 /// Default size of sled's page cache: 64 MiB. sled's own default (1 GiB) is far more than an
@@ -907,6 +908,12 @@ impl LogStore for SledStore {
         let stored = keys::gate(gate);
         self.get(&stored)?
             .map(|value| keys::parse_gate_value(&value).ok_or_else(|| bad_key(&stored)))
+            .transpose()
+    }
+
+    async fn checkpoint(&self, run: RunId) -> Result<Option<Vec<u8>>> {
+        self.get(&keys::checkpoint(run))?
+            .map(|bytes| decode_checkpoint(&bytes))
             .transpose()
     }
 

@@ -116,6 +116,12 @@ pub enum IndexOp {
         /// The gate.
         gate: GateId,
     },
+    /// Replace the run's checkpoint: bytes the engine can rebuild from the log, kept so that
+    /// loading a long history need not read all of it. Storage frames them and nothing more.
+    PutCheckpoint {
+        /// The engine's encoding.
+        bytes: Vec<u8>,
+    },
 }
 
 /// One atomic append: the events, the run's metadata and the index changes land together or
@@ -239,11 +245,24 @@ pub trait LogStore: Send + Sync + 'static {
     /// Every approval gate: its id, run and command position, in gate id order.
     async fn gates(&self) -> Result<Vec<(GateId, RunId, u32)>>;
 
+    /// The run's checkpoint bytes (see [`IndexOp::PutCheckpoint`]), frame-checked: damage is
+    /// [`Error::CorruptIndex`].
+    async fn checkpoint(&self, run: RunId) -> Result<Option<Vec<u8>>>;
+
     /// Deletes a run: its events, metadata and every index entry pointing at it, atomically.
     async fn purge(&self, run: RunId) -> Result<()>;
 
     /// The store's durability mode.
     fn durability(&self) -> Durability;
+}
+
+/// Unframes a stored checkpoint.
+pub fn decode_checkpoint(bytes: &[u8]) -> Result<Vec<u8>> {
+    frame::decode(bytes)
+        .map(<[u8]>::to_vec)
+        .map_err(|e| Error::CorruptIndex {
+            reason: CorruptReason::Frame(e),
+        })
 }
 
 /// Reads all events of a run, CRC-checked and gap-checked.
@@ -394,6 +413,9 @@ pub fn plan_append_at(
                 writes.push((keys::gate(gate), Some(keys::gate_value(run, step))));
             }
             IndexOp::DeleteGate { gate } => writes.push((keys::gate(gate), None)),
+            IndexOp::PutCheckpoint { bytes } => {
+                writes.push((keys::checkpoint(run), Some(frame::encode(&bytes))));
+            }
         }
     }
     Ok(writes)
@@ -450,6 +472,7 @@ pub fn plan_purge(run: RunId, scan: Scan<'_>) -> Result<Vec<Write>> {
             writes.push((k, None));
         }
     }
+    writes.push((keys::checkpoint(run), None));
     for (k, _) in scan(&[keys::TIMER])? {
         if keys::parse_timer(&k).is_some_and(|t| t.run == run) {
             writes.push((k, None));

@@ -143,6 +143,7 @@ conformance!(
     due_timers_come_earliest_first_and_bounded,
     dedupe_claims,
     gates,
+    checkpoints_are_replaced_read_back_and_purged,
     purge_removes_every_trace,
     flipped_byte_is_reported_with_run_and_seq,
     removed_record_is_a_gap,
@@ -915,6 +916,37 @@ async fn read_each_visits_what_read_returns_and_stops_at_damage(b: Backend) {
             }
         ),
         "{err:?}"
+    );
+}
+
+async fn checkpoints_are_replaced_read_back_and_purged(b: Backend) {
+    let s = b.store();
+    let (run, other) = (run_id(1), run_id(2));
+    create(s, run, 1, 2).await;
+    create(s, other, 1, 1).await;
+    assert_eq!(s.checkpoint(run).await.unwrap(), None);
+    for (seq, bytes) in [(2u64, vec![1u8, 2, 3]), (3, vec![9u8; 300_000])] {
+        s.append_durable(AppendBatch {
+            run,
+            expected_next_seq: seq,
+            events: events(run, seq, 1),
+            meta: Some(meta(2)),
+            index: vec![IndexOp::PutCheckpoint {
+                bytes: bytes.clone(),
+            }],
+        })
+        .await
+        .unwrap();
+        assert_eq!(s.checkpoint(run).await.unwrap(), Some(bytes), "replaced");
+    }
+    assert_eq!(s.checkpoint(other).await.unwrap(), None);
+    s.purge(run).await.unwrap();
+    assert_eq!(s.checkpoint(run).await.unwrap(), None);
+    assert!(
+        b.raw()
+            .keys()
+            .all(|k| !k.ends_with(&run.0) || k[0] != keys::CHECKPOINT),
+        "nothing of the purged run's checkpoint is left"
     );
 }
 

@@ -860,3 +860,144 @@ async fn a_parked_run_whose_log_lost_its_tail_is_blocked_at_open_not_resumed() {
         Err(Error::Blocked { .. })
     ));
 }
+
+/// Parks a run of `calls` with checkpoints after every 3 events; returns it.
+async fn parked_with_checkpoint(store: &Arc<SimStore>, calls: &[&'static str]) -> RunId {
+    let engine = register(
+        on(store).park_after_ms(1_000).checkpoint_after_events(3),
+        "w",
+        1,
+        shaped(calls, Arc::default()),
+    )
+    .open()
+    .await
+    .unwrap();
+    let run = engine
+        .start::<_, Vec<String>>("w", &())
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(engine.status(run).await.unwrap().status, RunStatus::Parked);
+    engine.shutdown().await;
+    run
+}
+
+/// Replaces a run's checkpoint through the store, as the engine writes it.
+async fn put_checkpoint(store: &Arc<SimStore>, run: RunId, bytes: Vec<u8>) {
+    use annal_storage::LogStore;
+    let end = store.meta(run).await.unwrap().unwrap().next_seq;
+    store
+        .append_durable(annal_storage::AppendBatch {
+            run,
+            expected_next_seq: end,
+            events: Vec::new(),
+            meta: None,
+            index: vec![annal_storage::IndexOp::PutCheckpoint { bytes }],
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_run_wakes_from_its_checkpoint() {
+    use annal_storage::LogStore;
+    let store = Arc::new(SimStore::new());
+    let calls = ["a", "b", "c", "d", "?go", "e"];
+    let run = parked_with_checkpoint(&store, &calls).await;
+    let history = annal::read_history(store.as_ref(), run).await.unwrap();
+    let checkpoint = store
+        .checkpoint(run)
+        .await
+        .unwrap()
+        .expect("written when parking");
+    let folded = annal::codec::decode_checkpoint(&checkpoint).unwrap();
+    assert_eq!(folded.next_seq(), history.len() as u64);
+
+    // What the woken run replays comes from the checkpoint, not from re-reading the log:
+    // swap in one whose step `b` recorded another output, and the run hands that back.
+    let mut altered = history.clone();
+    for e in &mut altered {
+        if let annal::EventKind::StepRan { name, output, .. } = &mut e.kind {
+            if name == "b" {
+                *output = annal::Payload::encode(&"B from the checkpoint").unwrap();
+            }
+        }
+    }
+    let altered = annal::replay::ReplayState::from_events(&altered).unwrap();
+    put_checkpoint(&store, run, annal::codec::encode_checkpoint(&altered)).await;
+
+    let runs = Arc::new(AtomicU32::new(0));
+    let engine = register(on(&store), "w", 1, shaped(&calls, Arc::clone(&runs)))
+        .open()
+        .await
+        .unwrap();
+    engine.signal(run, "go", &"went").await.unwrap();
+    let out = engine.handle::<Vec<String>>(run).result().await.unwrap();
+    assert_eq!(out, ["A", "B from the checkpoint", "C", "D", "went", "E"]);
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "only the step after the wait ran"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_or_stale_checkpoint_is_ignored_and_the_log_folded() {
+    let calls = ["a", "b", "c", "d", "?go", "e"];
+    for bad in ["garbage", "ahead of the log"] {
+        let store = Arc::new(SimStore::new());
+        let run = parked_with_checkpoint(&store, &calls).await;
+        let bytes = match bad {
+            "garbage" => vec![1, 2, 3],
+            _ => {
+                // A fold of more events than the log holds (as if the log lost its tail).
+                let mut longer = annal::read_history(store.as_ref(), run).await.unwrap();
+                let next = longer.len() as u64;
+                longer.push(annal::Event {
+                    seq: next,
+                    at_ms: longer[0].at_ms,
+                    kind: annal::EventKind::SignalReceived {
+                        name: "other".into(),
+                        payload: annal::Payload::encode(&1).unwrap(),
+                    },
+                });
+                let state = annal::replay::ReplayState::from_events(&longer).unwrap();
+                annal::codec::encode_checkpoint(&state)
+            }
+        };
+        put_checkpoint(&store, run, bytes).await;
+        let runs = Arc::new(AtomicU32::new(0));
+        let engine = register(on(&store), "w", 1, shaped(&calls, Arc::clone(&runs)))
+            .open()
+            .await
+            .unwrap();
+        engine.signal(run, "go", &"went").await.unwrap();
+        let out = engine.handle::<Vec<String>>(run).result().await.unwrap();
+        assert_eq!(out, ["A", "B", "C", "D", "went", "E"], "{bad}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{bad}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn drift_is_found_when_waking_from_a_checkpoint() {
+    let store = Arc::new(SimStore::new());
+    let run = parked_with_checkpoint(&store, &["a", "b", "c", "?go", "d"]).await;
+    let engine = register(
+        on(&store),
+        "w",
+        1,
+        shaped(&["a", "x", "c", "?go", "d"], Arc::default()),
+    )
+    .open()
+    .await
+    .unwrap();
+    engine.signal(run, "go", &"went").await.unwrap();
+    match engine.handle::<Vec<String>>(run).result().await {
+        Err(Error::Drift(d)) => {
+            assert_eq!((d.position, d.seq), (1, Some(2)));
+            assert_eq!(d.fields, ["name"]);
+        }
+        other => panic!("expected drift, got {other:?}"),
+    }
+}

@@ -274,7 +274,19 @@ impl EngineInner {
                     return Ok(true);
                 }
                 let mut req = AppendReq::default().status(RunStatus::Parked, "").durable();
-                req.wake_ms = slot.state().replay.next_wake();
+                let state = slot.state();
+                req.wake_ms = state.replay.next_wake();
+                // A long history parks with a checkpoint of its fold, so that waking it does
+                // not read all of it again.
+                let folded = state.replay.next_seq();
+                if folded.saturating_sub(state.checkpoint_seq)
+                    >= self.config.checkpoint_after_events
+                {
+                    req.index.push(IndexOp::PutCheckpoint {
+                        bytes: crate::codec::encode_checkpoint(&state.replay),
+                    });
+                }
+                drop(state);
                 req
             }
             Settle::Halted(Halt::Terminated | Halt::ReplayEnd) => return Ok(false),

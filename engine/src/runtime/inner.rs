@@ -144,12 +144,16 @@ impl EngineInner {
     async fn load(&self, slot: &RunSlot, writer: &mut Writer) -> Result<()> {
         let run = slot.run;
         let meta = self.store.meta(run).await?.ok_or(Error::UnknownRun(run))?;
-        // Each record is decoded straight from the store's buffer and folded; the first
-        // problem stops the walk.
-        let mut replay = ReplayState::default();
+        // Start from the run's checkpoint when it has a usable one, then fold the rest: each
+        // record decoded straight from the store's buffer; the first problem stops the walk.
+        let mut replay = self
+            .usable_checkpoint(run, meta.next_seq)
+            .await
+            .unwrap_or_default();
+        let checkpoint_seq = replay.next_seq();
         let mut failed: Option<Error> = None;
         self.store
-            .read_each(run, 0, &mut |seq, payload| {
+            .read_each(run, checkpoint_seq, &mut |seq, payload| {
                 let folded = codec::decode_event(payload)
                     .map_err(|reason| Error::Codec { run, seq, reason })
                     .and_then(|event| {
@@ -180,9 +184,42 @@ impl EngineInner {
         }
         let mut state = slot.state();
         state.replay = replay;
+        state.checkpoint_seq = checkpoint_seq;
         writer.meta = Some(meta);
         writer.loaded = true;
         Ok(())
+    }
+
+    /// The run's checkpoint, if it decodes and the log still holds the event it ends with.
+    /// A checkpoint is only ever a shortcut: anything wrong with it means folding the whole
+    /// log instead, which reports real damage where it is.
+    async fn usable_checkpoint(&self, run: RunId, log_end: u64) -> Option<ReplayState> {
+        let bytes = match self.store.checkpoint(run).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(%run, %error, "checkpoint unreadable; folding the whole log");
+                return None;
+            }
+        };
+        let state = match codec::decode_checkpoint(&bytes) {
+            Ok(state) => state,
+            Err(error) => {
+                tracing::warn!(%run, %error, "checkpoint undecodable; folding the whole log");
+                return None;
+            }
+        };
+        let covered = state.next_seq();
+        let last = covered.checked_sub(1)?;
+        let present = matches!(
+            self.store.read(run, last, 1).await.as_deref(),
+            Ok([record]) if record.seq == last
+        );
+        if covered > log_end || !present {
+            tracing::warn!(%run, covered, log_end, "checkpoint ahead of the log; folding the whole log");
+            return None;
+        }
+        Some(state)
     }
 
     /// Makes a run this engine has just created resident without reading it back: the

@@ -48,6 +48,10 @@ pub struct EngineConfig {
     /// Replay histories without executing anything live or writing (see
     /// `testing::Replayer`): a run stops where its history ends.
     pub replay_only: bool,
+    /// A run that parks writes a checkpoint of its fold (with the parking append) once it has
+    /// folded this many events since its last one, so that waking it reads one checkpoint and
+    /// the events after it instead of its whole history. `u64::MAX` turns checkpoints off.
+    pub checkpoint_after_events: u64,
     /// Record decisions, signals and operator actions without running any workflow: no
     /// recovery, no timer service, no drivers. A run woken by such an act is marked
     /// `Running`, so the service resumes it when it next opens the store. For tools (the
@@ -60,6 +64,7 @@ impl Default for EngineConfig {
         Self {
             park_after_ms: 30_000,
             history_warn_events: 10_000,
+            checkpoint_after_events: 1_000,
             timer_poll_ms: 60_000,
             replay_only: false,
             operator_only: false,
@@ -175,6 +180,13 @@ impl EngineBuilder {
     /// Shorthand for `config.park_after_ms`.
     pub fn park_after_ms(mut self, ms: u64) -> Self {
         self.config.park_after_ms = ms;
+        self
+    }
+
+    /// How many events a parking run must have folded since its last checkpoint to write a new
+    /// one (default 1,000; `u64::MAX` never). See [`EngineConfig::checkpoint_after_events`].
+    pub fn checkpoint_after_events(mut self, events: u64) -> Self {
+        self.config.checkpoint_after_events = events;
         self
     }
 

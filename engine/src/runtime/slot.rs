@@ -56,6 +56,8 @@ pub(crate) struct RunState {
     pub(crate) history_warned: bool,
     /// History length when parking was requested, to notice events that arrived meanwhile.
     pub(crate) park_requested_at_len: u64,
+    /// Events the run's stored checkpoint covers (0: none).
+    pub(crate) checkpoint_seq: u64,
 }
 
 impl RunState {
