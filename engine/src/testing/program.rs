@@ -442,9 +442,13 @@ async fn review(engine: &Engine, run: RunId, verdicts: &[bool]) {
 }
 
 /// A [`CrashHarness`] for `program` on the interpreter, with [`program_driver`] sending its
-/// signals. Add `.with_torn_tails()` to test torn records too.
+/// signals. Add `.with_torn_tails()` to test torn records too. Runs park with a checkpoint
+/// after every 2 events, so that waking from checkpoints is crash-tested too.
 pub fn program_harness(program: &Program) -> CrashHarness {
-    CrashHarness::new(PROGRAM_WORKFLOW, program, register_program).drive(program_driver(program))
+    CrashHarness::new(PROGRAM_WORKFLOW, program, |builder, tools| {
+        register_program(builder.checkpoint_after_events(2), tools)
+    })
+    .drive(program_driver(program))
 }
 
 /// Tool names generated programs use: few, so that steps share tools.
