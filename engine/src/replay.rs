@@ -955,11 +955,12 @@ impl ReplayState {
         })
     }
 
-    /// The first recorded position the code has not reached, for "code finished early".
-    pub fn unvisited(&self, visited: &BTreeSet<u32>) -> Option<Mismatch> {
+    /// The first recorded position the code has not reached (`visited` says which it has),
+    /// for "code finished early".
+    pub fn unvisited(&self, visited: impl Fn(u32) -> bool) -> Option<Mismatch> {
         self.commands
             .iter()
-            .find(|(p, _)| !visited.contains(p))
+            .find(|(p, _)| !visited(**p))
             .map(|(position, record)| Mismatch {
                 position: *position,
                 seq: Some(record.seq),

@@ -180,7 +180,7 @@ impl EngineInner {
         let run = slot.run;
         let (timer_deletes, unvisited, cancel_reason, delivered) = {
             let state = slot.state();
-            let unvisited = state.replay.unvisited(&state.visited);
+            let unvisited = state.replay.unvisited(|p| state.visited.contains(p));
             (
                 timer_deletes(&state.replay),
                 unvisited,

@@ -5,7 +5,6 @@
 //! expected-seq check stands behind that. A slot is evicted when its run parks or ends;
 //! parked runs cost no memory beyond the index entries that will wake them.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use annal_storage::{Position, RunId, RunMeta};
@@ -50,7 +49,7 @@ pub(crate) struct RunState {
     pub(crate) replay: ReplayState,
     pub(crate) driver_running: bool,
     pub(crate) next_position: u32,
-    pub(crate) visited: BTreeSet<u32>,
+    pub(crate) visited: Visited,
     pub(crate) halt: Option<Halt>,
     pub(crate) active_steps: u32,
     pub(crate) history_warned: bool,
@@ -72,6 +71,31 @@ impl RunState {
     /// Whether events arrived since parking was requested (a signal, a cancel request).
     pub(crate) fn halt_generation_changed(&self) -> bool {
         self.replay.next_seq() != self.park_requested_at_len
+    }
+}
+
+/// The call positions the code has reached in this drive: a bitset, since positions are
+/// handed out densely from 0 and replay marks one per recorded call.
+#[derive(Debug, Default)]
+pub(crate) struct Visited(Vec<u64>);
+
+impl Visited {
+    pub(crate) fn insert(&mut self, position: u32) {
+        let (word, bit) = (position as usize / 64, position % 64);
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    pub(crate) fn contains(&self, position: u32) -> bool {
+        self.0
+            .get(position as usize / 64)
+            .is_some_and(|w| w & (1 << (position % 64)) != 0)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
     }
 }
 
@@ -121,5 +145,26 @@ impl RunSlot {
             }
             self.halted.notified().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Visited;
+
+    #[test]
+    fn visited_positions_are_remembered_exactly() {
+        let mut visited = Visited::default();
+        for p in [0, 63, 64, 1_000] {
+            visited.insert(p);
+        }
+        for p in [0, 63, 64, 1_000] {
+            assert!(visited.contains(p), "{p}");
+        }
+        for p in [1, 62, 65, 999, 1_001, 5_000, u32::MAX] {
+            assert!(!visited.contains(p), "{p}");
+        }
+        visited.clear();
+        assert!(!visited.contains(0));
     }
 }
