@@ -219,26 +219,24 @@ impl<'c> StepBuilder<'c> {
             tool = self.tool.as_deref().unwrap_or(""),
             class = ?self.class
         );
+        let decode = |step: String, payload: Payload| {
+            payload.decode().map_err(|e| StepError::Output {
+                step,
+                reason: e.to_string(),
+            })
+        };
         async move {
-            // A step that finished before hands back its output without building its body
-            // chain: replaying a long history does this for every step.
-            let payload = match self.begin(position).await {
-                Err(done) => done?,
+            match self.begin(position).await {
+                // A step that finished before hands back its output without building its
+                // body chain: replaying a long history does this for every step.
+                Err(settled) => decode(self.name, settled?),
                 Ok(record) => {
                     let name = self.name.clone();
                     let mut chain = vec![(self.tool.clone(), erase(body))];
                     chain.append(&mut self.fallbacks);
-                    let payload = self.execute(position, record, chain).await?;
-                    return payload.decode().map_err(|e| StepError::Output {
-                        step: name,
-                        reason: e.to_string(),
-                    });
+                    decode(name, self.execute(position, record, chain).await?)
                 }
-            };
-            payload.decode().map_err(|e| StepError::Output {
-                step: self.name,
-                reason: e.to_string(),
-            })
+            }
         }
         .instrument(span)
     }
