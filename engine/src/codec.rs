@@ -61,8 +61,9 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
 
 /// The checkpoint format this build writes and reads. A checkpoint in any other format is
 /// ignored and the fold rebuilt from the log, so bump it whenever a type the fold is made of
-/// (`replay::ReplayState` and what it holds) changes shape.
-pub const CHECKPOINT_V1: u8 = 1;
+/// (`replay::ReplayState` and what it holds) changes shape. 2: step records no longer carry
+/// their idempotency key (it is derived from run and position).
+pub const CHECKPOINT_FORMAT: u8 = 2;
 
 /// Upper bound on one encoded checkpoint; decoding refuses anything claiming more.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;
@@ -77,7 +78,7 @@ fn checkpoint_options() -> impl Options {
 
 /// Encodes a fold as a checkpoint: `[format u8][bincode(ReplayState)]`.
 pub fn encode_checkpoint(state: &crate::replay::ReplayState) -> Vec<u8> {
-    let mut out = vec![CHECKPOINT_V1];
+    let mut out = vec![CHECKPOINT_FORMAT];
     checkpoint_options()
         .serialize_into(&mut out, state)
         .expect("a fold encodes");
@@ -88,7 +89,7 @@ pub fn encode_checkpoint(state: &crate::replay::ReplayState) -> Vec<u8> {
 pub fn decode_checkpoint(bytes: &[u8]) -> Result<crate::replay::ReplayState, CodecError> {
     let (&format, body) = bytes.split_first().ok_or(CodecError::Empty)?;
     match format {
-        CHECKPOINT_V1 => checkpoint_options()
+        CHECKPOINT_FORMAT => checkpoint_options()
             .deserialize(body)
             .map_err(|e| CodecError::Invalid(e.to_string())),
         other => Err(CodecError::UnknownSchema(other)),

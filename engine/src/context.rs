@@ -82,7 +82,12 @@ impl Ctx {
     ) -> ! {
         let context = {
             let state = self.slot.state();
-            crate::replay::escalation_context(&state.replay, position, suggested_next)
+            crate::replay::escalation_context(
+                &state.replay,
+                self.slot.run,
+                position,
+                suggested_next,
+            )
         };
         let event = EventKind::Escalated {
             position,

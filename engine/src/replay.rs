@@ -66,8 +66,6 @@ pub struct StepRecord {
     pub tool: Option<String>,
     /// Class.
     pub class: StepClass,
-    /// Idempotency key.
-    pub idem_key: String,
     /// Input hash.
     pub input_hash: u64,
     /// When it was scheduled.
@@ -353,7 +351,6 @@ impl StepRecord {
         name: String,
         tool: Option<String>,
         class: StepClass,
-        idem_key: String,
         input_hash: u64,
         scheduled_ms: u64,
     ) -> Self {
@@ -362,7 +359,6 @@ impl StepRecord {
             current_tool: tool.clone(),
             tool,
             class,
-            idem_key,
             input_hash,
             scheduled_ms,
             attempts: 0,
@@ -415,16 +411,15 @@ impl ReplayState {
                 name,
                 tool,
                 class,
-                idem_key,
                 input_hash,
                 output,
                 attempt,
                 cost,
+                ..
             } => {
                 self.admit(seq, "StepRan")?;
-                let mut step = Box::new(StepRecord::scheduled(
-                    name, tool, class, idem_key, input_hash, at_ms,
-                ));
+                let mut step =
+                    Box::new(StepRecord::scheduled(name, tool, class, input_hash, at_ms));
                 complete_step(&mut self.budget, &mut step, output, attempt, None, cost);
                 (position, step)
             }
@@ -433,11 +428,11 @@ impl ReplayState {
                 name,
                 tool,
                 class,
-                idem_key,
                 input_hash,
+                ..
             } => {
                 self.admit(seq, "StepScheduled")?;
-                let step = StepRecord::scheduled(name, tool, class, idem_key, input_hash, at_ms);
+                let step = StepRecord::scheduled(name, tool, class, input_hash, at_ms);
                 (position, Box::new(step))
             }
             kind => return self.apply(&Event { seq, at_ms, kind }),
@@ -1059,6 +1054,7 @@ impl ReplayState {
 /// fold).
 pub fn escalation_context(
     replay: &ReplayState,
+    run: annal_storage::RunId,
     position: Option<u32>,
     suggested_next: &str,
 ) -> crate::event::EscalationContext {
@@ -1080,7 +1076,7 @@ pub fn escalation_context(
     let (failing_step, idempotency_key, errors) = match failing.map(|r| &r.recorded) {
         Some(Recorded::Step(step)) => (
             Some(step.name.clone()),
-            Some(step.idem_key.clone()),
+            position.map(|p| crate::step::idempotency_key(run, p)),
             step.failures
                 .iter()
                 .map(|f| (f.attempt, f.class.label().to_string(), f.message.clone()))

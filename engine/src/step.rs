@@ -280,7 +280,7 @@ impl<'c> StepBuilder<'c> {
     ) -> Result<Payload, StepError> {
         let ctx = self.ctx;
         let engine = &ctx.engine;
-        let idem_key = format!("{}/{}", ctx.slot.run, position);
+        let idem_key = idempotency_key(ctx.slot.run, position);
         // The open attempt of an irreversible step that reconcile found not done.
         let mut not_done: Option<StepFailure> = None;
         let mut live = match record {
@@ -816,6 +816,12 @@ impl Live {
             input_hash: step.input_hash,
         }]
     }
+}
+
+/// The idempotency key every attempt of the step at `position` of `run` gets: the same
+/// across attempts, crashes and restarts, different for every step.
+pub(crate) fn idempotency_key(run: annal_storage::RunId, position: u32) -> String {
+    format!("{run}/{position}")
 }
 
 /// Merges a step's `StepScheduled` and `StepCompleted` into one `StepRan` (the primary

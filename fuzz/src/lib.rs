@@ -116,8 +116,12 @@ pub fn replay_events_with(
     events: &[Event],
 ) -> Option<Result<(), annal::Error>> {
     let state = ReplayState::from_events(events).ok()?;
-    let _ =
-        annal::replay::escalation_context(&state, state.commands().next().map(|(p, _)| p), "fuzz");
+    let _ = annal::replay::escalation_context(
+        &state,
+        annal::RunId([0; 16]),
+        state.commands().next().map(|(p, _)| p),
+        "fuzz",
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)

@@ -912,13 +912,13 @@ fn a_checkpoint_at_any_prefix_folds_on_to_the_same_state() {
     let bytes = crate::codec::encode_checkpoint(&fold(&completed_history()));
     assert!(crate::codec::decode_checkpoint(&bytes[..bytes.len() - 1]).is_err());
     let mut other = bytes.clone();
-    other[0] = 2;
+    other[0] = crate::codec::CHECKPOINT_FORMAT.wrapping_add(1);
     assert!(crate::codec::decode_checkpoint(&other).is_err());
     assert!(crate::codec::decode_checkpoint(&[]).is_err());
 }
 
 /// The checkpoint encoding of folds that hold every kind of record, pinned. A change to any
-/// type a fold is made of changes these bytes: bump `codec::CHECKPOINT_V1` (so that stored
+/// type a fold is made of changes these bytes: bump `codec::CHECKPOINT_FORMAT` (so that stored
 /// checkpoints of the old shape are ignored, not misread), then update the digest.
 #[test]
 fn the_checkpoint_encoding_is_pinned_to_its_format_version() {
@@ -932,10 +932,10 @@ fn the_checkpoint_encoding_is_pinned_to_its_format_version() {
         }
         hasher.update(&crate::codec::encode_checkpoint(&state));
     }
-    assert_eq!(crate::codec::CHECKPOINT_V1, 1);
+    assert_eq!(crate::codec::CHECKPOINT_FORMAT, 2);
     assert_eq!(
         hasher.finalize().to_hex().as_str(),
-        "7e1d7e365bd1f50e0c450ae8f235cc75fb737128a9f8d7154151fb8e10e996f6",
-        "the fold's shape changed: bump codec::CHECKPOINT_V1 and update this digest"
+        "8eb4e161c5e9b35bcc1aa82cf3828762cdb40a2562f8f2f1f50f680a4a6ee697",
+        "the fold's shape changed: bump codec::CHECKPOINT_FORMAT and update this digest"
     );
 }
