@@ -448,7 +448,7 @@ impl Engine {
             }
         }
         let input = Payload::encode(input).map_err(|e| Error::Payload(e.to_string()))?;
-        let run = RunId(*uuid::Uuid::new_v4().as_bytes());
+        let run = RunId(*uuid::Uuid::now_v7().as_bytes());
         let index: Vec<IndexOp> = options
             .dedupe_key
             .iter()
