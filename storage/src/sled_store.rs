@@ -16,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{CorruptReason, Error, Result};
 use crate::keys;
 use crate::store::{
-    check_payload, check_record, decode_checkpoint, decode_meta, meta_with_log_end, plan_append_at,
+    check_payload, check_record, decode_checkpoint, decode_meta, log_end_from, plan_append_at,
     plan_purge, AppendBatch, Durability, GateId, LogStore, Position, Record, RunId, RunMeta,
     TimerEntry,
 };
@@ -330,21 +330,15 @@ impl SledStore {
         self.db.get(key).map_err(sled_error)
     }
 
-    /// The seq of a run's last event record, if it has any.
-    fn last_event_seq(&self, run: RunId) -> Result<Option<u64>> {
-        // One descent of the tree; a reverse iterator costs several times more in sled 0.34.
-        let Some((key, _)) = self
-            .db
-            .get_lt(keys::event(run, u64::MAX))
-            .map_err(sled_error)?
-        else {
-            return Ok(None);
-        };
-        if !key.starts_with(&keys::event_prefix(run)) {
-            return Ok(None);
-        }
-        let (_, seq) = keys::parse_event(&key).ok_or_else(|| bad_key(&key))?;
-        Ok(Some(seq))
+    /// Stored metadata completed with the log's end: point reads of event keys from the
+    /// `next_seq` it recorded (one read when no step was appended since the last status
+    /// change). sled 0.34's `get_lt` walks a reverse iterator, which cost a `result()` call
+    /// more than the rest of its work.
+    fn with_log_end(&self, mut meta: RunMeta, run: RunId) -> Result<RunMeta> {
+        meta.next_seq = log_end_from(run, meta.next_seq, &|key| {
+            Ok(self.get(key)?.map(|value| value.to_vec()))
+        })?;
+        Ok(meta)
     }
 
     /// Every key (and value) under `prefix`, in key order.
@@ -855,7 +849,7 @@ impl LogStore for SledStore {
             return Ok(None);
         };
         let meta = decode_meta(run, &bytes)?;
-        Ok(Some(meta_with_log_end(meta, self.last_event_seq(run)?)))
+        self.with_log_end(meta, run).map(Some)
     }
 
     async fn runs(&self) -> Result<Vec<(RunId, RunMeta)>> {
@@ -864,7 +858,7 @@ impl LogStore for SledStore {
                 let (key, value) = item?;
                 let run = keys::parse_meta(&key).ok_or_else(|| bad_key(&key))?;
                 let meta = decode_meta(run, &value)?;
-                Ok((run, meta_with_log_end(meta, self.last_event_seq(run)?)))
+                Ok((run, self.with_log_end(meta, run)?))
             })
             .collect()
     }

@@ -424,15 +424,27 @@ pub fn plan_append_at(
 /// The seq after a run's last event, found with point reads (a gallop, then a binary search):
 /// only a conflicting append needs it, to say where the log really ends.
 fn log_end(run: RunId, get: Get<'_>) -> Result<u64> {
+    log_end_from(run, 0, get)
+}
+
+/// The seq after a run's last event, for a log known to reach at least `from` unless it lost
+/// its tail: point reads from `from` on (one when `from` is the end, a gallop and a binary
+/// search otherwise). Returns `from` when the event at `from` is absent, so a log shorter
+/// than recorded reads as ending where it was recorded to end, and its reader finds the
+/// hole. A backend whose reverse lookups are slow (sled's `get_lt` iterates backwards) finds
+/// a run's end this way from the `next_seq` its metadata recorded.
+pub fn log_end_from(run: RunId, from: u64, get: Get<'_>) -> Result<u64> {
     let present = |seq: u64| -> Result<bool> { Ok(get(&keys::event(run, seq))?.is_some()) };
-    if !present(0)? {
-        return Ok(0);
+    if !present(from)? {
+        return Ok(from);
     }
     // Invariant: `low` is present, `high` is absent (a log has no holes).
-    let (mut low, mut high) = (0u64, 1u64);
+    let (mut low, mut step) = (from, 1u64);
+    let mut high = from.saturating_add(step);
     while high < u64::MAX / 2 && present(high)? {
         low = high;
-        high *= 2;
+        step *= 2;
+        high = from.saturating_add(step);
     }
     while high - low > 1 {
         let mid = low + (high - low) / 2;
@@ -505,5 +517,23 @@ mod tests {
         assert_eq!(RunId(bytes).to_string(), text);
         assert_eq!(format!("{:?}", GateId(bytes)), text);
         assert_eq!(uuid::Uuid::from_bytes(bytes).to_string(), text);
+    }
+
+    /// The log's end is found from any starting point: below the end (metadata recorded
+    /// before later steps), at it, and past it (a lost tail reads as the recorded end).
+    #[test]
+    fn log_end_from_finds_the_end_from_any_recorded_seq() {
+        let run = RunId([7; 16]);
+        for len in [0u64, 1, 2, 3, 5, 8, 13, 100, 1000] {
+            let get = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+                let (_, seq) = keys::parse_event(key).expect("event key");
+                Ok((seq < len).then(Vec::new))
+            };
+            assert_eq!(log_end(run, &get).unwrap(), len, "from 0, len {len}");
+            for from in 0..len {
+                assert_eq!(log_end_from(run, from, &get).unwrap(), len, "from {from}");
+            }
+            assert_eq!(log_end_from(run, len + 4, &get).unwrap(), len + 4);
+        }
     }
 }
