@@ -158,10 +158,20 @@ impl EngineInner {
             tracing::error!(%run, error = %e, "run could not be settled; it resumes from its log on the next open");
         }
         let wake_again = matches!(result, Ok(true));
+        // A run that ended has nothing left for the timer service to wake (a stale entry of
+        // its own would only wake it to find it ended): rescanning the due times after every
+        // finished run cost the fan-in bench ~3% of its workers' time.
+        let ended = writer
+            .meta
+            .as_ref()
+            .and_then(|meta| RunStatus::from_code(meta.status))
+            .is_some_and(RunStatus::is_terminal);
         self.evict(slot, &mut writer);
         drop(writer);
         self.notify_run_settled(run);
-        self.timers_changed.notify_one();
+        if !ended {
+            self.timers_changed.notify_one();
+        }
         if wake_again {
             // Something arrived while the run was deciding to park: run it again.
             if let Err(e) = self.wake(run).await {
