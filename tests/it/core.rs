@@ -392,6 +392,40 @@ async fn a_timer_survives_an_engine_restart_and_waits_only_the_remainder() {
     );
 }
 
+/// More parked runs fall due at once than the timer service wakes per scan (1,024): the
+/// rest are woken as the first ones settle, not at the next poll, even though every run ends
+/// (an ended run registers no new wake-up time of its own).
+#[tokio::test(start_paused = true)]
+async fn more_runs_due_at_once_than_one_timer_scan_wakes_all_finish_promptly() {
+    let store = Arc::new(SimStore::new());
+    let engine = on(&store)
+        .config(annal::EngineConfig {
+            park_after_ms: 1_000,
+            timer_poll_ms: 30 * 86_400_000,
+            ..annal::EngineConfig::default()
+        })
+        .register("sleeper", 1, sleeper)
+        .open()
+        .await
+        .unwrap();
+    let mut runs = Vec::new();
+    for _ in 0..1_300 {
+        runs.push(engine.start::<_, u64>("sleeper", &1u64).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(engine.runs_in_memory(), 0, "every run parked on its timer");
+
+    let started = tokio::time::Instant::now();
+    for run in &runs {
+        assert_eq!(run.result().await.unwrap(), 1);
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(86_400 + 3_600),
+        "the last runs waited for a poll: {waited:?}"
+    );
+}
+
 async fn waiter(ctx: Ctx, (): ()) -> Result<Vec<String>, WorkflowError> {
     let first: String = ctx.signal("note").await?;
     let second: String = ctx.signal("note").await?;

@@ -62,6 +62,9 @@ pub(crate) struct EngineInner {
     pub(crate) run_waiters: Mutex<HashMap<RunId, watch::Sender<u64>>>,
     /// Wakes the timer service when a new wake-up time was registered.
     pub(crate) timers_changed: Notify,
+    /// The timer service's last scan left due entries it did not wake (a full batch, or runs
+    /// that were in memory): every settling run must then wake it, ended ones included.
+    pub(crate) timers_left_due: std::sync::atomic::AtomicBool,
     pub(crate) drifts: Mutex<HashMap<RunId, DriftError>>,
     pub(crate) tasks: Mutex<HashMap<RunId, tokio::task::AbortHandle>>,
     /// Tasks of this engine still alive (drivers, the timer service, wake-ups), so shutdown

@@ -230,6 +230,7 @@ impl EngineBuilder {
             settled,
             run_waiters: Mutex::new(HashMap::new()),
             timers_changed: Notify::new(),
+            timers_left_due: false.into(),
             drifts: Mutex::new(HashMap::new()),
             tasks: Mutex::new(HashMap::new()),
             live_tasks: Arc::default(),

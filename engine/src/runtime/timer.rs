@@ -3,6 +3,7 @@
 //! Runs in memory wait on their own timers; this service only rehydrates runs that are not
 //! in memory. It sleeps until the next due entry, or until told that one was registered.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::inner::EngineInner;
@@ -34,13 +35,26 @@ impl EngineInner {
     /// time.
     async fn wake_due(self: &Arc<Self>, now_ms: u64) -> crate::Result<Option<u64>> {
         let due = self.store.due_timers(now_ms, BATCH).await?;
+        // Raised as soon as an entry is left due (before the runs woken here can settle), so
+        // that every settling run wakes the service again; see `EngineInner::timers_left_due`.
+        let left_due = |left: bool| {
+            if left {
+                self.timers_left_due.store(true, Ordering::Release);
+            }
+            left
+        };
+        let mut left = left_due(due.len() >= BATCH);
         for entry in &due {
             if self.is_active(entry.run) {
+                left = left || left_due(true);
                 continue;
             }
             if let Err(e) = self.wake(entry.run).await {
                 tracing::warn!(run = %entry.run, error = %e, "due run could not be woken");
             }
+        }
+        if !left {
+            self.timers_left_due.store(false, Ordering::Release);
         }
         let ahead = self.store.due_timers(u64::MAX, due.len() + 1).await?;
         Ok(ahead
