@@ -290,6 +290,7 @@ pub struct Contradiction {
 /// The fold of a history: what each position recorded, pending signals, cancellation, end.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct ReplayState {
+    #[serde(deserialize_with = "commands_in_bulk")]
     commands: BTreeMap<u32, CommandRecord>,
     /// Received signals: seq, name, payload.
     signals: Vec<(u64, String, Payload)>,
@@ -304,6 +305,38 @@ pub struct ReplayState {
     budget: crate::policy::BudgetUse,
     gates: BTreeMap<[u8; 16], u32>,
     escalated: Option<Option<u32>>,
+}
+
+/// Decodes the commands of a checkpoint into a list first and builds the map from it in one
+/// pass (the entries come in key order): inserting them one by one, as serde's own map
+/// decoding does, took a quarter of a 10,000-step checkpoint's decode.
+fn commands_in_bulk<'de, D>(decoder: D) -> Result<BTreeMap<u32, CommandRecord>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = BTreeMap<u32, CommandRecord>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a map of positions to command records")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            // The hint comes from the input: bounded, so a damaged length cannot reserve much.
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+            while let Some(entry) = map.next_entry::<u32, CommandRecord>()? {
+                entries.push(entry);
+            }
+            // Sorted input is built in bulk; a repeated position keeps its last record, which
+            // an encoder of a map never writes.
+            Ok(entries.into_iter().collect())
+        }
+    }
+    decoder.deserialize_map(Entries)
 }
 
 fn step_in(

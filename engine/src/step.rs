@@ -234,7 +234,11 @@ impl<'c> StepBuilder<'c> {
                     let name = self.name.clone();
                     let mut chain = vec![(self.tool.clone(), erase(body))];
                     chain.append(&mut self.fallbacks);
-                    decode(name, self.execute(position, record, chain).await?)
+                    // Boxed: inline, the live path's state machine made every step's future
+                    // ~2.7 kB, which the workflow's own future copies at each call, replayed
+                    // steps included (a quarter of a 10,000-step resume was that copy).
+                    let live = Box::pin(self.execute(position, record, chain));
+                    decode(name, live.await?)
                 }
             }
         }
