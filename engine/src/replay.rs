@@ -327,7 +327,7 @@ where
             mut map: A,
         ) -> Result<Self::Value, A::Error> {
             // The hint comes from the input: bounded, so a damaged length cannot reserve much.
-            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 16));
+            let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(1 << 12));
             while let Some(entry) = map.next_entry::<u32, CommandRecord>()? {
                 entries.push(entry);
             }
