@@ -917,6 +917,34 @@ fn a_checkpoint_at_any_prefix_folds_on_to_the_same_state() {
     assert!(crate::codec::decode_checkpoint(&[]).is_err());
 }
 
+proptest::proptest! {
+    /// A damaged checkpoint (a changed byte, a cut, bytes added) decodes or is refused; it
+    /// never panics and never asks for an unbounded allocation, whatever length it claims.
+    #[test]
+    fn damaged_checkpoints_never_panic(
+        which in 0usize..3,
+        at in proptest::prelude::any::<proptest::sample::Index>(),
+        byte in proptest::prelude::any::<u8>(),
+        cut in proptest::prelude::any::<proptest::sample::Index>(),
+        tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16),
+    ) {
+        let history = [escalated_history(), completed_history(), approval_history()][which].clone();
+        let mut state = crate::replay::ReplayState::default();
+        for e in &history {
+            if state.apply(e).is_err() {
+                break;
+            }
+        }
+        let mut bytes = crate::codec::encode_checkpoint(&state);
+        let i = at.index(bytes.len());
+        bytes[i] = byte;
+        let _ = crate::codec::decode_checkpoint(&bytes);
+        bytes.truncate(cut.index(bytes.len() + 1));
+        bytes.extend_from_slice(&tail);
+        let _ = crate::codec::decode_checkpoint(&bytes);
+    }
+}
+
 /// The checkpoint encoding of folds that hold every kind of record, pinned. A change to any
 /// type a fold is made of changes these bytes: bump `codec::CHECKPOINT_FORMAT` (so that stored
 /// checkpoints of the old shape are ignored, not misread), then update the digest.
