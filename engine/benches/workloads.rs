@@ -5,6 +5,7 @@
 //! ANNAL_BENCH_SCALE=0.1 cargo bench -p annal --bench workloads     # a quick smoke run
 //! ANNAL_BENCH_ONLY=chain,replay cargo bench -p annal --bench workloads
 //! ANNAL_BENCH_DIR=/mnt/nvme cargo bench -p annal --bench workloads  # another disk
+//! ANNAL_BENCH_WORKERS=1 cargo bench -p annal --bench workloads     # tokio worker threads
 //! ```
 //!
 //! Workloads (`PowerSafe` unless stated):
@@ -574,10 +575,14 @@ async fn bench_disk(rows: &mut Vec<Row>) {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("ANNAL_BENCH_WORKERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build().unwrap();
     let mut rows = Vec::new();
     runtime.block_on(async {
         if wanted("chain") {
