@@ -20,8 +20,9 @@
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
-//!   all resumed and finished once due, and the heap each parked run keeps (sled's share and
-//!   the engine's).
+//!   all resumed and finished once due, and the heap each further parked run keeps (the slope
+//!   from 10,000 to 30,000 parked runs on a second engine; the averages, with sled's fixed
+//!   part and the engine's share, in the note).
 //! - `disk`: bytes on disk per event against encoded bytes per event, for one long chain and
 //!   for 256 runs at once.
 //!
@@ -443,37 +444,11 @@ async fn bench_recovery(rows: &mut Vec<Row>) {
     // A 1 MiB sled cache, so that resident-set growth shows what parked runs cost the engine
     // rather than how much of the log sled keeps cached.
     let engine = open_with_cache(&path, 1 << 20).await;
-    let mut ids = Vec::with_capacity(runs);
     let before = rss_bytes();
     let heap_before = heap_live_bytes();
-    // Far enough ahead that every run is started and parked before any is due; starts go
-    // out 64 at a time so they share group commits.
+    // Far enough ahead that every run is started and parked before any is due.
     let due_at_ms = wall_ms() + 30_000 + runs as u64 * 4;
-    let all: Vec<u32> = (0..runs as u32).collect();
-    for chunk in all.chunks(64) {
-        let inputs: Vec<(u32, u64)> = chunk.iter().map(|i| (*i, due_at_ms)).collect();
-        let starts = inputs
-            .iter()
-            .map(|input| engine.start::<_, u32>("parked", input));
-        for handle in futures::future::join_all(starts).await {
-            ids.push(handle.unwrap().run_id());
-        }
-    }
-    // Wait until every run has parked (dropped from memory).
-    loop {
-        let runs_now = engine.runs().await.unwrap();
-        if runs_now
-            .iter()
-            .all(|r| r.status == annal::RunStatus::Parked)
-        {
-            break;
-        }
-        assert!(
-            wall_ms() < due_at_ms,
-            "runs did not all park before they were due"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let ids = park_runs(&engine, 0, runs, due_at_ms).await;
     let parked_rss = rss_bytes().saturating_sub(before);
     let parked_heap = heap_live_bytes().saturating_sub(heap_before);
     let in_memory = engine.runs_in_memory();
@@ -504,19 +479,81 @@ async fn bench_recovery(rows: &mut Vec<Row>) {
             all_done.as_secs_f64() * 1e3
         ),
     });
+    let (slope, average_at_three) = parked_memory_slope(runs).await;
     rows.push(Row {
         workload: "recovery",
         metric: "memory per parked run",
-        value: parked_heap as f64 / runs as f64,
+        value: slope,
         unit: "B",
         limit: Some(256.0),
         note: format!(
-            "heap bytes still live once all {runs} runs parked, per run, 1 MiB sled cache: the store (sled) {:.0} B, the engine {:.0} B (runs it holds: {in_memory}); resident-set growth {:.0} B per run (with the allocator's high-water mark of starting them)",
+            "heap bytes each further parked run keeps (from {runs} to {} parked, 1 MiB sled cache); averages including sled's fixed part: {:.0} B per run at {runs} parked (the store (sled) {:.0} B, the engine {:.0} B, runs it holds: {in_memory}), {average_at_three:.0} B at {}; resident-set growth {:.0} B per run at {runs} (with the allocator's high-water mark of starting them)",
+            3 * runs,
+            parked_heap as f64 / runs as f64,
             store_heap as f64 / runs as f64,
             parked_heap as f64 / runs as f64 - store_heap as f64 / runs as f64,
+            3 * runs,
             parked_rss as f64 / runs as f64
         ),
     });
+}
+
+/// Starts `count` runs of `parked` (numbered from `first`), due at `due_at_ms`, and waits
+/// until every run of the engine has parked. Starts go out 64 at a time so that they share
+/// group commits.
+async fn park_runs(
+    engine: &Engine,
+    first: usize,
+    count: usize,
+    due_at_ms: u64,
+) -> Vec<annal::RunId> {
+    let mut ids = Vec::with_capacity(count);
+    let all: Vec<u32> = (first as u32..(first + count) as u32).collect();
+    for chunk in all.chunks(64) {
+        let inputs: Vec<(u32, u64)> = chunk.iter().map(|i| (*i, due_at_ms)).collect();
+        let starts = inputs
+            .iter()
+            .map(|input| engine.start::<_, u32>("parked", input));
+        for handle in futures::future::join_all(starts).await {
+            ids.push(handle.unwrap().run_id());
+        }
+    }
+    // A started run stays in memory until it parks; listing every run's status on each poll
+    // would cost more than the wait as the runs pile up.
+    while engine.runs_in_memory() > 0 {
+        assert!(
+            wall_ms() < due_at_ms,
+            "runs did not all park before they were due"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let runs_now = engine.runs().await.unwrap();
+    assert!(runs_now
+        .iter()
+        .all(|r| r.status == annal::RunStatus::Parked));
+    ids
+}
+
+/// What one more parked run costs: the heap after parking `runs` runs, then `2 * runs` more,
+/// on one engine with a 1 MiB sled cache. sled's memory has a large fixed part (a few MB
+/// beyond its cache), which an average over the runs parked spreads thinner the more there
+/// are; the slope is the cost that grows with them. It grows in steps (tables that double),
+/// so the slope is taken over a wide span.
+async fn parked_memory_slope(runs: usize) -> (f64, f64) {
+    let dir = bench_dir();
+    let engine = open_with_cache(dir.path(), 1 << 20).await;
+    // Never due while the bench looks.
+    let due_at_ms = wall_ms() + 3_600_000;
+    let heap_before = heap_live_bytes();
+    park_runs(&engine, 0, runs, due_at_ms).await;
+    let first = heap_live_bytes().saturating_sub(heap_before);
+    park_runs(&engine, runs, 2 * runs, due_at_ms).await;
+    let second = heap_live_bytes().saturating_sub(heap_before);
+    engine.shutdown().await;
+    (
+        (second as f64 - first as f64) / (2 * runs) as f64,
+        second as f64 / (3 * runs) as f64,
+    )
 }
 
 fn dir_bytes(path: &Path) -> u64 {
