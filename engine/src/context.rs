@@ -148,8 +148,10 @@ impl Ctx {
             };
             (matched, state.replay.pending_cancel().map(str::to_string))
         };
+        // The rare paths are boxed so that this future, which every step's future holds
+        // inline, stays small (see `StepBuilder::run`).
         match matched {
-            Err(mismatch) => self.halt(Halt::Drift(mismatch)).await,
+            Err(mismatch) => Box::pin(self.halt(Halt::Drift(mismatch))).await,
             Ok(Some(None)) => {
                 let reason = self
                     .slot
@@ -161,16 +163,18 @@ impl Ctx {
                 Begin::Cancelled(reason)
             }
             Ok(Some(Some(record))) => Begin::Recorded(record),
-            Ok(None) => match pending_cancel {
-                Some(reason) => {
-                    self.append(AppendReq::events(vec![EventKind::CancelDelivered {
-                        position,
-                    }]))
-                    .await;
-                    Begin::Cancelled(reason)
+            Ok(None) => {
+                match pending_cancel {
+                    Some(reason) => {
+                        Box::pin(self.append(AppendReq::events(vec![
+                            EventKind::CancelDelivered { position },
+                        ])))
+                        .await;
+                        Begin::Cancelled(reason)
+                    }
+                    None => Begin::Live,
                 }
-                None => Begin::Live,
-            },
+            }
         }
     }
 
