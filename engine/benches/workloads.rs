@@ -15,8 +15,10 @@
 //! - `fan_in`: 256 concurrent runs of 10 `Write` steps: steps/s, runs/s, p50/p99 run latency,
 //!   against the raw group-commit limit at the same concurrency (256 ascending records per
 //!   commit; also printed: 256 records spread over 256 runs' keys, as the engine writes).
-//!   `ANNAL_BENCH_ROUNDS` (default 8) rounds on one engine, each after a slice of both raw
-//!   loops.
+//!   `ANNAL_BENCH_ROUNDS` (default 8) rounds on one engine, each after a slice of the raw
+//!   loops. A second row is the ceiling of annal's key layout: the same sled writes the
+//!   engine's runs make, in lockstep commits on one thread with no workflow code. The note
+//!   gives each thread kind's CPU time per step during the rounds (Linux).
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
@@ -67,14 +69,42 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
+/// A sled database written raw, with the files a power-safe commit fsyncs.
+struct RawDb {
+    db: sled::Db,
+    db_file: File,
+    dir_file: File,
+}
+
+impl RawDb {
+    fn open(dir: &Path) -> Self {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open()
+            .expect("raw sled");
+        Self {
+            db_file: File::open(dir.join("db")).expect("db file"),
+            dir_file: File::open(dir).expect("dir"),
+            db,
+        }
+    }
+
+    /// One power-safe commit: `apply_batch`, flush, fsync of the `db` file and the directory.
+    fn commit(&self, tree: &sled::Tree, batch: sled::Batch) {
+        tree.apply_batch(batch).expect("apply");
+        self.db.flush().expect("flush");
+        self.db_file.sync_all().expect("fsync db");
+        self.dir_file.sync_all().expect("fsync dir");
+    }
+}
+
 /// The raw limit: sled `apply_batch` of `batch` records, then flush, fsync of the `db` file
 /// and of the directory, in a loop on one thread. Kept open so that its slices can alternate
 /// with the engine's, and a change in the machine's speed hits both alike.
 struct RawLimit {
-    db: sled::Db,
+    raw: RawDb,
     tree: sled::Tree,
-    db_file: File,
-    dir_file: File,
     payload: Vec<u8>,
     /// Each record under its own key among `batch` runs (as an engine's runs write), rather
     /// than one ascending key sequence.
@@ -86,16 +116,10 @@ struct RawLimit {
 
 impl RawLimit {
     fn open(dir: &Path, bytes: usize, spread: bool) -> Self {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .expect("raw sled");
+        let raw = RawDb::open(dir);
         Self {
-            tree: db.open_tree("raw").expect("tree"),
-            db_file: File::open(dir.join("db")).expect("db file"),
-            dir_file: File::open(dir).expect("dir"),
-            db,
+            tree: raw.db.open_tree("raw").expect("tree"),
+            raw,
             payload: vec![7u8; bytes],
             spread,
             key: 0,
@@ -126,10 +150,7 @@ impl RawLimit {
                 }
             }
             self.key += 1;
-            self.tree.apply_batch(b).expect("apply");
-            self.db.flush().expect("flush");
-            self.db_file.sync_all().expect("fsync db");
-            self.dir_file.sync_all().expect("fsync dir");
+            self.raw.commit(&self.tree, b);
         }
         self.commits += commits as u64;
         self.elapsed += started.elapsed();
@@ -142,6 +163,108 @@ impl RawLimit {
     fn commit_latency(&self) -> Duration {
         self.elapsed / self.commits.max(1) as u32
     }
+}
+
+/// The sled writes annal's runs make, by a perfect committer: `runs` runs in lockstep, each
+/// commit carrying one append of every run, on one thread with no workflow code. A run writes
+/// what the engine's `chain` run writes (`RunStarted` with its metadata and status entry, one
+/// record per step, then `RunEnded` with the status change) in as many commits as a run waits
+/// for (start, then one per step, the last step riding with the end). This is the ceiling of
+/// annal's key layout on sled: what separates it from [`RawLimit`] is the layout, what
+/// separates the engine from it is everything else.
+struct RawRuns {
+    raw: RawDb,
+    next_run: u128,
+    steps: u64,
+    elapsed: Duration,
+}
+
+impl RawRuns {
+    fn open(dir: &Path) -> Self {
+        Self {
+            raw: RawDb::open(dir),
+            next_run: 1 << 100,
+            steps: 0,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// One round of `runs` runs of `steps` steps, with event payloads of the engine's size.
+    fn round(&mut self, runs: usize, steps: u32) {
+        use annal_storage::{encode_meta, frame, keys, RunId, RunMeta};
+        const RUNNING: u8 = 1;
+        const COMPLETED: u8 = 10;
+        let started = Instant::now();
+        // Time-ordered ids, as the engine's UUID v7 ids are.
+        let ids: Vec<RunId> = (0..runs as u128)
+            .map(|i| RunId((self.next_run + i).to_be_bytes()))
+            .collect();
+        self.next_run += runs as u128;
+        let meta = |status| RunMeta {
+            workflow: "chain".into(),
+            version: 1,
+            status,
+            next_seq: 0,
+            created_ms: 1_763_800_000_000,
+            updated_ms: 1_763_800_000_000,
+            wake_ms: None,
+            note: String::new(),
+        };
+        let event = frame::encode(&[7u8; 60]);
+        // The engine writes sled's default tree.
+        let tree: &sled::Tree = &self.raw.db;
+        let mut batch = sled::Batch::default();
+        for &run in &ids {
+            batch.insert(keys::event(run, 0), event.as_slice());
+            batch.insert(keys::status(RUNNING, run), &[]);
+            batch.insert(keys::meta(run), encode_meta(&meta(RUNNING)));
+        }
+        self.raw.commit(tree, batch);
+        for seq in 1..=u64::from(steps) {
+            let mut batch = sled::Batch::default();
+            for &run in &ids {
+                batch.insert(keys::event(run, seq), event.as_slice());
+                if seq == u64::from(steps) {
+                    batch.insert(keys::event(run, seq + 1), event.as_slice());
+                    // A final status leaves the status index (`keys::FINAL_STATUS_MIN`).
+                    batch.remove(keys::status(RUNNING, run));
+                    batch.insert(keys::meta(run), encode_meta(&meta(COMPLETED)));
+                }
+            }
+            self.raw.commit(tree, batch);
+        }
+        self.steps += (runs as u64) * u64::from(steps);
+        self.elapsed += started.elapsed();
+    }
+
+    fn steps_per_s(&self) -> f64 {
+        self.steps as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// On-CPU time of this process's threads so far, summed by thread name (Linux
+/// `/proc/self/task/*/schedstat`; empty elsewhere). Threads that ended are not counted.
+fn cpu_by_thread() -> std::collections::BTreeMap<String, Duration> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("schedstat")),
+        ) else {
+            continue;
+        };
+        let Some(ns) = stat.split_whitespace().next().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // sled's I/O pool names its threads `sled-io-N`.
+        let name = name.trim().trim_end_matches(|c: char| c.is_ascii_digit());
+        *out.entry(name.to_string()).or_default() += Duration::from_nanos(ns);
+    }
+    out
 }
 
 async fn chain(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
@@ -212,7 +335,7 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let runs = scaled(256);
     let steps = 10u32;
     let dir = bench_dir();
-    let (raw_dir, spread_dir) = (bench_dir(), bench_dir());
+    let (raw_dir, spread_dir, runs_dir) = (bench_dir(), bench_dir(), bench_dir());
     // One round lasts tens of milliseconds: several rounds steady the number, each after a
     // slice of both raw loops.
     let rounds = std::env::var("ANNAL_BENCH_ROUNDS")
@@ -222,6 +345,7 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let raw_commits_per_round = (scaled(64) / rounds).max(2);
     let mut raw = RawLimit::open(raw_dir.path(), 120, false);
     let mut raw_spread = RawLimit::open(spread_dir.path(), 120, true);
+    let mut raw_runs = RawRuns::open(runs_dir.path());
     // The store is opened here so that its group commits can be counted.
     let store = std::sync::Arc::new(
         annal_storage::SledStore::open(
@@ -240,9 +364,12 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         .expect("engine");
     let mut latencies = Vec::with_capacity(runs * rounds);
     let mut elapsed = Duration::ZERO;
+    let mut cpu = std::collections::BTreeMap::<String, Duration>::new();
     for _ in 0..rounds {
         raw.run(runs, raw_commits_per_round);
         raw_spread.run(runs, raw_commits_per_round);
+        raw_runs.round(runs, steps);
+        let cpu_before = cpu_by_thread();
         let started = Instant::now();
         let tasks: Vec<_> = (0..runs)
             .map(|_| {
@@ -264,12 +391,30 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
             latencies.push(t.await.unwrap());
         }
         elapsed += started.elapsed();
+        for (name, after) in cpu_by_thread() {
+            let before = cpu_before.get(&name).copied().unwrap_or_default();
+            *cpu.entry(name).or_default() += after.saturating_sub(before);
+        }
     }
     engine.shutdown().await;
     let commits = store.commits();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     let steps_total = (runs * rounds) as f64 * f64::from(steps);
+    // Where the CPU went during the rounds, per step: on-CPU time of each kind of thread.
+    let cpu_us = |name: &str| {
+        cpu.get(name)
+            .map_or(0.0, |d| d.as_secs_f64() * 1e6 / steps_total)
+    };
+    let cpu_note = format!(
+        "CPU per step: committer {:.1} us, tokio workers {:.1} us, sled I/O {:.1} us, over {:.0} ms of rounds",
+        cpu_us("annal-committer"),
+        // tokio names its workers `tokio-rt-worker` (older: `tokio-runtime-worker`, which
+        // the kernel's 15-byte thread names cut).
+        cpu_us("tokio-rt-worker") + cpu_us("tokio-runtime-w"),
+        cpu_us("sled-io-"),
+        elapsed.as_secs_f64() * 1e3
+    );
     rows.push(Row {
         workload: "fan_in",
         metric: "steps/s",
@@ -277,13 +422,25 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         unit: "steps/s",
         limit: Some(raw.commits_per_s() * runs as f64),
         note: format!(
-            "{rounds} rounds of {runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; {commits} group commits ({:.1} steps each); limit = raw commits of {runs} ascending records, alternating with the rounds; with one record per run instead {:.0} records/s (ratio {:.2})",
+            "{rounds} rounds of {runs} runs x {steps} steps; {:.0} runs/s; run latency p50 {:.1} ms p99 {:.1} ms; {commits} group commits ({:.1} steps each); limit = raw commits of {runs} ascending records, alternating with the rounds; with one record per run instead {:.0} records/s (ratio {:.2}); {:.2} of the ceiling below; {cpu_note}",
             (runs * rounds) as f64 / elapsed.as_secs_f64(),
             pct(0.5),
             pct(0.99),
             steps_total / commits.max(1) as f64,
             raw_spread.commits_per_s() * runs as f64,
-            steps_total / elapsed.as_secs_f64() / (raw_spread.commits_per_s() * runs as f64)
+            steps_total / elapsed.as_secs_f64() / (raw_spread.commits_per_s() * runs as f64),
+            steps_total / elapsed.as_secs_f64() / raw_runs.steps_per_s()
+        ),
+    });
+    rows.push(Row {
+        workload: "fan_in",
+        metric: "ceiling: annal's writes, raw",
+        value: raw_runs.steps_per_s(),
+        unit: "steps/s",
+        limit: Some(raw.commits_per_s() * runs as f64),
+        note: format!(
+            "the sled writes of {runs} runs x {steps} steps as annal lays them out (start: event, metadata, status entry; a record per step; end: event, metadata, status entry removed), {} commits per round of {runs} runs in lockstep, on one thread with no workflow code: the most a committer that syncs each commit before the next reaches with annal's key layout on sled; alternating with the rounds",
+            steps + 1
         ),
     });
 }

@@ -6,7 +6,7 @@
 //! |---------------------------------------|--------------------------|
 //! | `E` run(16) seq(u64)                  | framed event payload     |
 //! | `R` run(16)                           | framed [`crate::RunMeta`]|
-//! | `S` status(u8) run(16)                | empty                    |
+//! | `S` status(u8) run(16)                | empty (status < 10 only) |
 //! | `T` fire_at_ms(u64) run(16) id(u32)   | empty                    |
 //! | `D` dedupe key bytes                  | run(16)                  |
 //! | `A` gate(16)                          | run(16) step(u32)        |
@@ -79,6 +79,18 @@ pub fn status(status: u8, run: RunId) -> Vec<u8> {
     k.push(status);
     k.extend_from_slice(&run.0);
     k
+}
+
+/// The lowest status code of a run that can never change again (the engine's `Completed`,
+/// `Failed`, …). Such statuses are not indexed: nothing needs to find finished runs quickly,
+/// and an entry per finished run would cost every run one more write at its end and a key
+/// for as long as it is kept. A run's metadata still holds its status.
+pub const FINAL_STATUS_MIN: u8 = 10;
+
+/// Whether runs in `status` are listed in the status index (every status below
+/// [`FINAL_STATUS_MIN`]).
+pub fn status_is_indexed(status: u8) -> bool {
+    status < FINAL_STATUS_MIN
 }
 
 /// `S status`: the prefix of all runs in one status.

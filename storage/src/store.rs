@@ -227,7 +227,9 @@ pub trait LogStore: Send + Sync + 'static {
     /// All runs with their metadata, in run id order.
     async fn runs(&self) -> Result<Vec<(RunId, RunMeta)>>;
 
-    /// Runs whose status is `status`, from the status index.
+    /// Runs whose status is `status`, from the status index. Only statuses below
+    /// [`keys::FINAL_STATUS_MIN`] are indexed: for a final status this lists nothing (or
+    /// entries left by stores written before that rule); [`LogStore::runs`] has every run.
     async fn runs_with_status(&self, status: u8) -> Result<Vec<RunId>>;
 
     /// Up to `max` index entries due at or before `up_to_ms`, earliest first.
@@ -378,13 +380,15 @@ pub fn plan_append_at(
         ));
     }
     if let Some(meta) = &meta {
-        match &stored {
-            Some(old) if old.status != meta.status => {
+        if stored.as_ref().is_none_or(|old| old.status != meta.status) {
+            if let Some(old) = &stored {
+                // Whatever the old status: a store written before final statuses went
+                // unindexed may hold an entry for one.
                 writes.push((keys::status(old.status, run), None));
+            }
+            if keys::status_is_indexed(meta.status) {
                 writes.push((keys::status(meta.status, run), Some(Vec::new())));
             }
-            Some(_) => {}
-            None => writes.push((keys::status(meta.status, run), Some(Vec::new()))),
         }
         writes.push((keys::meta(run), Some(encode_meta(meta))));
     }

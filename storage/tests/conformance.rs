@@ -137,6 +137,7 @@ conformance!(
     wrong_expected_seq_is_a_conflict_and_writes_nothing,
     appending_without_meta_to_a_new_run_is_unknown_run,
     status_index_follows_meta,
+    final_statuses_leave_the_status_index,
     appends_that_keep_the_status_write_only_their_events,
     a_conflict_reports_where_a_long_log_ends,
     a_lost_tail_shows_in_the_recorded_next_seq,
@@ -507,6 +508,61 @@ async fn status_index_follows_meta(b: Backend) {
         .map(|(r, m)| (*r, m.status, m.next_seq))
         .collect();
     assert_eq!(summary, vec![(a, 2, 4), (c, 1, 1)]);
+}
+
+/// The raw status index: (status, run) of every `S` key.
+fn status_entries(b: &Backend) -> Vec<(u8, RunId)> {
+    b.raw()
+        .keys()
+        .filter_map(|key| keys::parse_status(key))
+        .collect()
+}
+
+async fn final_statuses_leave_the_status_index(b: Backend) {
+    let s = b.store();
+    let (a, c) = (run_id(1), run_id(2));
+    create(s, a, 1, 1).await;
+    create(s, c, 1, 1).await;
+    let completed = keys::FINAL_STATUS_MIN;
+    // Ending writes the event and the metadata, and removes the run's entry: nothing is
+    // left in the index for a run that can never change again.
+    s.append_durable(AppendBatch {
+        run: a,
+        expected_next_seq: 1,
+        events: events(a, 1, 1),
+        meta: Some(meta(completed)),
+        index: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_entries(&b), vec![(1, c)]);
+    assert_eq!(s.meta(a).await.unwrap().unwrap().status, completed);
+    assert!(s.runs_with_status(completed).await.unwrap().is_empty());
+    assert_eq!(s.runs_with_status(1).await.unwrap(), vec![c]);
+    // A run created in a final status is not indexed either.
+    let d = run_id(3);
+    s.append_durable(AppendBatch {
+        run: d,
+        expected_next_seq: 0,
+        events: events(d, 0, 1),
+        meta: Some(meta(completed + 1)),
+        index: vec![],
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_entries(&b), vec![(1, c)]);
+    // Every run is still listed, with its status, by `runs`.
+    let statuses: Vec<(RunId, u8)> = s
+        .runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(run, meta)| (run, meta.status))
+        .collect();
+    assert_eq!(statuses, vec![(a, completed), (c, 1), (d, completed + 1)]);
+    // Purging a finished run leaves the other runs' entries alone.
+    s.purge(a).await.unwrap();
+    assert_eq!(status_entries(&b), vec![(1, c)]);
 }
 
 async fn appends_that_keep_the_status_write_only_their_events(b: Backend) {
