@@ -406,6 +406,16 @@ fn verify_passes_on_an_intact_database() {
         expect(db.path(), &["verify", "b2"], 0),
         "ok: verified 1 runs, 13 event records, 0 index entries; no problems\n"
     );
+    // Stores written before final statuses went unindexed list finished runs too: valid.
+    tamper(db.path(), |tree| {
+        let completed = RunStatus::Completed.code();
+        tree.insert(keys::status(completed, run_id(RUN_COMPLETED)), Vec::new())
+            .unwrap();
+    });
+    assert_eq!(
+        expect(db.path(), &["verify"], 0),
+        "ok: verified 3 runs, 36 event records, 4 index entries; no problems\n"
+    );
 }
 
 #[test]
