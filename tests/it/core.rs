@@ -1037,3 +1037,66 @@ async fn drift_is_found_when_waking_from_a_checkpoint() {
         other => panic!("expected drift, got {other:?}"),
     }
 }
+
+/// Waits for a signal, then ends as its payload says: with an output, or failed.
+async fn ends_on_signal(ctx: Ctx, (): ()) -> Result<Vec<String>, WorkflowError> {
+    let first: String = ctx
+        .step("a")
+        .class(StepClass::Write)
+        .run(|_| async { Ok("A".to_string()) })
+        .await?;
+    let how: String = ctx.signal("end").await?;
+    match how.as_str() {
+        "fail" => Err(WorkflowError::failed("customer left")),
+        _ => Ok(vec![first, how]),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_handed_over_at_the_end_matches_the_one_read_back() {
+    let store = Arc::new(SimStore::new());
+    let engine = on(&store)
+        .register("ends_on_signal", 1, ends_on_signal)
+        .open()
+        .await
+        .unwrap();
+    for how in ["done", "fail"] {
+        let handle = engine
+            .start::<_, Vec<String>>("ends_on_signal", &())
+            .await
+            .unwrap();
+        let run = handle.run_id();
+        // The waiter is registered before the run ends, so its driver hands the outcome
+        // over; a handle made afterwards reads it back from the store, here and after a
+        // restart. All three must agree.
+        let (handed_over, signalled) =
+            tokio::join!(handle.result(), engine.signal(run, "end", &how));
+        signalled.unwrap();
+        let read_back = engine.handle::<Vec<String>>(run).result().await;
+        let reopened = on(&store)
+            .register("ends_on_signal", 1, ends_on_signal)
+            .open()
+            .await
+            .unwrap();
+        let after_restart = reopened.handle::<Vec<String>>(run).result().await;
+        reopened.shutdown().await;
+        match how {
+            "done" => {
+                let expected = vec!["A".to_string(), "done".to_string()];
+                assert_eq!(handed_over.unwrap(), expected);
+                assert_eq!(read_back.unwrap(), expected);
+                assert_eq!(after_restart.unwrap(), expected);
+            }
+            _ => {
+                for result in [handed_over, read_back, after_restart] {
+                    match result {
+                        Err(Error::WorkflowFailed { run: r, error }) => {
+                            assert_eq!((r, error.as_str()), (run, "customer left"));
+                        }
+                        other => panic!("expected the failure, got {other:?}"),
+                    }
+                }
+            }
+        }
+    }
+}

@@ -166,9 +166,17 @@ impl EngineInner {
             .as_ref()
             .and_then(|meta| RunStatus::from_code(meta.status))
             .is_some_and(RunStatus::is_terminal);
+        // Settled without error, the end was appended durably: waiters may take the
+        // terminal event from memory.
+        let terminal = (ended && result.is_ok())
+            .then(|| slot.state().replay.terminal().cloned())
+            .flatten();
         self.evict(slot, &mut writer);
         drop(writer);
-        self.notify_run_settled(run);
+        match terminal {
+            Some(terminal) => self.notify_run_ended(run, terminal),
+            None => self.notify_run_settled(run),
+        }
         if !ended
             || self
                 .timers_left_due

@@ -59,7 +59,7 @@ pub(crate) struct EngineInner {
     /// Bumped whenever a run settles (ends, blocks, escalates, parks).
     pub(crate) settled: watch::Sender<u64>,
     /// Per-run settle notifications, for runs someone awaits (`RunHandle::result`).
-    pub(crate) run_waiters: Mutex<HashMap<RunId, watch::Sender<u64>>>,
+    pub(crate) run_waiters: Mutex<HashMap<RunId, watch::Sender<Settled>>>,
     /// Wakes the timer service when a new wake-up time was registered.
     pub(crate) timers_changed: Notify,
     /// The timer service's last scan left due entries it did not wake (a full batch, or runs
@@ -399,13 +399,23 @@ impl EngineInner {
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            waiters.send_modify(|n| *n += 1);
+            waiters.send_modify(|s| s.generation += 1);
         }
     }
 
     /// `run` settled (ended, blocked, escalated, parked): wake only those waiting for it, so
     /// a thousand runs ending do not wake a thousand waiters each.
     pub(crate) fn notify_run_settled(&self, run: RunId) {
+        self.notify_run(run, None);
+    }
+
+    /// `run` ended with `terminal`, durable: its waiters take the outcome from here instead of
+    /// reading the run's metadata and last record back from the store.
+    pub(crate) fn notify_run_ended(&self, run: RunId, terminal: EventKind) {
+        self.notify_run(run, Some(terminal));
+    }
+
+    fn notify_run(&self, run: RunId, terminal: Option<EventKind>) {
         self.settled.send_modify(|n| *n += 1);
         if let Some(waiters) = self
             .run_waiters
@@ -413,16 +423,21 @@ impl EngineInner {
             .unwrap_or_else(|e| e.into_inner())
             .get(&run)
         {
-            waiters.send_modify(|n| *n += 1);
+            waiters.send_modify(|s| {
+                s.generation += 1;
+                if let Some(terminal) = terminal {
+                    s.terminal = Some(Arc::new(terminal));
+                }
+            });
         }
     }
 
     /// Subscribes to `run`'s settle notifications.
-    pub(crate) fn watch_run(&self, run: RunId) -> watch::Receiver<u64> {
+    pub(crate) fn watch_run(&self, run: RunId) -> watch::Receiver<Settled> {
         let mut waiters = self.run_waiters.lock().unwrap_or_else(|e| e.into_inner());
         waiters
             .entry(run)
-            .or_insert_with(|| watch::channel(0).0)
+            .or_insert_with(|| watch::channel(Settled::default()).0)
             .subscribe()
     }
 
@@ -439,6 +454,15 @@ impl EngineInner {
     pub(crate) async fn meta(&self, run: RunId) -> Result<RunMeta> {
         self.store.meta(run).await?.ok_or(Error::UnknownRun(run))
     }
+}
+
+/// What a run's waiters are told when it settles.
+#[derive(Debug, Default)]
+pub(crate) struct Settled {
+    /// Bumped at every settle (and at shutdown).
+    pub(crate) generation: u64,
+    /// The run's terminal event, once it ended in this engine and that was durable.
+    pub(crate) terminal: Option<Arc<EventKind>>,
 }
 
 /// Gives back a per-run map's memory once most of it is empty: a burst of ten thousand

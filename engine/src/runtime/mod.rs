@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-use self::inner::{AppendReq, EngineInner};
+use self::inner::{AppendReq, EngineInner, Settled};
 pub use self::operator::{ApprovalFilter, PendingApproval};
 use self::registry::Registry;
 use self::slot::Halt;
@@ -706,6 +706,31 @@ pub async fn read_history(store: &dyn LogStore, run: RunId) -> Result<Vec<Event>
         .collect()
 }
 
+/// The result a run's terminal event gives its waiters; `None` if `kind` is not terminal.
+fn ended<Out: DeserializeOwned>(run: RunId, kind: &EventKind) -> Option<Result<Step<Out>>> {
+    Some(match kind {
+        EventKind::RunCompleted { output } => output
+            .decode()
+            .map(Step::Done)
+            .map_err(|e| Error::Payload(e.to_string())),
+        EventKind::RunFailed { error } => Err(Error::WorkflowFailed {
+            run,
+            error: error.clone(),
+        }),
+        EventKind::RunCancelled { reason } => Err(Error::Cancelled {
+            run,
+            reason: reason.clone(),
+        }),
+        EventKind::RunTerminated { actor, reason } => Err(Error::Terminated {
+            run,
+            actor: actor.clone(),
+            reason: reason.clone(),
+        }),
+        EventKind::ContinuedAsNew { next_run, .. } => Ok(Step::Next(RunId(*next_run))),
+        _ => return None,
+    })
+}
+
 /// Where waiting for a run's result got to.
 enum Step<Out> {
     /// The run's output.
@@ -761,10 +786,10 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
     async fn wait_settled(
         &self,
         run: RunId,
-        settled: &mut watch::Receiver<u64>,
+        settled: &mut watch::Receiver<Settled>,
     ) -> Result<Step<Out>> {
         loop {
-            settled.borrow_and_update();
+            let terminal = settled.borrow_and_update().terminal.clone();
             // A run driven here is not settled until its driver stops, which notifies:
             // no need to read its metadata until then.
             if self.inner.is_active(run) && !self.inner.shut_down.load(Ordering::Acquire) {
@@ -772,6 +797,10 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                     return Err(Error::Shutdown);
                 }
                 continue;
+            }
+            // Ended in this engine: its driver handed the (durable) terminal event over.
+            if let Some(result) = terminal.and_then(|kind| ended(run, &kind)) {
+                return result;
             }
             let meta = self.inner.meta(run).await?;
             let status = RunStatus::from_code(meta.status);
@@ -814,34 +843,16 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                             })
                         })
                         .transpose()?;
-                    match last.map(|e| e.kind).filter(EventKind::is_terminal) {
-                        Some(EventKind::RunCompleted { output }) => {
-                            return output
-                                .decode()
-                                .map(Step::Done)
-                                .map_err(|e| Error::Payload(e.to_string()))
-                        }
-                        Some(EventKind::RunFailed { error }) => {
-                            return Err(Error::WorkflowFailed { run, error })
-                        }
-                        Some(EventKind::RunCancelled { reason }) => {
-                            return Err(Error::Cancelled { run, reason })
-                        }
-                        Some(EventKind::RunTerminated { actor, reason }) => {
-                            return Err(Error::Terminated { run, actor, reason })
-                        }
-                        Some(EventKind::ContinuedAsNew { next_run, .. }) => {
-                            return Ok(Step::Next(RunId(next_run)));
-                        }
-                        _ => {
-                            return Err(Error::Inconsistent {
+                    return last
+                        .and_then(|event| ended(run, &event.kind))
+                        .unwrap_or_else(|| {
+                            Err(Error::Inconsistent {
                                 run,
                                 seq: meta.next_seq,
                                 reason: "status is terminal but no terminal event is recorded"
                                     .into(),
                             })
-                        }
-                    }
+                        });
                 }
                 _ => {}
             }
