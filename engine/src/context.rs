@@ -108,9 +108,12 @@ impl Ctx {
     }
 
     pub(crate) async fn append(&self, req: AppendReq) {
-        self.stop_if_replay_only().await;
+        // The rare halts are boxed: every live step holds this future inline.
+        if self.engine.config.replay_only {
+            Box::pin(self.halt(Halt::ReplayEnd)).await
+        }
         if let Err(e) = self.engine.append(&self.slot, req).await {
-            self.store_failed(e).await
+            Box::pin(self.store_failed(e)).await
         }
     }
 

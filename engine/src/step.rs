@@ -276,6 +276,9 @@ impl<'c> StepBuilder<'c> {
         }
     }
 
+    /// The live path of a step. Its future is allocated and moved once per live step, so the
+    /// rare paths (reconcile, backoff waits, giving up, failure records, halts) are boxed
+    /// where they are awaited instead of sizing every step's future.
     async fn execute(
         self,
         position: u32,
@@ -305,16 +308,16 @@ impl<'c> StepBuilder<'c> {
                     } = &outcome
                     {
                         // Still waiting for an operator.
-                        ctx.halt(Halt::Escalate(format!(
+                        Box::pin(ctx.halt(Halt::Escalate(format!(
                             "step '{}' exhausted ({budget})",
                             self.name
-                        )))
+                        ))))
                         .await
                     }
                     return self.outcome(outcome, step.failures.last().map(|f| f.class.clone()));
                 }
                 if step.attempt_open && step.class == StepClass::Irreversible {
-                    match self.reconcile_after_crash(position, &idem_key, &step).await {
+                    match Box::pin(self.reconcile_after_crash(position, &idem_key, &step)).await {
                         Ok(output) => return Ok(output),
                         Err(failure) => not_done = Some(failure),
                     }
@@ -354,7 +357,7 @@ impl<'c> StepBuilder<'c> {
                 pending = Some(failure);
             } else if let Some(due) = live.retry_at_ms.take() {
                 // Backoff is a durable wait: after a crash only the remaining delay is waited.
-                let _ = ctx.wait(Some(due), |_| None::<()>).await;
+                let _ = Box::pin(ctx.wait(Some(due), |_| None::<()>)).await;
                 index.push(IndexOp::DeleteTimer {
                     fire_at_ms: due,
                     id: position,
@@ -374,16 +377,15 @@ impl<'c> StepBuilder<'c> {
             };
             if let Some(budget) = ceiling {
                 let mut events = live.schedule(&self, position, &idem_key);
-                return self
-                    .give_up(
-                        position,
-                        &mut events,
-                        &mut index,
-                        budget,
-                        None,
-                        "run budget spent".into(),
-                    )
-                    .await;
+                return Box::pin(self.give_up(
+                    position,
+                    &mut events,
+                    &mut index,
+                    budget,
+                    None,
+                    "run budget spent".into(),
+                ))
+                .await;
             }
             if pending.is_none() {
                 live.attempt += 1;
@@ -458,7 +460,7 @@ impl<'c> StepBuilder<'c> {
                 }
                 Err(failure) => failure,
             };
-            let failure = match self.reconcile_ambiguous(&idem_key, failure).await {
+            let failure = match Box::pin(self.reconcile_ambiguous(&idem_key, failure)).await {
                 Ok(output) => {
                     let lost = "outcome unknown; reconciled: the effect happened".to_string();
                     events.push(EventKind::AttemptFailed {
@@ -475,8 +477,7 @@ impl<'c> StepBuilder<'c> {
                         served_by: None,
                         cost,
                     });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)))
-                        .await;
+                    Box::pin(ctx.append(AppendReq::events(events).index(index.drain(..)))).await;
                     return Ok(output);
                 }
                 Err(failure) => failure,
@@ -530,8 +531,10 @@ impl<'c> StepBuilder<'c> {
                         fire_at_ms: at,
                         id: position,
                     });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable())
-                        .await;
+                    Box::pin(
+                        ctx.append(AppendReq::events(events).index(index.drain(..)).durable()),
+                    )
+                    .await;
                     live.retry_at_ms = Some(at);
                 }
                 RetryDecision::GiveUp(budget) if live.alternative + 1 < chain.len() => {
@@ -550,8 +553,10 @@ impl<'c> StepBuilder<'c> {
                         to: next,
                         reason,
                     });
-                    ctx.append(AppendReq::events(events).index(index.drain(..)).durable())
-                        .await;
+                    Box::pin(
+                        ctx.append(AppendReq::events(events).index(index.drain(..)).durable()),
+                    )
+                    .await;
                     live.alternative += 1;
                     live.alternative_attempts = 0;
                 }
@@ -565,16 +570,15 @@ impl<'c> StepBuilder<'c> {
                         message: failure.message,
                         retry_at_ms: None,
                     });
-                    return self
-                        .give_up(
-                            position,
-                            &mut events,
-                            &mut index,
-                            budget,
-                            Some(class),
-                            message,
-                        )
-                        .await;
+                    return Box::pin(self.give_up(
+                        position,
+                        &mut events,
+                        &mut index,
+                        budget,
+                        Some(class),
+                        message,
+                    ))
+                    .await;
                 }
             }
         }
@@ -597,15 +601,16 @@ impl<'c> StepBuilder<'c> {
         if self.class == StepClass::Irreversible {
             let mut before = live.schedule(self, position, idem_key);
             before.push(EventKind::AttemptStarted { position, attempt });
-            ctx.append(AppendReq::events(before).index(index.drain(..)).durable())
-                .await;
+            Box::pin(ctx.append(AppendReq::events(before).index(index.drain(..)).durable())).await;
         } else if self.class != StepClass::Read {
             // Whatever the workflow observed before this effect must survive a crash.
             if let Err(e) = ctx.engine.barrier(&ctx.slot).await {
-                ctx.store_failed(e).await
+                Box::pin(ctx.store_failed(e)).await
             }
         }
-        ctx.stop_if_replay_only().await;
+        if ctx.engine.config.replay_only {
+            Box::pin(ctx.stop_if_replay_only()).await;
+        }
         if let Some(observer) = &ctx.engine.observer {
             observer(&crate::runtime::ObservedAttempt {
                 run: ctx.slot.run,

@@ -274,26 +274,37 @@ impl EngineInner {
                 kind,
             })
             .collect();
-        let mut new_meta = meta.clone();
         // The metadata is written only when the status changes: the store knows the log's end
-        // from its last event, so a step writes its events alone.
-        let status_meta = req.status.map(|(status, note)| {
-            new_meta.updated_ms = now_ms;
-            new_meta.status = status.code();
-            new_meta.note = note;
-            new_meta.wake_ms = req.wake_ms;
-            new_meta.clone()
+        // from its last event, so a step writes its events alone (and copies no metadata).
+        let status_meta = req.status.map(|(status, note)| RunMeta {
+            updated_ms: now_ms,
+            status: status.code(),
+            note,
+            wake_ms: req.wake_ms,
+            ..meta.clone()
         });
         let batch = AppendBatch {
             run,
             expected_next_seq: first_seq,
             events: events.iter().map(codec::encode_event).collect(),
-            meta: status_meta,
+            meta: status_meta.clone(),
             index: req.index,
         };
         let position = self.store.append(batch).await?;
-        new_meta.next_seq = first_seq + events.len() as u64;
-        writer.meta = Some(new_meta);
+        let next_seq = first_seq + events.len() as u64;
+        match status_meta {
+            Some(new_meta) => {
+                writer.meta = Some(RunMeta {
+                    next_seq,
+                    ..new_meta
+                })
+            }
+            None => {
+                if let Some(meta) = writer.meta.as_mut() {
+                    meta.next_seq = next_seq;
+                }
+            }
+        }
         writer.last_position = Some(position);
         {
             let mut state = slot.state();
