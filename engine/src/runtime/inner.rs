@@ -410,7 +410,8 @@ impl EngineInner {
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            waiters.send_modify(|s| s.generation += 1);
+            // Notifies even though nothing changed.
+            waiters.send_modify(|_| ());
         }
     }
 
@@ -435,7 +436,6 @@ impl EngineInner {
             .get(&run)
         {
             waiters.send_modify(|s| {
-                s.generation += 1;
                 if let Some(terminal) = terminal {
                     s.terminal = Some(Arc::new(terminal));
                 }
@@ -467,11 +467,9 @@ impl EngineInner {
     }
 }
 
-/// What a run's waiters are told when it settles.
+/// What a run's waiters see; every settle (and shutdown) notifies them, changed or not.
 #[derive(Debug, Default)]
 pub(crate) struct Settled {
-    /// Bumped at every settle (and at shutdown).
-    pub(crate) generation: u64,
     /// The run's terminal event, once it ended in this engine and that was durable.
     pub(crate) terminal: Option<Arc<EventKind>>,
 }
