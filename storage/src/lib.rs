@@ -22,5 +22,5 @@ pub use sled_store::{SledConfig, SledStore};
 pub use store::{
     check_payload, check_record, decode_checkpoint, decode_meta, encode_meta, log_end_from,
     meta_with_log_end, plan_append, plan_append_at, read_all, AppendBatch, Durability, GateId,
-    IndexOp, LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
+    IndexOp, KnownLog, LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
 };

@@ -17,8 +17,8 @@ use crate::error::{CorruptReason, Error, Result};
 use crate::keys;
 use crate::store::{
     check_payload, check_record, decode_checkpoint, decode_meta, log_end_from, plan_append_at,
-    plan_purge, AppendBatch, Durability, GateId, LogStore, Position, Record, RunId, RunMeta,
-    TimerEntry,
+    plan_purge, AppendBatch, Durability, GateId, KnownLog, LogStore, Position, Record, RunId,
+    RunMeta, TimerEntry,
 };
 
 /// Default size of sled's page cache: 64 MiB. sled's own default (1 GiB) is far more than an
@@ -385,15 +385,15 @@ struct Committer {
     handles: Option<SyncHandles>,
     /// Position of the last planned append or purge.
     applied: u64,
-    /// Where the logs this committer appended to end (the seq of their next event), so that
-    /// an append's seq check needs no reads. Only this thread writes through the store, and a
-    /// purge forgets its run. Holds runs between status changes (the steps of a running run),
-    /// bounded: cleared when it reaches `LOG_ENDS_MAX` runs.
-    log_ends: HashMap<RunId, u64>,
+    /// Where the logs this committer appended to end (the seq of their next event) and the
+    /// status it wrote, so that an append's seq check and status change need no reads. Only
+    /// this thread writes through the store, and a purge forgets its run. Holds the runs it
+    /// wrote that have not ended, bounded: cleared when it reaches `LOG_ENDS_MAX` runs.
+    log_ends: HashMap<RunId, KnownLog>,
 }
 
-/// Runs whose log end the committer remembers (about 40 bytes each): more than the runs that
-/// append at once in any realistic service.
+/// Runs whose log end and status the committer remembers (about 48 bytes each): more than
+/// the runs that append at once in any realistic service.
 const LOG_ENDS_MAX: usize = 4096;
 
 impl Committer {
@@ -486,27 +486,27 @@ impl Committer {
         }
         let run = batch.run;
         let end = batch.expected_next_seq + batch.events.len() as u64;
-        let known_end = self.log_ends.get(&run).copied();
-        let with_meta = batch.meta.is_some();
+        let known = self.log_ends.get(&run).copied();
+        let status = batch.meta.as_ref().map(|meta| meta.status);
         let planned = plan_append_at(
             batch,
             &|key| match group.writes.get(key) {
                 Some(pending) => Ok(pending.clone()),
                 None => Ok(self.db.get(key).map_err(sled_error)?.map(|v| v.to_vec())),
             },
-            known_end,
+            known,
         );
         match planned {
             Ok(writes) => {
-                if with_meta {
-                    // A status change (start, park, end): the run may not append again for
-                    // a long time, so it gives its place up.
+                let status = status.or(known.and_then(|k| k.status));
+                if status.is_some_and(|s| !keys::status_is_indexed(s)) {
+                    // Ended: the run appends nothing more, so it gives its place up.
                     self.log_ends.remove(&run);
                 } else {
                     if self.log_ends.len() >= LOG_ENDS_MAX {
                         self.log_ends.clear();
                     }
-                    self.log_ends.insert(run, end);
+                    self.log_ends.insert(run, KnownLog { end, status });
                 }
                 if !group.waiting_runs.contains(&run) && writes.len() == 1 {
                     if let [(key, Some(value))] = writes.as_slice() {

@@ -333,21 +333,51 @@ pub fn plan_append(batch: AppendBatch, get: Get<'_>) -> Result<Vec<Write>> {
     plan_append_at(batch, get, None)
 }
 
-/// [`plan_append`] for a backend that remembers where the logs it wrote end: with
-/// `known_end == Some(batch.expected_next_seq)` the two reads that check the seq are skipped.
-/// The backend must be the only writer of the run since it learnt `known_end`.
+/// What a backend that is a run's only writer remembers of it from its own appends, so that
+/// planning the next append needs no reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownLog {
+    /// The seq after the run's last event.
+    pub end: u64,
+    /// The status its metadata holds, if the backend wrote it.
+    pub status: Option<u8>,
+}
+
+/// [`plan_append`] for a backend that remembers what it wrote: with `known.end ==
+/// batch.expected_next_seq` the two reads that check the seq are skipped, and with a known
+/// status the read of the metadata too. The backend must be the only writer of the run since
+/// it learnt `known`.
 pub fn plan_append_at(
     batch: AppendBatch,
     get: Get<'_>,
-    known_end: Option<u64>,
+    known: Option<KnownLog>,
 ) -> Result<Vec<Write>> {
     let run = batch.run;
     let expected = batch.expected_next_seq;
+    let known = known.filter(|k| k.end == expected);
+    let read_meta = || -> Result<Option<RunMeta>> {
+        match get(&keys::meta(run))? {
+            Some(bytes) => Ok(Some(decode_meta(run, &bytes)?)),
+            None => Ok(None),
+        }
+    };
+    // The metadata, once read.
+    let mut stored: Option<Option<RunMeta>> = None;
     // The log's end is its last event key: two point reads check it, so an append that
     // changes no status writes its events and nothing else.
-    let ends_at_expected = known_end == Some(expected)
-        || ((expected == 0 || get(&keys::event(run, expected - 1))?.is_some())
-            && get(&keys::event(run, expected))?.is_none());
+    let ends_at_expected = if known.is_some() {
+        true
+    } else if expected == 0 {
+        // A run's metadata is written with its first event and removed only with its whole
+        // log, so a run without metadata has no events: a new run costs one read.
+        let meta = read_meta()?;
+        let empty = meta.is_none() || get(&keys::event(run, 0))?.is_none();
+        stored = Some(meta);
+        empty
+    } else {
+        get(&keys::event(run, expected - 1))?.is_some()
+            && get(&keys::event(run, expected))?.is_none()
+    };
     if !ends_at_expected {
         return Err(Error::Conflict {
             run,
@@ -355,10 +385,11 @@ pub fn plan_append_at(
             found: log_end(run, get)?,
         });
     }
-    let stored = if batch.meta.is_some() || expected == 0 {
-        match get(&keys::meta(run))? {
-            Some(bytes) => Some(decode_meta(run, &bytes)?),
-            None => None,
+    let stored_status = if batch.meta.is_some() || expected == 0 {
+        match (known.and_then(|k| k.status), stored) {
+            (Some(status), _) => Some(status),
+            (None, Some(meta)) => meta.map(|m| m.status),
+            (None, None) => read_meta()?.map(|m| m.status),
         }
     } else {
         None
@@ -369,7 +400,7 @@ pub fn plan_append_at(
             meta.next_seq = next_seq;
             Some(meta)
         }
-        None if expected == 0 && stored.is_none() => return Err(Error::UnknownRun(run)),
+        None if expected == 0 && stored_status.is_none() => return Err(Error::UnknownRun(run)),
         None => None,
     };
     let mut writes: Vec<Write> = Vec::with_capacity(batch.events.len() + batch.index.len() + 3);
@@ -380,11 +411,11 @@ pub fn plan_append_at(
         ));
     }
     if let Some(meta) = &meta {
-        if stored.as_ref().is_none_or(|old| old.status != meta.status) {
-            if let Some(old) = &stored {
+        if stored_status != Some(meta.status) {
+            if let Some(old) = stored_status {
                 // Whatever the old status: a store written before final statuses went
                 // unindexed may hold an entry for one.
-                writes.push((keys::status(old.status, run), None));
+                writes.push((keys::status(old, run), None));
             }
             if keys::status_is_indexed(meta.status) {
                 writes.push((keys::status(meta.status, run), Some(Vec::new())));
@@ -539,5 +570,75 @@ mod tests {
             }
             assert_eq!(log_end_from(run, len + 4, &get).unwrap(), len + 4);
         }
+    }
+
+    /// A committer that remembers a run's end and status plans its steps and its end without
+    /// reading; whatever it does not remember, it reads.
+    #[test]
+    fn a_known_log_and_status_plan_without_reads() {
+        let run = RunId([9; 16]);
+        let meta = |status| RunMeta {
+            workflow: "w".into(),
+            version: 1,
+            status,
+            next_seq: 0,
+            created_ms: 0,
+            updated_ms: 0,
+            wake_ms: None,
+            note: String::new(),
+        };
+        let batch = |expected, meta: Option<RunMeta>| AppendBatch {
+            run,
+            expected_next_seq: expected,
+            events: vec![b"e".to_vec()],
+            meta,
+            index: vec![],
+        };
+        // The store holds events 0..3 and metadata with status 2.
+        let reads = std::cell::Cell::new(0);
+        let get = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+            reads.set(reads.get() + 1);
+            if key == keys::meta(run).as_slice() {
+                return Ok(Some(encode_meta(&meta(2))));
+            }
+            let (_, seq) = keys::parse_event(key).expect("event or meta key");
+            Ok((seq < 3).then(Vec::new))
+        };
+        let status_writes = |writes: &[Write]| -> Vec<(u8, bool)> {
+            writes
+                .iter()
+                .filter(|(k, _)| k[0] == keys::STATUS)
+                .map(|(k, v)| (k[1], v.is_some()))
+                .collect()
+        };
+        let known = |end, status| Some(KnownLog { end, status });
+
+        let writes = plan_append_at(batch(3, None), &get, known(3, Some(1))).unwrap();
+        assert_eq!((writes.len(), reads.get()), (1, 0));
+        let writes = plan_append_at(batch(3, Some(meta(10))), &get, known(3, Some(1))).unwrap();
+        assert_eq!(reads.get(), 0, "an end with the status known reads nothing");
+        assert_eq!(status_writes(&writes), vec![(1, false)]);
+
+        // Status unknown: the metadata is read for it.
+        let writes = plan_append_at(batch(3, Some(meta(1))), &get, known(3, None)).unwrap();
+        assert_eq!(reads.get(), 1);
+        assert_eq!(status_writes(&writes), vec![(2, false), (1, true)]);
+        // An append that expects another end than remembered is checked against the log.
+        reads.set(0);
+        let err = plan_append_at(batch(5, None), &get, known(3, Some(1))).unwrap_err();
+        assert!(matches!(err, Error::Conflict { found: 3, .. }), "{err:?}");
+        let err = plan_append_at(batch(0, Some(meta(1))), &get, known(3, Some(1))).unwrap_err();
+        assert!(matches!(err, Error::Conflict { found: 3, .. }), "{err:?}");
+
+        // A new run costs one read: no metadata means no events.
+        let none = |key: &[u8]| -> Result<Option<Vec<u8>>> {
+            reads.set(reads.get() + 1);
+            assert_eq!(key, keys::meta(run).as_slice(), "only the metadata is read");
+            Ok(None)
+        };
+        reads.set(0);
+        let writes = plan_append_at(batch(0, Some(meta(1))), &none, None).unwrap();
+        assert_eq!(reads.get(), 1);
+        assert_eq!(status_writes(&writes), vec![(1, true)]);
     }
 }
