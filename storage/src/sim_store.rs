@@ -313,14 +313,22 @@ impl LogStore for SimStore {
     }
 
     async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>> {
-        let value = self.lock().live.get(&keys::dedupe(key)).cloned();
-        value
+        let (value, applied) = {
+            let inner = self.lock();
+            (inner.live.get(&keys::dedupe(key)).cloned(), inner.applied)
+        };
+        let holder = value
             .map(|v| {
                 keys::parse_run_value(&v).ok_or(crate::Error::CorruptIndex {
                     reason: crate::CorruptReason::BadKey(keys::dedupe(key)),
                 })
             })
-            .transpose()
+            .transpose()?;
+        if holder.is_some() {
+            // The claim may not be durable yet; it is a promise once returned.
+            self.wait_durable(Position(applied)).await?;
+        }
+        Ok(holder)
     }
 
     async fn gate(&self, gate: GateId) -> Result<Option<(RunId, u32)>> {

@@ -111,6 +111,9 @@ struct Shared {
     publish: watch::Sender<DurableState>,
     /// Durability points reached (group commits).
     commits: AtomicU64,
+    /// Position of the last append or purge planned: every write a read can see is at or
+    /// below it.
+    planned: AtomicU64,
     /// A failure to report instead of the next sync (tests).
     fail_next_sync: Mutex<Option<String>>,
 }
@@ -227,6 +230,7 @@ impl SledStore {
         let shared = Arc::new(Shared {
             publish,
             commits: AtomicU64::new(0),
+            planned: AtomicU64::new(0),
             fail_next_sync: Mutex::new(None),
         });
 
@@ -514,10 +518,7 @@ impl Committer {
                         // atomically, so it goes in now, while the rest of the group gathers,
                         // instead of in the group's batch after it.
                         let answer = match self.db.insert(key.as_slice(), value.as_slice()) {
-                            Ok(_) => {
-                                self.applied += 1;
-                                Ok(Position(self.applied))
-                            }
+                            Ok(_) => Ok(self.next_position()),
                             Err(e) => {
                                 let cause = format!("sled insert failed: {}", sled_error(e));
                                 self.shared.poison(cause.clone());
@@ -530,13 +531,21 @@ impl Committer {
                 }
                 group.waiting_runs.insert(run);
                 group.writes.extend(writes);
-                self.applied += 1;
-                group.answers.push((reply, Position(self.applied)));
+                let position = self.next_position();
+                group.answers.push((reply, position));
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
             }
         }
+    }
+
+    /// The position of the append or purge just planned, published before its writes reach
+    /// sled so that a reader who sees them can wait for them to be durable.
+    fn next_position(&mut self) -> Position {
+        self.applied += 1;
+        self.shared.planned.store(self.applied, Ordering::Release);
+        Position(self.applied)
     }
 
     /// Applies every planned write of the group with one `apply_batch`, then answers the
@@ -577,8 +586,7 @@ impl Committer {
         })?;
         self.apply_writes(writes.into_iter().collect())
             .map_err(|cause| Error::Poisoned { cause })?;
-        self.applied += 1;
-        Ok(Position(self.applied))
+        Ok(self.next_position())
     }
 
     /// Applies writes atomically; a failure poisons the store and returns its cause.
@@ -912,9 +920,16 @@ impl LogStore for SledStore {
 
     async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>> {
         let stored = keys::dedupe(key);
-        self.get(&stored)?
+        let holder = self
+            .get(&stored)?
             .map(|value| keys::parse_run_value(&value).ok_or_else(|| bad_key(&stored)))
-            .transpose()
+            .transpose()?;
+        if holder.is_some() {
+            // The claim may not be durable yet; it is a promise once returned.
+            let planned = self.shared.planned.load(Ordering::Acquire);
+            self.wait_durable(Position(planned)).await?;
+        }
+        Ok(holder)
     }
 
     async fn gate(&self, gate: GateId) -> Result<Option<(RunId, u32)>> {

@@ -238,7 +238,8 @@ pub trait LogStore: Send + Sync + 'static {
     /// The earliest due-time entry, if any.
     async fn next_timer(&self) -> Result<Option<TimerEntry>>;
 
-    /// The run holding a start-dedupe key.
+    /// The run holding a start-dedupe key. Returns a holder only once its claim is durable
+    /// (waiting for it if needed), so a caller may hand the run out as started.
     async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>>;
 
     /// The run and command position of an approval gate.

@@ -143,6 +143,7 @@ conformance!(
     a_lost_tail_shows_in_the_recorded_next_seq,
     due_timers_come_earliest_first_and_bounded,
     dedupe_claims,
+    a_dedupe_holder_is_returned_once_its_claim_is_durable,
     gates,
     checkpoints_are_replaced_read_back_and_purged,
     purge_removes_every_trace,
@@ -741,6 +742,38 @@ async fn due_timers_come_earliest_first_and_bounded(b: Backend) {
         vec![t(256, c, 2), t(300, c, 1), t(big, a, 1)]
     );
     assert_eq!(s.next_timer().await.unwrap(), Some(t(256, c, 2)));
+}
+
+/// A second trigger that finds a claim from a start still in flight gets the holder only
+/// once the claim is durable: a crash cannot take back a run it was handed.
+async fn a_dedupe_holder_is_returned_once_its_claim_is_durable(b: Backend) {
+    let s = b.store();
+    let holder = run_id(1);
+    let position = s
+        .append(AppendBatch {
+            run: holder,
+            expected_next_seq: 0,
+            events: events(holder, 0, 1),
+            meta: Some(meta(1)),
+            index: vec![IndexOp::ClaimDedupe {
+                key: b"lead-7".to_vec(),
+            }],
+        })
+        .await
+        .unwrap();
+    assert_eq!(s.dedupe(b"lead-7").await.unwrap(), Some(holder));
+    // Durable by now: in what a crash keeps (`SimStore`'s raw view), and the wait for it
+    // resolves on its first poll.
+    assert!(b.raw().contains_key(&keys::dedupe(b"lead-7")));
+    let mut wait = s.wait_durable(position);
+    let polled = wait
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(
+        matches!(polled, std::task::Poll::Ready(Ok(()))),
+        "the claim was not durable when its holder was returned: {polled:?}"
+    );
+    assert_eq!(s.dedupe(b"nobody").await.unwrap(), None);
 }
 
 async fn dedupe_claims(b: Backend) {

@@ -419,7 +419,8 @@ impl Engine {
     }
 
     /// Starts a run with options. Returns once the start is durable. With a dedupe key
-    /// already used, returns a handle to the existing run and starts nothing.
+    /// already used, returns a handle to the existing run and starts nothing, once that run's
+    /// start is durable.
     pub async fn start_with<In: Serialize, Out: DeserializeOwned>(
         &self,
         workflow: &str,
@@ -469,7 +470,11 @@ impl Engine {
         match inner.create_run(run, started, index).await {
             Ok(()) => {}
             Err(Error::Storage(annal_storage::Error::DedupeTaken { existing })) => {
-                return Ok(self.handle(existing))
+                // Claimed by a start still in flight: its handle is handed out once that start
+                // is durable, as this one's would have been.
+                let key = options.dedupe_key.as_deref().unwrap_or_default();
+                let holder = inner.store.dedupe(key.as_bytes()).await?;
+                return Ok(self.handle(holder.unwrap_or(existing)));
             }
             Err(e) => return Err(e),
         }
