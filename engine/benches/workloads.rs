@@ -17,8 +17,10 @@
 //!   commit; also printed: 256 records spread over 256 runs' keys, as the engine writes).
 //!   `ANNAL_BENCH_ROUNDS` (default 8) rounds on one engine, each after a slice of the raw
 //!   loops. A second row is the ceiling of annal's key layout: the same sled writes the
-//!   engine's runs make, in lockstep commits on one thread with no workflow code. The note
-//!   gives each thread kind's CPU time per step during the rounds (Linux).
+//!   engine's runs make, in lockstep commits on one thread with no workflow code; a third, the
+//!   same with the event records alone (the ceiling of any layout with a start and end
+//!   record per run). The note gives each thread kind's CPU time per step during the rounds
+//!   (Linux).
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
@@ -171,18 +173,22 @@ impl RawLimit {
 /// record per step, then `RunEnded` with the status change) in as many commits as a run waits
 /// for (start, then one per step, the last step riding with the end). This is the ceiling of
 /// annal's key layout on sled: what separates it from [`RawLimit`] is the layout, what
-/// separates the engine from it is everything else.
+/// separates the engine from it is everything else. With `events_only`, the runs write their
+/// event records and nothing else (no metadata, no status index): the ceiling of any layout
+/// that records a run's start and end and makes each step durable before the next.
 struct RawRuns {
     raw: RawDb,
+    events_only: bool,
     next_run: u128,
     steps: u64,
     elapsed: Duration,
 }
 
 impl RawRuns {
-    fn open(dir: &Path) -> Self {
+    fn open(dir: &Path, events_only: bool) -> Self {
         Self {
             raw: RawDb::open(dir),
+            events_only,
             next_run: 1 << 100,
             steps: 0,
             elapsed: Duration::ZERO,
@@ -216,8 +222,10 @@ impl RawRuns {
         let mut batch = sled::Batch::default();
         for &run in &ids {
             batch.insert(keys::event(run, 0), event.as_slice());
-            batch.insert(keys::status(RUNNING, run), &[]);
-            batch.insert(keys::meta(run), encode_meta(&meta(RUNNING)));
+            if !self.events_only {
+                batch.insert(keys::status(RUNNING, run), &[]);
+                batch.insert(keys::meta(run), encode_meta(&meta(RUNNING)));
+            }
         }
         self.raw.commit(tree, batch);
         for seq in 1..=u64::from(steps) {
@@ -226,9 +234,11 @@ impl RawRuns {
                 batch.insert(keys::event(run, seq), event.as_slice());
                 if seq == u64::from(steps) {
                     batch.insert(keys::event(run, seq + 1), event.as_slice());
-                    // A final status leaves the status index (`keys::FINAL_STATUS_MIN`).
-                    batch.remove(keys::status(RUNNING, run));
-                    batch.insert(keys::meta(run), encode_meta(&meta(COMPLETED)));
+                    if !self.events_only {
+                        // A final status leaves the status index (`keys::FINAL_STATUS_MIN`).
+                        batch.remove(keys::status(RUNNING, run));
+                        batch.insert(keys::meta(run), encode_meta(&meta(COMPLETED)));
+                    }
                 }
             }
             self.raw.commit(tree, batch);
@@ -335,7 +345,8 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let runs = scaled(256);
     let steps = 10u32;
     let dir = bench_dir();
-    let (raw_dir, spread_dir, runs_dir) = (bench_dir(), bench_dir(), bench_dir());
+    let (raw_dir, spread_dir) = (bench_dir(), bench_dir());
+    let (runs_dir, events_dir) = (bench_dir(), bench_dir());
     // One round lasts tens of milliseconds: several rounds steady the number, each after a
     // slice of both raw loops.
     let rounds = std::env::var("ANNAL_BENCH_ROUNDS")
@@ -345,7 +356,8 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
     let raw_commits_per_round = (scaled(64) / rounds).max(2);
     let mut raw = RawLimit::open(raw_dir.path(), 120, false);
     let mut raw_spread = RawLimit::open(spread_dir.path(), 120, true);
-    let mut raw_runs = RawRuns::open(runs_dir.path());
+    let mut raw_runs = RawRuns::open(runs_dir.path(), false);
+    let mut raw_events = RawRuns::open(events_dir.path(), true);
     // The store is opened here so that its group commits can be counted.
     let store = std::sync::Arc::new(
         annal_storage::SledStore::open(
@@ -369,6 +381,7 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         raw.run(runs, raw_commits_per_round);
         raw_spread.run(runs, raw_commits_per_round);
         raw_runs.round(runs, steps);
+        raw_events.round(runs, steps);
         let cpu_before = cpu_by_thread();
         let started = Instant::now();
         let tasks: Vec<_> = (0..runs)
@@ -440,6 +453,17 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         limit: Some(raw.commits_per_s() * runs as f64),
         note: format!(
             "the sled writes of {runs} runs x {steps} steps as annal lays them out (start: event, metadata, status entry; a record per step; end: event, metadata, status entry removed), {} commits per round of {runs} runs in lockstep, on one thread with no workflow code: the most a committer that syncs each commit before the next reaches with annal's key layout on sled; alternating with the rounds",
+            steps + 1
+        ),
+    });
+    rows.push(Row {
+        workload: "fan_in",
+        metric: "ceiling: events only, raw",
+        value: raw_events.steps_per_s(),
+        unit: "steps/s",
+        limit: Some(raw.commits_per_s() * runs as f64),
+        note: format!(
+            "as the row above with the event records alone (no metadata, no status index): the ceiling of any key layout that records a run's start, each step and its end, durably before the next, in {} commits per round",
             steps + 1
         ),
     });
