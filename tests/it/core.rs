@@ -336,6 +336,55 @@ async fn concurrent_starts_with_one_dedupe_key_make_one_run() {
     assert_eq!(engine.runs().await.unwrap().len(), 1);
 }
 
+/// On sled, concurrent starts claim the key in the committer's groups, so most of them meet
+/// the claim there (`DedupeTaken`) rather than in the read before: they all get the one run,
+/// and it is there after the store is closed and opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_with_one_dedupe_key_on_sled_make_one_run_that_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || {
+        register(
+            Engine::builder().path(dir.path()),
+            "w",
+            1,
+            shaped(&["?go"], Arc::default()),
+        )
+        .open()
+    };
+    let engine = open().await.unwrap();
+    let options = StartOptions {
+        dedupe_key: Some("lead-42".into()),
+        ..StartOptions::default()
+    };
+    let starts = (0..16).map(|_| {
+        let (engine, options) = (engine.clone(), options.clone());
+        tokio::spawn(async move {
+            engine
+                .start_with::<_, Vec<String>>("w", &(), options)
+                .await
+                .map(|h| h.run_id())
+        })
+    });
+    let mut ids = std::collections::BTreeSet::new();
+    for start in futures::future::join_all(starts).await {
+        ids.insert(start.unwrap().unwrap());
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let run = *ids.first().unwrap();
+    engine.shutdown().await;
+    drop(engine);
+
+    let engine = open().await.unwrap();
+    assert_eq!(engine.runs().await.unwrap().len(), 1);
+    engine.signal(run, "go", &"now").await.unwrap();
+    let again = engine
+        .start_with::<_, Vec<String>>("w", &(), options)
+        .await
+        .unwrap();
+    assert_eq!(again.run_id(), run);
+    assert_eq!(again.result().await.unwrap(), ["now"]);
+}
+
 async fn sleeper(ctx: Ctx, days: u64) -> Result<u64, WorkflowError> {
     let before = ctx.now_ms().await;
     ctx.sleep(Duration::from_secs(days * 86_400)).await?;
