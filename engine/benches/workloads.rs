@@ -19,7 +19,8 @@
 //!   loops. A second row is the ceiling of annal's key layout: the same sled writes the
 //!   engine's runs make, in lockstep commits on one thread with no workflow code; a third, the
 //!   same with the event records alone (the ceiling of any layout with a start and end
-//!   record per run). The note gives each thread kind's CPU time per step during the rounds
+//!   record per run); and the engine's rounds on a `Buffered` store (nothing synced: what its
+//!   CPU allows). The note gives each thread kind's CPU time per step during the rounds
 //!   (Linux).
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
@@ -341,6 +342,31 @@ async fn bench_chain(rows: &mut Vec<Row>) {
     });
 }
 
+/// Starts `runs` runs of `steps` steps at once and waits for all; returns their latencies.
+async fn fan_in_round(engine: &Engine, runs: usize, steps: u32) -> Vec<Duration> {
+    let tasks: Vec<_> = (0..runs)
+        .map(|_| {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                engine
+                    .start::<_, u32>("chain", &steps)
+                    .await
+                    .unwrap()
+                    .result()
+                    .await
+                    .unwrap();
+                t.elapsed()
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(runs);
+    for t in tasks {
+        latencies.push(t.await.unwrap());
+    }
+    latencies
+}
+
 async fn bench_fan_in(rows: &mut Vec<Row>) {
     let runs = scaled(256);
     let steps = 10u32;
@@ -374,8 +400,19 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         .open()
         .await
         .expect("engine");
+    // The same rounds with nothing synced: what the engine's CPU alone allows.
+    let unsynced_dir = bench_dir();
+    let unsynced = Engine::builder()
+        .path(unsynced_dir.path())
+        .durability(Durability::Buffered)
+        .park_after_ms(200)
+        .register("chain", 1, chain)
+        .open()
+        .await
+        .expect("engine");
     let mut latencies = Vec::with_capacity(runs * rounds);
     let mut elapsed = Duration::ZERO;
+    let mut unsynced_elapsed = Duration::ZERO;
     let mut cpu = std::collections::BTreeMap::<String, Duration>::new();
     for _ in 0..rounds {
         raw.run(runs, raw_commits_per_round);
@@ -384,32 +421,18 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
         raw_events.round(runs, steps);
         let cpu_before = cpu_by_thread();
         let started = Instant::now();
-        let tasks: Vec<_> = (0..runs)
-            .map(|_| {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let t = Instant::now();
-                    engine
-                        .start::<_, u32>("chain", &steps)
-                        .await
-                        .unwrap()
-                        .result()
-                        .await
-                        .unwrap();
-                    t.elapsed()
-                })
-            })
-            .collect();
-        for t in tasks {
-            latencies.push(t.await.unwrap());
-        }
+        latencies.extend(fan_in_round(&engine, runs, steps).await);
         elapsed += started.elapsed();
         for (name, after) in cpu_by_thread() {
             let before = cpu_before.get(&name).copied().unwrap_or_default();
             *cpu.entry(name).or_default() += after.saturating_sub(before);
         }
+        let started = Instant::now();
+        fan_in_round(&unsynced, runs, steps).await;
+        unsynced_elapsed += started.elapsed();
     }
     engine.shutdown().await;
+    unsynced.shutdown().await;
     let commits = store.commits();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
@@ -443,6 +466,16 @@ async fn bench_fan_in(rows: &mut Vec<Row>) {
             raw_spread.commits_per_s() * runs as f64,
             steps_total / elapsed.as_secs_f64() / (raw_spread.commits_per_s() * runs as f64),
             steps_total / elapsed.as_secs_f64() / raw_runs.steps_per_s()
+        ),
+    });
+    rows.push(Row {
+        workload: "fan_in",
+        metric: "engine, nothing synced",
+        value: steps_total / unsynced_elapsed.as_secs_f64(),
+        unit: "steps/s",
+        limit: Some(raw.commits_per_s() * runs as f64),
+        note: format!(
+            "the same {rounds} rounds on a second engine whose store is Buffered (no flush, no fsync), alternating with the rounds above: what the engine's CPU per step allows on this machine before any durability cost"
         ),
     });
     rows.push(Row {
