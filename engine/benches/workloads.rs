@@ -16,12 +16,12 @@
 //!   against the raw group-commit limit at the same concurrency (256 ascending records per
 //!   commit; also printed: 256 records spread over 256 runs' keys, as the engine writes).
 //!   `ANNAL_BENCH_ROUNDS` (default 8) rounds on one engine, each after a slice of the raw
-//!   loops. A second row is the ceiling of annal's key layout: the same sled writes the
-//!   engine's runs make, in lockstep commits on one thread with no workflow code; a third, the
-//!   same with the event records alone (the ceiling of any layout with a start and end
-//!   record per run); and the engine's rounds on a `Buffered` store (nothing synced: what its
-//!   CPU allows). The note gives each thread kind's CPU time per step during the rounds
-//!   (Linux).
+//!   loops. Three more rows: the same rounds on an engine whose store is `Buffered` (nothing
+//!   synced: what the engine's CPU allows); the ceiling of annal's key layout (the same sled
+//!   writes the engine's runs make, in lockstep commits on one thread with no workflow code);
+//!   and that loop with the event records alone (the ceiling of any layout with a start and
+//!   end record per run). The note gives each thread kind's CPU time per step during the
+//!   rounds (Linux).
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
