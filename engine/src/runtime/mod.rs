@@ -491,7 +491,8 @@ impl Engine {
         }
     }
 
-    /// Status and metadata of a run.
+    /// Status and metadata of a run, as the store holds them now: like [`Engine::history`],
+    /// this includes the latest appends, which may still be on their way to disk.
     pub async fn status(&self, run: RunId) -> Result<RunInfo> {
         let meta = self.inner.meta(run).await?;
         Ok(info(run, meta))
@@ -509,7 +510,9 @@ impl Engine {
             .collect())
     }
 
-    /// The recorded history of a run.
+    /// The recorded history of a run, up to its latest append. The last events may not be
+    /// durable yet (they are within one group commit); a crash then loses them, and the run
+    /// records them again when it resumes.
     pub async fn history(&self, run: RunId) -> Result<Vec<Event>> {
         read_history(self.inner.store.as_ref(), run).await
     }
