@@ -511,8 +511,9 @@ impl Engine {
     }
 
     /// The recorded history of a run, up to its latest append. The last events may not be
-    /// durable yet (they are within one group commit); a crash then loses them, and the run
-    /// records them again when it resumes.
+    /// durable yet (they are within one group commit); a crash then loses them, and the
+    /// resumed run redoes what they recorded (no effect runs before the history that led to it
+    /// is durable).
     pub async fn history(&self, run: RunId) -> Result<Vec<Event>> {
         read_history(self.inner.store.as_ref(), run).await
     }
