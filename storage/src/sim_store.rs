@@ -243,6 +243,11 @@ impl LogStore for SimStore {
         Ok(())
     }
 
+    async fn wait_applied_durable(&self) -> Result<()> {
+        let applied = self.lock().applied;
+        self.wait_durable(Position(applied)).await
+    }
+
     async fn read(&self, run: RunId, from_seq: u64, max: usize) -> Result<Vec<Record>> {
         let inner = self.lock();
         let prefix = keys::event_prefix(run);
@@ -313,10 +318,7 @@ impl LogStore for SimStore {
     }
 
     async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>> {
-        let (value, applied) = {
-            let inner = self.lock();
-            (inner.live.get(&keys::dedupe(key)).cloned(), inner.applied)
-        };
+        let value = self.lock().live.get(&keys::dedupe(key)).cloned();
         let holder = value
             .map(|v| {
                 keys::parse_run_value(&v).ok_or(crate::Error::CorruptIndex {
@@ -326,7 +328,7 @@ impl LogStore for SimStore {
             .transpose()?;
         if holder.is_some() {
             // The claim may not be durable yet; it is a promise once returned.
-            self.wait_durable(Position(applied)).await?;
+            self.wait_applied_durable().await?;
         }
         Ok(holder)
     }

@@ -820,6 +820,11 @@ impl LogStore for SledStore {
         }
     }
 
+    async fn wait_applied_durable(&self) -> Result<()> {
+        let planned = self.shared.planned.load(Ordering::Acquire);
+        self.wait_durable(Position(planned)).await
+    }
+
     async fn read(&self, run: RunId, from_seq: u64, max: usize) -> Result<Vec<Record>> {
         let prefix = keys::event_prefix(run);
         let mut out = Vec::new();
@@ -926,8 +931,7 @@ impl LogStore for SledStore {
             .transpose()?;
         if holder.is_some() {
             // The claim may not be durable yet; it is a promise once returned.
-            let planned = self.shared.planned.load(Ordering::Acquire);
-            self.wait_durable(Position(planned)).await?;
+            self.wait_applied_durable().await?;
         }
         Ok(holder)
     }

@@ -192,6 +192,11 @@ pub trait LogStore: Send + Sync + 'static {
     /// Resolves once everything up to `position` is durable in the store's mode.
     async fn wait_durable(&self, position: Position) -> Result<()>;
 
+    /// Resolves once every append applied so far, every write a read can see, is durable. A
+    /// caller that answers from what it read (a dedupe holder, a decided gate, an ended run)
+    /// waits for this first, so that a crash cannot take back what the answer rested on.
+    async fn wait_applied_durable(&self) -> Result<()>;
+
     /// [`append`](Self::append) then [`wait_durable`](Self::wait_durable).
     async fn append_durable(&self, batch: AppendBatch) -> Result<Position> {
         let position = self.append(batch).await?;
@@ -239,7 +244,8 @@ pub trait LogStore: Send + Sync + 'static {
     async fn next_timer(&self) -> Result<Option<TimerEntry>>;
 
     /// The run holding a start-dedupe key. Returns a holder only once its claim is durable
-    /// (waiting for it if needed), so a caller may hand the run out as started.
+    /// (waiting as [`wait_applied_durable`](Self::wait_applied_durable) does), so a caller may
+    /// hand the run out as started.
     async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>>;
 
     /// The run and command position of an approval gate.

@@ -144,6 +144,7 @@ conformance!(
     due_timers_come_earliest_first_and_bounded,
     dedupe_claims,
     a_dedupe_holder_is_returned_once_its_claim_is_durable,
+    waiting_for_everything_applied_covers_every_run,
     gates,
     checkpoints_are_replaced_read_back_and_purged,
     purge_removes_every_trace,
@@ -774,6 +775,41 @@ async fn a_dedupe_holder_is_returned_once_its_claim_is_durable(b: Backend) {
         "the claim was not durable when its holder was returned: {polled:?}"
     );
     assert_eq!(s.dedupe(b"nobody").await.unwrap(), None);
+}
+
+/// `wait_applied_durable` makes durable every append applied before it, whichever run.
+async fn waiting_for_everything_applied_covers_every_run(b: Backend) {
+    let s = b.store();
+    s.wait_applied_durable().await.unwrap();
+    let mut positions = Vec::new();
+    for n in 1..=3 {
+        let run = run_id(n);
+        let position = s
+            .append(AppendBatch {
+                run,
+                expected_next_seq: 0,
+                events: events(run, 0, 2),
+                meta: Some(meta(1)),
+                index: vec![],
+            })
+            .await
+            .unwrap();
+        positions.push(position);
+    }
+    s.wait_applied_durable().await.unwrap();
+    // In what a crash keeps (`SimStore`'s raw view is its durable state), and each wait
+    // resolves on its first poll.
+    assert!(b.raw().contains_key(&keys::event(run_id(3), 1)));
+    for position in positions {
+        let mut wait = s.wait_durable(position);
+        let polled = wait
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        assert!(
+            matches!(polled, std::task::Poll::Ready(Ok(()))),
+            "{position:?}: {polled:?}"
+        );
+    }
 }
 
 async fn dedupe_claims(b: Backend) {

@@ -169,6 +169,55 @@ async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_st
     );
 }
 
+/// A second reviewer is told "already decided" only once the decision is durable: a crash
+/// in between would take the decision back and reopen a gate the reviewer was turned away
+/// from.
+#[tokio::test(start_paused = true)]
+async fn already_decided_is_answered_once_the_decision_is_durable() {
+    let (_, clock) = world();
+    let store = Arc::new(crate::support::HeldStore::new());
+    let engine = Engine::builder()
+        .store(Arc::clone(&store) as Arc<dyn annal_storage::LogStore>)
+        .clock(Arc::clone(&clock) as Arc<dyn annal::clock::Clock>)
+        .park_after_ms(60_000)
+        .register("refund", 1, refund)
+        .open()
+        .await
+        .unwrap();
+    let run = engine
+        .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let gate = only_gate(&engine).await;
+
+    store.hold(true);
+    let decide = |actor: Actor, verdict: Verdict| {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.decide(gate, &actor, verdict, "r").await })
+    };
+    let first = decide(finance(), Verdict::Approve { edits: None });
+    // The first decision is appended (readers see it) but not durable.
+    while !kinds(&engine.history(run).await.unwrap()).contains(&"ApprovalDecided") {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let second = decide(Actor::new("lee", &["finance"]), Verdict::Reject);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !second.is_finished(),
+        "refused for a decision not yet durable: {:?}",
+        second.await
+    );
+    store.hold(false);
+    let refused = second.await.unwrap();
+    assert!(
+        matches!(&refused, Err(Error::AlreadyDecided { actor, .. }) if actor == "dana"),
+        "{refused:?}"
+    );
+    first.await.unwrap().unwrap();
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_concurrent_decisions_exactly_one_wins() {
     let (store, clock) = world();
@@ -363,6 +412,60 @@ async fn an_expired_approval_escalates_and_an_operator_reopens_it() {
     assert!(handle.result().await.unwrap().starts_with("refunded 100"));
     let history = engine.history(handle.run_id()).await.unwrap();
     assert!(history.iter().any(|e| matches!(&e.kind, EventKind::OperatorAction { actor, reason, .. } if actor == "olga" && reason == "reviewer was on leave")));
+}
+
+/// A second operator acting on a run the first one just moved on is refused only once the
+/// first one's action is durable.
+#[tokio::test(start_paused = true)]
+async fn an_operator_is_refused_for_another_action_only_once_it_is_durable() {
+    let (_, clock) = world();
+    let store = Arc::new(crate::support::HeldStore::new());
+    let engine = Engine::builder()
+        .store(Arc::clone(&store) as Arc<dyn annal_storage::LogStore>)
+        .clock(Arc::clone(&clock) as Arc<dyn annal::clock::Clock>)
+        .park_after_ms(60_000)
+        .register("refund", 1, refund)
+        .open()
+        .await
+        .unwrap();
+    let run = engine
+        .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_millis(3 * DAY_MS + 1_000)).await;
+    assert_eq!(
+        engine.status(run).await.unwrap().status,
+        RunStatus::Escalated
+    );
+
+    store.hold(true);
+    let operate = |actor: &'static str| {
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            engine
+                .operate(run, actor, OperatorActionKind::RetryStep, "reopen")
+                .await
+        })
+    };
+    let first = operate("olga");
+    while engine.status(run).await.unwrap().status == RunStatus::Escalated {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let second = operate("omar");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !second.is_finished(),
+        "refused for an action not yet durable: {:?}",
+        second.await
+    );
+    store.hold(false);
+    let refused = second.await.unwrap();
+    assert!(
+        matches!(&refused, Err(Error::ActionRefused { reason, .. }) if reason.contains("not escalated")),
+        "{refused:?}"
+    );
+    first.await.unwrap().unwrap();
 }
 
 #[tokio::test(start_paused = true)]

@@ -385,6 +385,61 @@ async fn concurrent_starts_with_one_dedupe_key_on_sled_make_one_run_that_stays()
     assert_eq!(again.result().await.unwrap(), ["now"]);
 }
 
+/// A signal refused because the run ended is refused only once that end is durable: a
+/// crash in between would take the end back and leave the run waiting for the signal its
+/// sender was told it could not deliver.
+#[tokio::test(start_paused = true)]
+async fn a_signal_is_refused_for_an_end_only_once_the_end_is_durable() {
+    let store = Arc::new(crate::support::HeldStore::new());
+    let engine = register(
+        Engine::builder().store(Arc::clone(&store) as Arc<dyn annal_storage::LogStore>),
+        "w",
+        1,
+        shaped(&["?go"], Arc::default()),
+    )
+    .open()
+    .await
+    .unwrap();
+    let run = engine
+        .start::<_, Vec<String>>("w", &())
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    store.hold(true);
+    let terminate = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.terminate(run, "ops", "duplicate lead").await }
+    });
+    while engine.status(run).await.unwrap().status != RunStatus::Terminated {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let signal = tokio::spawn({
+        let engine = engine.clone();
+        async move { engine.signal(run, "go", &"late").await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !signal.is_finished(),
+        "refused for an end not yet durable: {:?}",
+        signal.await
+    );
+    store.hold(false);
+    let refused = signal.await.unwrap();
+    assert!(
+        matches!(
+            refused,
+            Err(Error::RunEnded {
+                status: RunStatus::Terminated,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+    terminate.await.unwrap().unwrap();
+}
+
 async fn sleeper(ctx: Ctx, days: u64) -> Result<u64, WorkflowError> {
     let before = ctx.now_ms().await;
     ctx.sleep(Duration::from_secs(days * 86_400)).await?;

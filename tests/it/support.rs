@@ -60,3 +60,100 @@ pub fn open_sled(path: &std::path::Path) -> annal_storage::SledStore {
         }
     }
 }
+
+/// A [`SimStore`] whose durability can be held back: while held, `wait_durable` waits, so a
+/// test can act between an append and its commit (what a slow fsync does to a real store).
+pub struct HeldStore {
+    pub inner: SimStore,
+    held: tokio::sync::watch::Sender<bool>,
+}
+
+impl HeldStore {
+    pub fn new() -> Self {
+        Self {
+            inner: SimStore::new(),
+            held: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    pub fn hold(&self, held: bool) {
+        self.held.send_replace(held);
+    }
+}
+
+#[async_trait::async_trait]
+impl annal_storage::LogStore for HeldStore {
+    async fn append(
+        &self,
+        batch: annal_storage::AppendBatch,
+    ) -> annal_storage::Result<annal_storage::Position> {
+        self.inner.append(batch).await
+    }
+    async fn wait_durable(&self, position: annal_storage::Position) -> annal_storage::Result<()> {
+        let mut held = self.held.subscribe();
+        held.wait_for(|held| !held)
+            .await
+            .map_err(|_| annal_storage::Error::Closed)?;
+        self.inner.wait_durable(position).await
+    }
+    async fn wait_applied_durable(&self) -> annal_storage::Result<()> {
+        let mut held = self.held.subscribe();
+        held.wait_for(|held| !held)
+            .await
+            .map_err(|_| annal_storage::Error::Closed)?;
+        self.inner.wait_applied_durable().await
+    }
+    async fn read(
+        &self,
+        run: annal::RunId,
+        from_seq: u64,
+        max: usize,
+    ) -> annal_storage::Result<Vec<annal_storage::Record>> {
+        self.inner.read(run, from_seq, max).await
+    }
+    async fn meta(
+        &self,
+        run: annal::RunId,
+    ) -> annal_storage::Result<Option<annal_storage::RunMeta>> {
+        self.inner.meta(run).await
+    }
+    async fn runs(&self) -> annal_storage::Result<Vec<(annal::RunId, annal_storage::RunMeta)>> {
+        self.inner.runs().await
+    }
+    async fn runs_with_status(&self, status: u8) -> annal_storage::Result<Vec<annal::RunId>> {
+        self.inner.runs_with_status(status).await
+    }
+    async fn due_timers(
+        &self,
+        up_to_ms: u64,
+        max: usize,
+    ) -> annal_storage::Result<Vec<annal_storage::TimerEntry>> {
+        self.inner.due_timers(up_to_ms, max).await
+    }
+    async fn next_timer(&self) -> annal_storage::Result<Option<annal_storage::TimerEntry>> {
+        self.inner.next_timer().await
+    }
+    async fn dedupe(&self, key: &[u8]) -> annal_storage::Result<Option<annal::RunId>> {
+        self.inner.dedupe(key).await
+    }
+    async fn gate(
+        &self,
+        gate: annal_storage::GateId,
+    ) -> annal_storage::Result<Option<(annal::RunId, u32)>> {
+        self.inner.gate(gate).await
+    }
+    async fn gates(
+        &self,
+    ) -> annal_storage::Result<Vec<(annal_storage::GateId, annal::RunId, u32)>> {
+        self.inner.gates().await
+    }
+    async fn checkpoint(&self, run: annal::RunId) -> annal_storage::Result<Option<Vec<u8>>> {
+        self.inner.checkpoint(run).await
+    }
+    async fn purge(&self, run: annal::RunId) -> annal_storage::Result<()> {
+        self.inner.purge(run).await
+    }
+    fn durability(&self) -> annal_storage::Durability {
+        self.inner.durability()
+    }
+}

@@ -345,6 +345,21 @@ impl EngineInner {
         Ok(position)
     }
 
+    /// Refuses an operation for what the run's state says (already decided, ended, not
+    /// escalated), once that state is durable: a caller told "already decided" must not find
+    /// the gate open again after a crash took back the decision it was refused for. The
+    /// state may come from this slot's appends or from a fresh load of the store's (a run
+    /// evicted right after its end), so the wait covers every append applied so far.
+    pub(crate) async fn refuse<T>(
+        &self,
+        writer: tokio::sync::OwnedMutexGuard<Writer>,
+        error: Error,
+    ) -> Result<T> {
+        drop(writer);
+        self.store.wait_applied_durable().await?;
+        Err(error)
+    }
+
     /// Makes everything this run appended so far durable.
     pub(crate) async fn barrier(&self, slot: &RunSlot) -> Result<()> {
         let last = slot.writer.lock().await.last_position;

@@ -528,7 +528,8 @@ impl Engine {
             .cloned()
     }
 
-    /// Sends a signal to a run. Returns once it is durable; a parked run is woken for it.
+    /// Sends a signal to a run. Returns once it is durable; a parked run is woken for it. A
+    /// run that ended refuses it with [`Error::RunEnded`], once its end is durable.
     pub async fn signal<T: Serialize>(&self, run: RunId, name: &str, payload: &T) -> Result<()> {
         let payload = Payload::encode(payload).map_err(|e| Error::Payload(e.to_string()))?;
         let kind = EventKind::SignalReceived {
@@ -566,7 +567,7 @@ impl Engine {
             .and_then(|m| RunStatus::from_code(m.status))
             .ok_or(Error::UnknownRun(run))?;
         if status.is_terminal() {
-            return Err(Error::RunEnded { run, status });
+            return inner.refuse(writer, Error::RunEnded { run, status }).await;
         }
         let mut req = AppendReq::events(vec![kind]);
         if terminate {

@@ -50,8 +50,10 @@ pub struct ApprovalFilter {
 
 impl Engine {
     /// Decides an approval gate. Refused with a typed error, writing nothing, when the gate
-    /// is unknown, already decided, expired, closed, or the actor is not an approver. Of two
-    /// concurrent decisions exactly one wins: both are checked under the run's writer lock.
+    /// is unknown, already decided, expired, closed, or the actor is not an approver; a
+    /// refusal for the gate's or run's state comes once that state is durable, so a crash
+    /// cannot reopen a gate someone was turned away from. Of two concurrent decisions exactly
+    /// one wins: both are checked under the run's writer lock.
     /// Returns once the decision is durable; the run resumes.
     pub async fn decide(
         &self,
@@ -79,19 +81,18 @@ impl Engine {
             }) => record.clone(),
             _ => return Err(Error::UnknownGate(gate)),
         };
-        match &record.state {
-            GateState::Decided { actor, .. } => {
-                return Err(Error::AlreadyDecided {
-                    gate,
-                    actor: actor.clone(),
-                })
-            }
-            GateState::Expired => return Err(Error::GateExpired { gate }),
-            GateState::Withdrawn => return Err(Error::NotWaiting { run, status }),
-            GateState::Pending => {}
-        }
-        if status.is_terminal() {
-            return Err(Error::NotWaiting { run, status });
+        let refusal = match &record.state {
+            GateState::Decided { actor, .. } => Some(Error::AlreadyDecided {
+                gate,
+                actor: actor.clone(),
+            }),
+            GateState::Expired => Some(Error::GateExpired { gate }),
+            GateState::Withdrawn => Some(Error::NotWaiting { run, status }),
+            GateState::Pending if status.is_terminal() => Some(Error::NotWaiting { run, status }),
+            GateState::Pending => None,
+        };
+        if let Some(error) = refusal {
+            return inner.refuse(writer, error).await;
         }
         let deadline = record
             .request
@@ -208,8 +209,9 @@ impl Engine {
 
     /// Acts on an escalated run: retry the step (or reopen an expired approval), skip it with
     /// a value, resolve an unknown irreversible outcome as done or not done, or abort the
-    /// run. Recorded with actor and reason; refused (nothing written) when the run is not
-    /// escalated or the action does not fit the call that escalated.
+    /// run. Recorded with actor and reason; refused (nothing written, once the state the
+    /// refusal rests on is durable) when the run is not escalated or the action does not fit
+    /// the call that escalated.
     pub async fn operate(
         &self,
         run: RunId,
@@ -225,10 +227,10 @@ impl Engine {
             .and_then(|m| RunStatus::from_code(m.status))
             .unwrap_or(RunStatus::Failed);
         if status != RunStatus::Escalated {
-            return Err(Error::ActionRefused {
-                run,
-                reason: format!("the run is {status}, not escalated"),
-            });
+            let reason = format!("the run is {status}, not escalated");
+            return inner
+                .refuse(writer, Error::ActionRefused { run, reason })
+                .await;
         }
         let (escalated_at, fits) = {
             let state = slot.state();
@@ -262,7 +264,11 @@ impl Engine {
             };
             (at, fits)
         };
-        fits.map_err(|reason| Error::ActionRefused { run, reason })?;
+        if let Err(reason) = fits {
+            return inner
+                .refuse(writer, Error::ActionRefused { run, reason })
+                .await;
+        }
         let abort = action == OperatorActionKind::Abort;
         let recorded = EventKind::OperatorAction {
             position: escalated_at,
