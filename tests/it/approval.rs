@@ -87,8 +87,15 @@ async fn refund(ctx: Ctx, (amount, on_expiry): (u64, OnExpiry)) -> Result<String
 }
 
 fn builder(store: &Arc<SimStore>, clock: &Arc<annal::clock::TokioClock>) -> EngineBuilder {
+    builder_on(Arc::clone(store) as Arc<dyn annal_storage::LogStore>, clock)
+}
+
+fn builder_on(
+    store: Arc<dyn annal_storage::LogStore>,
+    clock: &Arc<annal::clock::TokioClock>,
+) -> EngineBuilder {
     Engine::builder()
-        .store(Arc::clone(store) as Arc<dyn annal_storage::LogStore>)
+        .store(store)
         .clock(Arc::clone(clock) as Arc<dyn annal::clock::Clock>)
         .park_after_ms(60_000)
         .register("refund", 1, refund)
@@ -176,14 +183,13 @@ async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_st
 async fn already_decided_is_answered_once_the_decision_is_durable() {
     let (_, clock) = world();
     let store = Arc::new(crate::support::HeldStore::new());
-    let engine = Engine::builder()
-        .store(Arc::clone(&store) as Arc<dyn annal_storage::LogStore>)
-        .clock(Arc::clone(&clock) as Arc<dyn annal::clock::Clock>)
-        .park_after_ms(60_000)
-        .register("refund", 1, refund)
-        .open()
-        .await
-        .unwrap();
+    let engine = builder_on(
+        Arc::clone(&store) as Arc<dyn annal_storage::LogStore>,
+        &clock,
+    )
+    .open()
+    .await
+    .unwrap();
     let run = engine
         .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
         .await
@@ -420,14 +426,13 @@ async fn an_expired_approval_escalates_and_an_operator_reopens_it() {
 async fn an_operator_is_refused_for_another_action_only_once_it_is_durable() {
     let (_, clock) = world();
     let store = Arc::new(crate::support::HeldStore::new());
-    let engine = Engine::builder()
-        .store(Arc::clone(&store) as Arc<dyn annal_storage::LogStore>)
-        .clock(Arc::clone(&clock) as Arc<dyn annal::clock::Clock>)
-        .park_after_ms(60_000)
-        .register("refund", 1, refund)
-        .open()
-        .await
-        .unwrap();
+    let engine = builder_on(
+        Arc::clone(&store) as Arc<dyn annal_storage::LogStore>,
+        &clock,
+    )
+    .open()
+    .await
+    .unwrap();
     let run = engine
         .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
         .await
