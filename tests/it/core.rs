@@ -385,6 +385,38 @@ async fn concurrent_starts_with_one_dedupe_key_on_sled_make_one_run_that_stays()
     assert_eq!(again.result().await.unwrap(), ["now"]);
 }
 
+/// A run stopped by a failed write (a full disk, a failed fsync) does not leave its waiters
+/// hanging: `result()` reports the storage failure, and so does a later handle.
+#[tokio::test(start_paused = true)]
+async fn result_reports_a_store_failure_that_stopped_the_run() {
+    let store = Arc::new(SimStore::new());
+    let engine = register(on(&store), "w", 1, shaped(&["a", "b"], Arc::default()))
+        .open()
+        .await
+        .unwrap();
+    let handle = engine.start::<_, Vec<String>>("w", &()).await.unwrap();
+    // The run's first wait for durability (before step b's effect) fails.
+    store.fail_next_sync("No space left on device");
+    let result = tokio::time::timeout(Duration::from_secs(60), handle.result())
+        .await
+        .expect("result() hung after the store failed");
+    assert!(
+        matches!(&result, Err(Error::Storage(annal_storage::Error::Poisoned { cause })) if cause.contains("No space")),
+        "{result:?}"
+    );
+    let later = engine.handle::<Vec<String>>(handle.run_id());
+    let result = tokio::time::timeout(Duration::from_secs(60), later.result())
+        .await
+        .expect("a later result() hung");
+    assert!(
+        matches!(
+            result,
+            Err(Error::Storage(annal_storage::Error::Poisoned { .. }))
+        ),
+        "{result:?}"
+    );
+}
+
 /// A signal refused because the run ended is refused only once that end is durable: a
 /// crash in between would take the end back and leave the run waiting for the signal its
 /// sender was told it could not deliver.

@@ -3,6 +3,7 @@
 mod approval;
 mod core;
 mod crash;
+mod full_disk;
 mod histories;
 mod policy;
 mod props;

@@ -773,8 +773,9 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
     }
 
     /// Waits until the run ends (following `continue_as_new` to its successor) and returns
-    /// its output. A run that blocks or escalates returns that as an error at once; call
-    /// again after it was resolved.
+    /// its output, once its end is durable. A run that blocks or escalates returns that as an
+    /// error at once; call again after it was resolved. If the store failed (a full disk, a
+    /// failed fsync), returns [`annal_storage::Error::Poisoned`]: reopen the engine to go on.
     pub async fn result(&self) -> Result<Out> {
         let mut run = self.run;
         let result = loop {
@@ -812,6 +813,10 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
             if let Some(result) = terminal.and_then(|kind| ended(run, &kind)) {
                 return result;
             }
+            // What the store answers from here must be durable before it is reported; and a
+            // store that failed (a full disk, a failed fsync) reports that instead, for a run
+            // it stopped would otherwise be waited for forever.
+            self.inner.store.wait_applied_durable().await?;
             let meta = self.inner.meta(run).await?;
             let status = RunStatus::from_code(meta.status);
             match status {

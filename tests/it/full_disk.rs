@@ -1,0 +1,131 @@
+//! A full disk: a child process (`tests/src/bin/full_disk_child.rs`) runs workflows on a real
+//! sled store in `PowerSafe` mode under a file-size limit (`ulimit -f`, with `SIGXFSZ`
+//! ignored, so a write past it fails with `EFBIG` as a full disk fails with `ENOSPC`). The
+//! first failed write must come back as a typed error, not a panic or a hang; and once the
+//! limit is gone, every run the child saw finish is intact, and every other run resumes and
+//! finishes.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use annal::{Ctx, Engine, RunId, RunStatus, StepClass, WorkflowError};
+
+/// How long the child may take; it needs well under a second.
+const HANG_LIMIT: Duration = Duration::from_secs(60);
+
+/// The child's file-size limit in `ulimit -f` blocks (512 bytes for dash, 1,024 for bash):
+/// 8 or 16 MiB, a few hundred runs.
+const LIMIT_BLOCKS: u32 = 16_384;
+
+/// The same workflow as the child's, so the reopened engine can resume its runs.
+async fn fill(ctx: Ctx, seed: u32) -> Result<u32, WorkflowError> {
+    let mut total = 0u32;
+    for i in 0..8u32 {
+        let out: String = ctx
+            .step("fill")
+            .class(StepClass::Write)
+            .run(move |_| async move {
+                let c = char::from(b'a' + ((seed + i) % 26) as u8);
+                Ok(std::iter::repeat_n(c, 4096).collect::<String>())
+            })
+            .await?;
+        total = total.wrapping_add(out.len() as u32 + i);
+    }
+    Ok(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    // `trap "" XFSZ` leaves the signal ignored across `exec`, so the write fails instead of
+    // the signal killing the child.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' XFSZ; ulimit -f {LIMIT_BLOCKS}; exec \"$0\" \"$@\""
+        ))
+        .arg(env!("CARGO_BIN_EXE_full_disk_child"))
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn full_disk_child");
+    let read = |mut pipe: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            pipe.read_to_string(&mut text).ok();
+            text
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    // A hang (a waiter nobody wakes after the failure) fails the test instead of stalling it.
+    let deadline = std::time::Instant::now() + HANG_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            child.wait().ok();
+            panic!(
+                "the child hung after the failure: {}",
+                stdout.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    assert!(
+        status.success() && !stderr.contains("panicked"),
+        "the child failed ({status}): {stderr}"
+    );
+    let acked: BTreeSet<RunId> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ack "))
+        .map(|id| RunId(*uuid::Uuid::parse_str(id).expect("run id").as_bytes()))
+        .collect();
+    let error = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("error "))
+        .unwrap_or_else(|| panic!("no write failed under the limit: {stdout}"));
+    assert!(
+        error.contains("Storage(Poisoned") || error.contains("Storage(Io"),
+        "not a typed storage error: {error}"
+    );
+    assert!(
+        !acked.is_empty(),
+        "nothing finished before the limit: {stdout}"
+    );
+
+    // The limit is gone: the store opens, what was acknowledged is there, the rest resumes.
+    let engine = Engine::builder()
+        .path(dir.path().join("db"))
+        .register("fill", 1, fill)
+        .open()
+        .await
+        .expect("the store opens after the failure");
+    for run in &acked {
+        let info = engine.status(*run).await.unwrap();
+        assert_eq!(info.status, RunStatus::Completed, "acknowledged run {run}");
+        let history = engine.history(*run).await.unwrap();
+        assert_eq!(history.len(), 10, "run {run}: start, 8 steps, end");
+    }
+    let runs = engine.runs().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for info in &runs {
+        let result = tokio::time::timeout(
+            deadline.saturating_duration_since(std::time::Instant::now()),
+            engine.handle::<u32>(info.run).result(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("run {} did not finish after the reopen", info.run));
+        assert_eq!(result.unwrap(), 8 * 4096 + 28, "run {}", info.run);
+    }
+    // And new work goes on.
+    let run = engine.start::<_, u32>("fill", &7u32).await.unwrap();
+    assert_eq!(run.result().await.unwrap(), 8 * 4096 + 28);
+    engine.shutdown().await;
+}
