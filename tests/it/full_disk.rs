@@ -1,9 +1,9 @@
 //! A full disk: a child process (`tests/src/bin/full_disk_child.rs`) runs workflows on a real
 //! sled store in `PowerSafe` mode under a file-size limit (`ulimit -f`, with `SIGXFSZ`
 //! ignored, so a write past it fails with `EFBIG` as a full disk fails with `ENOSPC`). The
-//! first failed write must come back as a typed error, not a panic or a hang; and once the
-//! limit is gone, every run the child saw finish is intact, and every other run resumes and
-//! finishes.
+//! first failed write must come back as a typed error, not a panic or a hang, also when the
+//! child opens the full store again; and once the limit is gone, every run the child saw
+//! finish is intact, and every other run resumes and finishes.
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -35,9 +35,9 @@ async fn fill(ctx: Ctx, seed: u32) -> Result<u32, WorkflowError> {
     Ok(total)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
+/// Runs the child under the limit until a write fails; returns the runs it saw finish.
+/// Asserts that it stopped on a typed storage error, without a panic or a hang.
+fn run_child_under_the_limit(dir: &std::path::Path) -> BTreeSet<RunId> {
     // `trap "" XFSZ` leaves the signal ignored across `exec`, so the write fails instead of
     // the signal killing the child.
     let mut child = Command::new("sh")
@@ -46,7 +46,7 @@ async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
             "trap '' XFSZ; ulimit -f {LIMIT_BLOCKS}; exec \"$0\" \"$@\""
         ))
         .arg(env!("CARGO_BIN_EXE_full_disk_child"))
-        .arg(dir.path())
+        .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -82,11 +82,6 @@ async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
         status.success() && !stderr.contains("panicked"),
         "the child failed ({status}): {stderr}"
     );
-    let acked: BTreeSet<RunId> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("ack "))
-        .map(|id| RunId(*uuid::Uuid::parse_str(id).expect("run id").as_bytes()))
-        .collect();
     let error = stdout
         .lines()
         .find_map(|l| l.strip_prefix("error "))
@@ -95,10 +90,24 @@ async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
         error.contains("Storage(Poisoned") || error.contains("Storage(Io"),
         "not a typed storage error: {error}"
     );
-    assert!(
-        !acked.is_empty(),
-        "nothing finished before the limit: {stdout}"
-    );
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ack "))
+        .map(|id| RunId(*uuid::Uuid::parse_str(id).expect("run id").as_bytes()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let acked = run_child_under_the_limit(dir.path());
+    assert!(!acked.is_empty(), "nothing finished before the limit");
+    // Opened again on the full disk: recovery and new work fail the same way, and what
+    // finishes is kept too.
+    let acked: BTreeSet<RunId> = acked
+        .into_iter()
+        .chain(run_child_under_the_limit(dir.path()))
+        .collect();
 
     // The limit is gone: the store opens, what was acknowledged is there, the rest resumes.
     let engine = Engine::builder()
