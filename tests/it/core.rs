@@ -342,9 +342,11 @@ async fn concurrent_starts_with_one_dedupe_key_make_one_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_starts_with_one_dedupe_key_on_sled_make_one_run_that_stays() {
     let dir = tempfile::tempdir().unwrap();
+    // Through `open_sled`: another test's child process may briefly hold sled's lock.
     let open = || {
+        let store = Arc::new(crate::support::open_sled(dir.path()));
         register(
-            Engine::builder().path(dir.path()),
+            Engine::builder().store(store as Arc<dyn annal_storage::LogStore>),
             "w",
             1,
             shaped(&["?go"], Arc::default()),
