@@ -3,7 +3,6 @@
 mod approval;
 mod core;
 mod crash;
-mod full_disk;
 mod histories;
 mod policy;
 mod props;

@@ -1,4 +1,4 @@
-//! The child process of the full-disk test (`tests/it/full_disk.rs`): runs workflows on a
+//! The child process of the full-disk test (`tests/full_disk/main.rs`): runs workflows on a
 //! real sled store in `PowerSafe` mode, under a file-size limit its parent set, until a write
 //! fails.
 //!
