@@ -6,5 +6,4 @@ mod crash;
 mod histories;
 mod policy;
 mod props;
-mod sigkill;
 mod support;

@@ -46,9 +46,10 @@ pub fn trace() {
     }
 }
 
-/// Opens a sled store that an engine of this process just released. Another test of this
-/// binary may be spawning a child process (the SIGKILL test), which holds copies of every
-/// open file, sled's lock included, between fork and exec; so a `Locked` is retried briefly.
+/// Opens a sled store that an engine of this process just released. A child process holds
+/// copies of every open file, sled's lock included, between fork and exec: the tests that
+/// spawn children have their own binaries (`tests/sigkill`, `tests/full_disk`), and a
+/// `Locked` is still retried briefly in case a test here ever spawns one.
 pub fn open_sled(path: &std::path::Path) -> annal_storage::SledStore {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {

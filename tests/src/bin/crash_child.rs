@@ -1,4 +1,4 @@
-//! The child process of the real-crash test (`tests/it/sigkill.rs`): runs a mixed workload on
+//! The child process of the real-crash test (`tests/sigkill/main.rs`): runs a mixed workload on
 //! a real sled store in `PowerSafe` mode until the parent SIGKILLs it, or until every job
 //! has finished.
 //!
