@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use annal::{Ctx, Engine, RunId, RunStatus, StepClass, WorkflowError};
+use annal::{Engine, RunId, RunStatus};
+use annal_tests::full_disk::{fill, RESULT, STEPS};
 
 /// How long the child may take; it needs well under a second.
 const HANG_LIMIT: Duration = Duration::from_secs(60);
@@ -17,23 +18,6 @@ const HANG_LIMIT: Duration = Duration::from_secs(60);
 /// The child's file-size limit in `ulimit -f` blocks (512 bytes for dash, 1,024 for bash):
 /// 8 or 16 MiB, a few hundred runs.
 const LIMIT_BLOCKS: u32 = 16_384;
-
-/// The same workflow as the child's, so the reopened engine can resume its runs.
-async fn fill(ctx: Ctx, seed: u32) -> Result<u32, WorkflowError> {
-    let mut total = 0u32;
-    for i in 0..8u32 {
-        let out: String = ctx
-            .step("fill")
-            .class(StepClass::Write)
-            .run(move |_| async move {
-                let c = char::from(b'a' + ((seed + i) % 26) as u8);
-                Ok(std::iter::repeat_n(c, 4096).collect::<String>())
-            })
-            .await?;
-        total = total.wrapping_add(out.len() as u32 + i);
-    }
-    Ok(total)
-}
 
 /// Runs the child under the limit until a write fails; returns the runs it saw finish.
 /// Asserts that it stopped on a typed storage error, without a panic or a hang.
@@ -120,7 +104,11 @@ async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
         let info = engine.status(*run).await.unwrap();
         assert_eq!(info.status, RunStatus::Completed, "acknowledged run {run}");
         let history = engine.history(*run).await.unwrap();
-        assert_eq!(history.len(), 10, "run {run}: start, 8 steps, end");
+        assert_eq!(
+            history.len(),
+            STEPS as usize + 2,
+            "run {run}: start, steps, end"
+        );
     }
     let runs = engine.runs().await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -131,10 +119,10 @@ async fn a_full_disk_is_a_typed_error_and_loses_nothing_acknowledged() {
         )
         .await
         .unwrap_or_else(|_| panic!("run {} did not finish after the reopen", info.run));
-        assert_eq!(result.unwrap(), 8 * 4096 + 28, "run {}", info.run);
+        assert_eq!(result.unwrap(), RESULT, "run {}", info.run);
     }
     // And new work goes on.
     let run = engine.start::<_, u32>("fill", &7u32).await.unwrap();
-    assert_eq!(run.result().await.unwrap(), 8 * 4096 + 28);
+    assert_eq!(run.result().await.unwrap(), RESULT);
     engine.shutdown().await;
 }

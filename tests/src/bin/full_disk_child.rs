@@ -9,31 +9,13 @@
 
 use std::path::Path;
 
-use annal::{Ctx, Durability, Engine, StepClass, WorkflowError};
+use annal::{Durability, Engine};
+use annal_tests::full_disk::fill;
 
-/// Steps per run, each recording an output of `OUTPUT_BYTES`.
-const STEPS: u32 = 8;
-const OUTPUT_BYTES: usize = 4096;
 /// Runs in flight at once.
 const WIDTH: usize = 16;
 /// Gives up after this many runs if no write failed (the limit was not applied).
 const RUNS_MAX: usize = 20_000;
-
-async fn fill(ctx: Ctx, seed: u32) -> Result<u32, WorkflowError> {
-    let mut total = 0u32;
-    for i in 0..STEPS {
-        let out: String = ctx
-            .step("fill")
-            .class(StepClass::Write)
-            .run(move |_| async move {
-                let c = char::from(b'a' + ((seed + i) % 26) as u8);
-                Ok(std::iter::repeat_n(c, OUTPUT_BYTES).collect::<String>())
-            })
-            .await?;
-        total = total.wrapping_add(out.len() as u32 + i);
-    }
-    Ok(total)
-}
 
 #[tokio::main]
 async fn main() {
