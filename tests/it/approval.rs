@@ -176,11 +176,8 @@ async fn an_approval_waits_for_days_across_a_restart_and_edits_reach_the_next_st
     );
 }
 
-/// A second reviewer is told "already decided" only once the decision is durable: a crash
-/// in between would take the decision back and reopen a gate the reviewer was turned away
-/// from.
-#[tokio::test(start_paused = true)]
-async fn already_decided_is_answered_once_the_decision_is_durable() {
+/// An engine on a store whose durability a test can hold back, with one refund run started.
+async fn refund_on_a_held_store() -> (Arc<crate::support::HeldStore>, Engine, RunId) {
     let (_, clock) = world();
     let store = Arc::new(crate::support::HeldStore::new());
     let engine = builder_on(
@@ -195,6 +192,15 @@ async fn already_decided_is_answered_once_the_decision_is_durable() {
         .await
         .unwrap()
         .run_id();
+    (store, engine, run)
+}
+
+/// A second reviewer is told "already decided" only once the decision is durable: a crash
+/// in between would take the decision back and reopen a gate the reviewer was turned away
+/// from.
+#[tokio::test(start_paused = true)]
+async fn already_decided_is_answered_once_the_decision_is_durable() {
+    let (store, engine, run) = refund_on_a_held_store().await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gate = only_gate(&engine).await;
 
@@ -424,20 +430,7 @@ async fn an_expired_approval_escalates_and_an_operator_reopens_it() {
 /// first one's action is durable.
 #[tokio::test(start_paused = true)]
 async fn an_operator_is_refused_for_another_action_only_once_it_is_durable() {
-    let (_, clock) = world();
-    let store = Arc::new(crate::support::HeldStore::new());
-    let engine = builder_on(
-        Arc::clone(&store) as Arc<dyn annal_storage::LogStore>,
-        &clock,
-    )
-    .open()
-    .await
-    .unwrap();
-    let run = engine
-        .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
-        .await
-        .unwrap()
-        .run_id();
+    let (store, engine, run) = refund_on_a_held_store().await;
     tokio::time::sleep(Duration::from_millis(3 * DAY_MS + 1_000)).await;
     assert_eq!(
         engine.status(run).await.unwrap().status,
