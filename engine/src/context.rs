@@ -27,6 +27,14 @@ pub struct Ctx {
     pub(crate) slot: Arc<RunSlot>,
 }
 
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("run", &self.slot.run)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How a call starts: live, from its record (mapped under the state lock, so replay copies
 /// only what the call needs), or cancelled.
 // Lives for one match on the stack; boxing the common variant would cost an allocation per call.

@@ -93,6 +93,19 @@ pub struct StepBuilder<'c> {
     fallbacks: Vec<(Option<String>, ErasedBody<'c>)>,
 }
 
+impl std::fmt::Debug for StepBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepBuilder")
+            .field("name", &self.name)
+            .field("tool", &self.tool)
+            .field("class", &self.class)
+            .field("retry", &self.retry)
+            .field("on_exhaust", &self.on_exhaust)
+            .field("fallbacks", &self.fallbacks.len())
+            .finish_non_exhaustive()
+    }
+}
+
 fn erase<'c, T, F, Fut>(body: F) -> ErasedBody<'c>
 where
     T: Serialize + Send + 'c,

@@ -60,6 +60,12 @@ pub struct SimStore {
     inner: Mutex<Inner>,
 }
 
+impl std::fmt::Debug for SimStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimStore").finish_non_exhaustive()
+    }
+}
+
 impl SimStore {
     /// An empty store.
     pub fn new() -> Self {

@@ -564,6 +564,43 @@ async fn more_runs_due_at_once_than_one_timer_scan_wakes_all_finish_promptly() {
     );
 }
 
+/// After the store failed, every due run fails to wake for the same reason: the timer
+/// service says so once per scan, not once for each of up to 1,024 due runs at every poll.
+#[tokio::test(start_paused = true)]
+async fn a_failed_store_is_reported_once_per_timer_scan_not_once_per_due_run() {
+    use tracing_subscriber::util::SubscriberInitExt;
+    let log = crate::support::CapturedLog::default();
+    let _capture = log.subscriber().set_default();
+    let store = Arc::new(SimStore::new());
+    let engine = on(&store)
+        .config(annal::EngineConfig {
+            park_after_ms: 1_000,
+            timer_poll_ms: 3_600_000,
+            ..annal::EngineConfig::default()
+        })
+        .register("sleeper", 1, sleeper)
+        .open()
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        engine.start::<_, u64>("sleeper", &1u64).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(engine.runs_in_memory(), 0, "every run parked on its timer");
+    store.fail_next_sync("No space left on device");
+    let failed = engine.start::<_, u64>("sleeper", &1u64).await;
+    assert!(failed.is_err(), "{failed:?}");
+    // Due, and three polls after that.
+    tokio::time::sleep(Duration::from_secs(86_400 + 3 * 3_600)).await;
+    let text = log.text();
+    assert_eq!(text.matches("could not be woken").count(), 0, "{text}");
+    let reports = text
+        .matches("timer service could not wake due runs")
+        .count();
+    assert!((1..=5).contains(&reports), "{reports} reports:\n{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+}
+
 async fn waiter(ctx: Ctx, (): ()) -> Result<Vec<String>, WorkflowError> {
     let first: String = ctx.signal("note").await?;
     let second: String = ctx.signal("note").await?;

@@ -46,6 +46,44 @@ pub fn trace() {
     }
 }
 
+/// Log lines the engine writes while a test runs, for tests of what it reports. Install
+/// with `log.subscriber().set_default()` in a current-thread test: the engine's tasks are
+/// polled on the test's thread, where the default subscriber applies.
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    pub fn subscriber(&self) -> impl tracing_subscriber::util::SubscriberInitExt {
+        tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .finish()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 /// Opens a sled store that an engine of this process just released. A child process holds
 /// copies of every open file, sled's lock included, between fork and exec: the tests that
 /// spawn children have their own binaries (`tests/sigkill`, `tests/full_disk`), and a

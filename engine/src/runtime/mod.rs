@@ -87,6 +87,22 @@ pub struct EngineBuilder {
     breakers: HashMap<String, crate::breaker::BreakerConfig>,
 }
 
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut workflows = self.registry.names();
+        workflows.sort_unstable();
+        f.debug_struct("EngineBuilder")
+            .field("path", &self.path)
+            .field("custom_store", &self.store.is_some())
+            .field("durability", &self.durability)
+            .field("workflows", &workflows)
+            .field("config", &self.config)
+            .field("policy", &self.policy)
+            .field("breakers", &self.breakers)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Called right before every live attempt of a step body, with what is about to run. Meant
 /// for harnesses that check that nothing ran twice; keep it cheap.
 pub type AttemptObserver = Arc<dyn Fn(&ObservedAttempt) + Send + Sync>;
@@ -308,6 +324,15 @@ pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,
     timer: Option<tokio::task::AbortHandle>,
     _last: Arc<LastHandle>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("durability", &self.inner.store.durability())
+            .field("runs_in_memory", &self.runs_in_memory())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Shared by all clones of one `Engine`: when the last clone is dropped without
@@ -754,6 +779,12 @@ pub struct RunHandle<Out> {
     inner: Arc<EngineInner>,
     run: RunId,
     _out: PhantomData<fn() -> Out>,
+}
+
+impl<Out> std::fmt::Debug for RunHandle<Out> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunHandle").field("run", &self.run).finish()
+    }
 }
 
 impl<Out> Clone for RunHandle<Out> {

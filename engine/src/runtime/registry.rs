@@ -23,6 +23,14 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Names of the registered workflows ("name@version").
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.workflows
+            .iter()
+            .flat_map(|(name, versions)| versions.keys().map(move |v| format!("{name}@{v}")))
+            .collect()
+    }
+
     pub(crate) fn register<F, Fut, In, Out>(&mut self, name: &str, version: u32, f: F)
     where
         F: Fn(Ctx, In) -> Fut + Send + Sync + 'static,

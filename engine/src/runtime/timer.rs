@@ -17,7 +17,7 @@ impl EngineInner {
             let next_ms = match self.wake_due(now_ms).await {
                 Ok(next) => next,
                 Err(e) => {
-                    tracing::error!(error = %e, "timer service could not read due times");
+                    tracing::error!(error = %e, "timer service could not wake due runs");
                     None
                 }
             };
@@ -49,8 +49,17 @@ impl EngineInner {
                 left = left || left_due(true);
                 continue;
             }
-            if let Err(e) = self.wake(entry.run).await {
-                tracing::warn!(run = %entry.run, error = %e, "due run could not be woken");
+            match self.wake(entry.run).await {
+                Ok(_) => {}
+                // A failed store fails every wake alike: said once per poll by the caller,
+                // not once for each of up to a batch of runs.
+                Err(e @ crate::Error::Storage(annal_storage::Error::Poisoned { .. })) => {
+                    left_due(true);
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(run = %entry.run, error = %e, "due run could not be woken")
+                }
             }
         }
         if !left {

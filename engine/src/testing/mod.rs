@@ -59,7 +59,7 @@ pub enum Behavior {
     ApplyThenLose,
 }
 
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct ToolState {
     script: VecDeque<Behavior>,
     executions: u64,
@@ -70,7 +70,7 @@ struct ToolState {
 
 /// A tool with scripted behaviour that records its effects by idempotency key, as a
 /// well-behaved API would: a repeated key returns the first result and applies nothing new.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct FakeTool {
     state: Arc<Mutex<ToolState>>,
 }
@@ -163,7 +163,7 @@ impl FakeTool {
 }
 
 /// A set of named [`FakeTool`]s: the outside world of one scenario.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct Tools {
     tools: Arc<Mutex<BTreeMap<String, FakeTool>>>,
 }
@@ -295,6 +295,18 @@ struct Scenario {
     durable_before_crash: Vec<crate::event::Event>,
     /// Per position: attempts the reconcile hook found had not taken effect after a crash.
     reconciled_not_done: BTreeMap<u32, usize>,
+}
+
+impl std::fmt::Debug for CrashHarness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrashHarness")
+            .field("workflow", &self.workflow)
+            .field("scripted", &self.script.is_some())
+            .field("driven", &self.driver.is_some())
+            .field("torn_tails", &self.torn_tails)
+            .field("time_limit", &self.time_limit)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CrashHarness {
@@ -685,6 +697,7 @@ impl CrashHarness {
 /// live and writing nothing: `Ok(())` if the code reproduces the history (up to where it
 /// ends), or the precise [`crate::DriftError`]. Use it in a unit test before deploying a
 /// change to a workflow, over histories exported from production.
+#[derive(Debug)]
 pub struct Replayer {
     builder: EngineBuilder,
 }
