@@ -230,6 +230,44 @@ async fn already_decided_is_answered_once_the_decision_is_durable() {
     first.await.unwrap().unwrap();
 }
 
+/// One gated run with a damaged log does not take the whole inbox down: the reviewers see
+/// every other gate, and the damaged one is left out (it cannot be decided until repaired).
+#[tokio::test(start_paused = true)]
+async fn a_damaged_gated_run_is_left_out_of_the_inbox_not_fatal_to_it() {
+    let (store, clock) = world();
+    let engine = builder(&store, &clock).open().await.unwrap();
+    let damaged = engine
+        .start::<_, String>("refund", &(42_000u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
+    let intact = engine
+        .start::<_, String>("refund", &(5_000u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
+    tokio::time::sleep(Duration::from_millis(DAY_MS)).await;
+    assert_eq!(
+        engine.runs_in_memory(),
+        0,
+        "both runs parked at their gates"
+    );
+    assert!(store.corrupt_record(damaged, 1, |bytes| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+    }));
+    let pending = engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .expect("the inbox lists the gates it can read");
+    assert_eq!(
+        pending.iter().map(|p| p.run).collect::<Vec<_>>(),
+        [intact],
+        "{pending:?}"
+    );
+    assert_eq!(pending[0].action, "refund 5000 cents");
+}
+
 #[tokio::test(start_paused = true)]
 async fn two_concurrent_decisions_exactly_one_wins() {
     let (store, clock) = world();

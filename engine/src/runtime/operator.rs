@@ -48,6 +48,15 @@ pub struct ApprovalFilter {
     pub min_risk: Option<RiskTier>,
 }
 
+impl ApprovalFilter {
+    fn admits(&self, pending: &PendingApproval) -> bool {
+        self.approver
+            .as_ref()
+            .is_none_or(|a| a.may_decide(&pending.approvers))
+            && self.min_risk.is_none_or(|min| pending.risk >= min)
+    }
+}
+
 impl Engine {
     /// Decides an approval gate. Refused with a typed error, writing nothing, when the gate
     /// is unknown, already decided, expired, closed, or the actor is not an approver; a
@@ -146,65 +155,84 @@ impl Engine {
         woken
     }
 
-    /// The reviewers' inbox: approvals waiting for a decision.
+    /// The reviewers' inbox: approvals waiting for a decision, highest risk first, then
+    /// nearest deadline.
+    ///
+    /// A gated run whose log cannot be read (damaged records, a history that does not fold)
+    /// is left out and logged, so one damaged run does not hide every other reviewer's work;
+    /// its gate cannot be decided until the log is repaired, and `annal verify` reports it.
+    /// A failure of the store itself is returned.
     pub async fn pending_approvals(&self, filter: &ApprovalFilter) -> Result<Vec<PendingApproval>> {
-        let inner = &self.inner;
-        let now_ms = inner.clock.now_ms();
+        let now_ms = self.inner.clock.now_ms();
         let mut out = Vec::new();
-        for (gate, run, position) in inner.store.gates().await? {
-            let Some(meta) = inner.store.meta(run).await? else {
-                continue;
-            };
-            if RunStatus::from_code(meta.status).is_none_or(RunStatus::is_terminal) {
-                continue;
-            }
-            let history = super::read_history(inner.store.as_ref(), run).await?;
-            let replay = crate::replay::ReplayState::from_events(&history).map_err(|c| {
-                Error::Inconsistent {
-                    run,
-                    seq: c.seq,
-                    reason: c.reason,
+        for (gate, run, position) in self.inner.store.gates().await? {
+            match self.pending_approval(gate, run, position, now_ms).await {
+                Ok(Some(pending)) if filter.admits(&pending) => out.push(pending),
+                Ok(_) => {}
+                Err(e)
+                    if super::driver::is_unreadable(&e)
+                        || matches!(
+                            e,
+                            Error::Storage(annal_storage::Error::CorruptMeta { .. })
+                        ) =>
+                {
+                    tracing::error!(%run, %gate, error = %e, "gated run unreadable; left out of the inbox");
                 }
-            })?;
-            let Some(CommandRecord {
-                recorded: Recorded::Approval(record),
-                ..
-            }) = replay.command(position)
-            else {
-                continue;
-            };
-            if record.state != GateState::Pending {
-                continue;
+                Err(e) => return Err(e),
             }
-            let request = &record.request;
-            if filter
-                .approver
-                .as_ref()
-                .is_some_and(|a| !a.may_decide(&request.approvers))
-            {
-                continue;
-            }
-            if filter.min_risk.is_some_and(|min| request.risk < min) {
-                continue;
-            }
-            out.push(PendingApproval {
-                gate,
-                run,
-                workflow: meta.workflow.clone(),
-                action: request.action.clone(),
-                risk: request.risk,
-                cost: request.cost,
-                evidence: request.evidence.clone(),
-                approvers: request.approvers.clone(),
-                deadline_ms: request
-                    .deadline_ms
-                    .map(|d| record.requested_ms.saturating_add(d)),
-                age_ms: now_ms.saturating_sub(record.requested_ms),
-                reminders: record.reminders,
-            });
         }
         out.sort_by_key(|p| (std::cmp::Reverse(p.risk), p.deadline_ms.unwrap_or(u64::MAX)));
         Ok(out)
+    }
+
+    /// The gate at `position` of `run` as the inbox shows it, if it still waits.
+    async fn pending_approval(
+        &self,
+        gate: GateId,
+        run: RunId,
+        position: u32,
+        now_ms: u64,
+    ) -> Result<Option<PendingApproval>> {
+        let inner = &self.inner;
+        let Some(meta) = inner.store.meta(run).await? else {
+            return Ok(None);
+        };
+        if RunStatus::from_code(meta.status).is_none_or(RunStatus::is_terminal) {
+            return Ok(None);
+        }
+        let history = super::read_history(inner.store.as_ref(), run).await?;
+        let replay =
+            crate::replay::ReplayState::from_events(&history).map_err(|c| Error::Inconsistent {
+                run,
+                seq: c.seq,
+                reason: c.reason,
+            })?;
+        let Some(CommandRecord {
+            recorded: Recorded::Approval(record),
+            ..
+        }) = replay.command(position)
+        else {
+            return Ok(None);
+        };
+        if record.state != GateState::Pending {
+            return Ok(None);
+        }
+        let request = &record.request;
+        Ok(Some(PendingApproval {
+            gate,
+            run,
+            workflow: meta.workflow,
+            action: request.action.clone(),
+            risk: request.risk,
+            cost: request.cost,
+            evidence: request.evidence.clone(),
+            approvers: request.approvers.clone(),
+            deadline_ms: request
+                .deadline_ms
+                .map(|d| record.requested_ms.saturating_add(d)),
+            age_ms: now_ms.saturating_sub(record.requested_ms),
+            reminders: record.reminders,
+        }))
     }
 
     /// Acts on an escalated run: retry the step (or reopen an expired approval), skip it with
