@@ -1,6 +1,7 @@
 //! Engine workloads next to the physical limit of the disk, measured in the same run.
 //!
 //! ```text
+//! cargo bench -p annal                                              # this and parked_memory
 //! cargo bench -p annal --bench workloads
 //! ANNAL_BENCH_SCALE=0.1 cargo bench -p annal --bench workloads     # a quick smoke run
 //! ANNAL_BENCH_ONLY=chain,replay cargo bench -p annal --bench workloads
@@ -24,10 +25,10 @@
 //!   rounds (Linux).
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
-//! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, time until
-//!   all resumed and finished once due, and the heap each further parked run keeps (the slope
-//!   from 10,000 to 30,000 parked runs on a second engine; the averages, with sled's fixed
-//!   part and the engine's share, in the note).
+//! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, and
+//!   time until all resumed and finished once due. The heap each parked run keeps is
+//!   measured by `cargo bench -p annal --bench parked_memory`, under a counting allocator
+//!   that would slow the workloads here: they run on the plain system allocator.
 //! - `disk`: bytes on disk per event against encoded bytes per event, for one long chain and
 //!   for 256 runs at once.
 //!
@@ -39,38 +40,13 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use annal::{ApprovalRequest, Ctx, Durability, Engine, StepClass, WorkflowError};
+use annal::{Ctx, Durability, Engine, StepClass, WorkflowError};
 
-struct Row {
-    workload: &'static str,
-    metric: &'static str,
-    value: f64,
-    unit: &'static str,
-    limit: Option<f64>,
-    note: String,
-}
-
-fn scale() -> f64 {
-    std::env::var("ANNAL_BENCH_SCALE")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1.0)
-}
-
-fn scaled(n: usize) -> usize {
-    ((n as f64 * scale()).round() as usize).max(1)
-}
-
-fn wanted(name: &str) -> bool {
-    std::env::var("ANNAL_BENCH_ONLY").map_or(true, |only| only.split(',').any(|w| w.trim() == name))
-}
-
-fn bench_dir() -> tempfile::TempDir {
-    match std::env::var_os("ANNAL_BENCH_DIR") {
-        Some(dir) => tempfile::tempdir_in(dir).expect("bench dir"),
-        None => tempfile::tempdir().expect("temp dir"),
-    }
-}
+mod support;
+use support::{
+    bench_dir, chain, open, open_with_cache, park_runs, scaled, shared_runtime, wall_ms, wanted,
+    Row,
+};
 
 /// A sled database written raw, with the files a power-safe commit fsyncs.
 struct RawDb {
@@ -276,35 +252,6 @@ fn cpu_by_thread() -> std::collections::BTreeMap<String, Duration> {
         *out.entry(name.to_string()).or_default() += Duration::from_nanos(ns);
     }
     out
-}
-
-async fn chain(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
-    let mut total = 0;
-    for i in 0..steps {
-        total += ctx
-            .step("step")
-            .class(StepClass::Write)
-            .run(move |_| async move { Ok(i) })
-            .await?;
-    }
-    Ok(total)
-}
-
-async fn open(path: &Path) -> Engine {
-    open_with_cache(path, 64 << 20).await
-}
-
-async fn open_with_cache(path: &Path, cache_bytes: u64) -> Engine {
-    Engine::builder()
-        .path(path)
-        .cache_capacity_bytes(cache_bytes)
-        .durability(Durability::PowerSafe)
-        .park_after_ms(200)
-        .register("chain", 1, chain)
-        .register("parked", 1, parked)
-        .open()
-        .await
-        .expect("engine")
 }
 
 async fn bench_chain(rows: &mut Vec<Row>) {
@@ -608,38 +555,6 @@ async fn reads(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
     Ok(total)
 }
 
-/// Parks until an absolute wall time (ms): on a timer for even `i`, on an approval whose
-/// deadline falls then (and which nobody decides) for odd `i`.
-async fn parked(ctx: Ctx, (i, due_at_ms): (u32, u64)) -> Result<u32, WorkflowError> {
-    if i % 2 == 0 {
-        ctx.sleep_until(due_at_ms).await?;
-    } else {
-        let now = ctx.now_ms().await;
-        let mut request = ApprovalRequest::new("bench");
-        request.deadline_ms = Some(due_at_ms.saturating_sub(now));
-        request.on_expiry = annal::OnExpiry::Reject;
-        ctx.approval(request).await?;
-    }
-    Ok(i)
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The system allocator, counting the bytes live on the heap (`cap`), so that what parked
-/// runs keep in memory is measured exactly rather than through the resident set (which also
-/// holds the allocator's high-water mark). One relaxed atomic add per allocation: noise for
-/// the other workloads.
-#[global_allocator]
-static ALLOCATOR: cap::Cap<std::alloc::System> = cap::Cap::new(std::alloc::System, usize::MAX);
-
-fn heap_live_bytes() -> usize {
-    ALLOCATOR.allocated()
-}
-
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -655,23 +570,15 @@ async fn bench_recovery(rows: &mut Vec<Row>) {
     let runs = scaled(10_000);
     let dir = bench_dir();
     let path: PathBuf = dir.path().to_path_buf();
-    // A 1 MiB sled cache, so that resident-set growth shows what parked runs cost the engine
-    // rather than how much of the log sled keeps cached.
+    // A 1 MiB sled cache, as in the memory bench (`parked_memory`).
     let engine = open_with_cache(&path, 1 << 20).await;
     let before = rss_bytes();
-    let heap_before = heap_live_bytes();
     // Far enough ahead that every run is started and parked before any is due.
     let due_at_ms = wall_ms() + 30_000 + runs as u64 * 4;
     let ids = park_runs(&engine, 0, runs, due_at_ms).await;
     let parked_rss = rss_bytes().saturating_sub(before);
-    let parked_heap = heap_live_bytes().saturating_sub(heap_before);
-    let in_memory = engine.runs_in_memory();
-    // What of it the store (sled) holds: the engine dropped, its store kept open.
-    let store = engine.store().clone();
     engine.shutdown().await;
     drop(engine);
-    let store_heap = heap_live_bytes().saturating_sub(heap_before);
-    drop(store);
     let started = Instant::now();
     let engine = open_with_cache(&path, 1 << 20).await;
     let opened = started.elapsed();
@@ -689,85 +596,11 @@ async fn bench_recovery(rows: &mut Vec<Row>) {
         unit: "ms",
         limit: Some(2_000.0),
         note: format!(
-            "{runs} parked runs (half on timers, half on approval deadlines); once due, all were woken, replayed and finished in {:.0} ms",
-            all_done.as_secs_f64() * 1e3
-        ),
-    });
-    let (slope, average_at_three) = parked_memory_slope(runs).await;
-    rows.push(Row {
-        workload: "recovery",
-        metric: "memory per parked run",
-        value: slope,
-        unit: "B",
-        limit: Some(256.0),
-        note: format!(
-            "heap bytes each further parked run keeps (from {runs} to {} parked, 1 MiB sled cache); averages including sled's fixed part: {:.0} B per run at {runs} parked (the store (sled) {:.0} B, the engine {:.0} B, runs it holds: {in_memory}), {average_at_three:.0} B at {}; resident-set growth {:.0} B per run at {runs} (with the allocator's high-water mark of starting them)",
-            3 * runs,
-            parked_heap as f64 / runs as f64,
-            store_heap as f64 / runs as f64,
-            parked_heap as f64 / runs as f64 - store_heap as f64 / runs as f64,
-            3 * runs,
+            "{runs} parked runs (half on timers, half on approval deadlines); once due, all were woken, replayed and finished in {:.0} ms; resident-set growth while parking them {:.0} B per run (with the allocator's high-water mark of starting them; the heap each parked run keeps: `cargo bench -p annal --bench parked_memory`)",
+            all_done.as_secs_f64() * 1e3,
             parked_rss as f64 / runs as f64
         ),
     });
-}
-
-/// Starts `count` runs of `parked` (numbered from `first`), due at `due_at_ms`, and waits
-/// until every run of the engine has parked. Starts go out 64 at a time so that they share
-/// group commits.
-async fn park_runs(
-    engine: &Engine,
-    first: usize,
-    count: usize,
-    due_at_ms: u64,
-) -> Vec<annal::RunId> {
-    let mut ids = Vec::with_capacity(count);
-    let all: Vec<u32> = (first as u32..(first + count) as u32).collect();
-    for chunk in all.chunks(64) {
-        let inputs: Vec<(u32, u64)> = chunk.iter().map(|i| (*i, due_at_ms)).collect();
-        let starts = inputs
-            .iter()
-            .map(|input| engine.start::<_, u32>("parked", input));
-        for handle in futures::future::join_all(starts).await {
-            ids.push(handle.unwrap().run_id());
-        }
-    }
-    // A started run stays in memory until it parks; listing every run's status on each poll
-    // would cost more than the wait as the runs pile up.
-    while engine.runs_in_memory() > 0 {
-        assert!(
-            wall_ms() < due_at_ms,
-            "runs did not all park before they were due"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let runs_now = engine.runs().await.unwrap();
-    assert!(runs_now
-        .iter()
-        .all(|r| r.status == annal::RunStatus::Parked));
-    ids
-}
-
-/// What one more parked run costs: the heap after parking `runs` runs, then `2 * runs` more,
-/// on one engine with a 1 MiB sled cache. sled's memory has a large fixed part (a few MB
-/// beyond its cache), which an average over the runs parked spreads thinner the more there
-/// are; the slope is the cost that grows with them. It grows in steps (tables that double),
-/// so the slope is taken over a wide span.
-async fn parked_memory_slope(runs: usize) -> (f64, f64) {
-    let dir = bench_dir();
-    let engine = open_with_cache(dir.path(), 1 << 20).await;
-    // Never due while the bench looks.
-    let due_at_ms = wall_ms() + 3_600_000;
-    let heap_before = heap_live_bytes();
-    park_runs(&engine, 0, runs, due_at_ms).await;
-    let first = heap_live_bytes().saturating_sub(heap_before);
-    park_runs(&engine, runs, 2 * runs, due_at_ms).await;
-    let second = heap_live_bytes().saturating_sub(heap_before);
-    engine.shutdown().await;
-    (
-        (second as f64 - first as f64) / (2 * runs) as f64,
-        second as f64 / (3 * runs) as f64,
-    )
 }
 
 fn dir_bytes(path: &Path) -> u64 {
@@ -826,14 +659,7 @@ async fn bench_disk(rows: &mut Vec<Row>) {
 }
 
 fn main() {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("ANNAL_BENCH_WORKERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        builder.worker_threads(n);
-    }
-    let runtime = builder.enable_all().build().unwrap();
+    let runtime = shared_runtime();
     let mut rows = Vec::new();
     runtime.block_on(async {
         if wanted("chain") {
@@ -852,30 +678,5 @@ fn main() {
             bench_disk(&mut rows).await;
         }
     });
-    println!(
-        "{:<10} {:<24} {:>14} {:>14} {:>8}  note",
-        "workload", "metric", "value", "limit", "ratio"
-    );
-    for r in &rows {
-        let ratio = r
-            .limit
-            .map_or(String::from("-"), |l| format!("{:.2}", r.value / l));
-        let limit = r.limit.map_or(String::from("-"), |l| format!("{l:.1}"));
-        println!(
-            "{:<10} {:<24} {:>11.1} {:<2} {:>14} {:>8}  {}",
-            r.workload, r.metric, r.value, r.unit, limit, ratio, r.note
-        );
-    }
-    for r in &rows {
-        println!(
-            "{{\"bench\":\"engine\",\"workload\":\"{}\",\"metric\":\"{}\",\"value\":{:.3},\"unit\":\"{}\",\"limit\":{},\"ratio\":{},\"note\":{:?}}}",
-            r.workload,
-            r.metric,
-            r.value,
-            r.unit,
-            r.limit.map_or("null".into(), |l| format!("{l:.3}")),
-            r.limit.map_or("null".into(), |l| format!("{:.4}", r.value / l)),
-            r.note
-        );
-    }
+    support::print(&rows);
 }
