@@ -328,9 +328,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No locks taken here: a Debug impl must not wait on the engine it describes.
         f.debug_struct("Engine")
             .field("durability", &self.inner.store.durability())
-            .field("runs_in_memory", &self.runs_in_memory())
             .finish_non_exhaustive()
     }
 }
