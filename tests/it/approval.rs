@@ -215,14 +215,7 @@ async fn already_decided_is_answered_once_the_decision_is_durable() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let second = decide(Actor::new("lee", &["finance"]), Verdict::Reject);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !second.is_finished(),
-        "refused for a decision not yet durable: {:?}",
-        second.await
-    );
-    store.hold(false);
-    let refused = second.await.unwrap();
+    let refused = store.answer_once_durable(second, "a decision").await;
     assert!(
         matches!(&refused, Err(Error::AlreadyDecided { actor, .. }) if actor == "dana"),
         "{refused:?}"
@@ -489,14 +482,7 @@ async fn an_operator_is_refused_for_another_action_only_once_it_is_durable() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let second = operate("omar");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !second.is_finished(),
-        "refused for an action not yet durable: {:?}",
-        second.await
-    );
-    store.hold(false);
-    let refused = second.await.unwrap();
+    let refused = store.answer_once_durable(second, "an action").await;
     assert!(
         matches!(&refused, Err(Error::ActionRefused { reason, .. }) if reason.contains("not escalated")),
         "{refused:?}"

@@ -453,14 +453,7 @@ async fn a_signal_is_refused_for_an_end_only_once_the_end_is_durable() {
         let engine = engine.clone();
         async move { engine.signal(run, "go", &"late").await }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !signal.is_finished(),
-        "refused for an end not yet durable: {:?}",
-        signal.await
-    );
-    store.hold(false);
-    let refused = signal.await.unwrap();
+    let refused = store.answer_once_durable(signal, "an end").await;
     assert!(
         matches!(
             refused,

@@ -118,6 +118,23 @@ impl HeldStore {
     pub fn hold(&self, held: bool) {
         self.held.send_replace(held);
     }
+
+    /// Checks that `task` (an answer that rests on state appended while durability is held)
+    /// is still waiting, then releases durability and returns its answer.
+    pub async fn answer_once_durable<T: std::fmt::Debug + Send + 'static>(
+        &self,
+        task: tokio::task::JoinHandle<T>,
+        what: &str,
+    ) -> T {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !task.is_finished(),
+            "answered for {what} not yet durable: {:?}",
+            task.await
+        );
+        self.hold(false);
+        task.await.unwrap()
+    }
 }
 
 #[async_trait::async_trait]
