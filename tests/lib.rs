@@ -1,5 +1,18 @@
 //! Support code for the integration tests.
 
+/// The seed in environment variable `var` (to replay a printed run), else one from the
+/// clock; the caller prints it.
+pub fn seed_from_env(var: &str) -> u64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })
+}
+
 /// The workflow of the full-disk test, shared by its child process
 /// (`src/bin/full_disk_child.rs`) and the test that resumes the child's runs
 /// (`full_disk/main.rs`).

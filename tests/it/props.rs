@@ -40,14 +40,7 @@ fn cases() -> u32 {
 
 /// A runner with `cases` cases and a printed seed.
 fn runner(test: &str, cases: u32) -> TestRunner {
-    let seed = std::env::var("ANNAL_PROP_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+    let seed = annal_tests::seed_from_env("ANNAL_PROP_SEED");
     eprintln!("{test}: {cases} cases, ANNAL_PROP_SEED={seed}");
     TestRunner::new(Config {
         cases,

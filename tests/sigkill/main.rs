@@ -263,14 +263,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_ROUNDS);
-    let seed: u64 = std::env::var("ANNAL_SIGKILL_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
-        });
+    let seed = annal_tests::seed_from_env("ANNAL_SIGKILL_SEED");
     eprintln!("sigkill: {rounds} rounds, ANNAL_SIGKILL_SEED={seed}");
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
