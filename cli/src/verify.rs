@@ -3,7 +3,10 @@
 //! Per run: each event record's key, frame (format, length, CRC) and decoding; seq
 //! continuity from 0 with no holes; the metadata's own frame, the `next_seq` it recorded at
 //! its last write against the last stored seq (a log that ends before it lost its tail), its status against the status index and the history's end, its workflow
-//! against `RunStarted`; the intact history folded through the engine's replay fold
+//! against `RunStarted`; a waiting run whose history already holds what it waits for (a
+//! decision or signal behind a parked status, an operator action behind an escalated one:
+//! [`annal::overdue`]) and a parked run whose due time has no index entry, since nothing
+//! would wake either; the intact history folded through the engine's replay fold
 //! (`ReplayState::from_events`), which finds contradictions such as an outcome without its
 //! command; and the run's checkpoint, if any, against the fold of the events it covers. Over the whole database (when no run is named): status, due-time, gate and
 //! dedupe index entries that point at runs that do not exist or disagree with them.
@@ -131,6 +134,32 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
         // A terminal kind added later: only "ended" can be checked.
         _ => status,
     });
+    // A run that waits for what its own history holds will not wake by itself.
+    let arrived = usize::try_from(meta.status_seq)
+        .ok()
+        .and_then(|from| scan.events.get(from..))
+        .unwrap_or_default();
+    if let Some(why) = annal::overdue(status, meta.status_seq, arrived, meta.wake_ms, None) {
+        problems.push(Problem {
+            subject: Subject::Run { run },
+            reason: format!(
+                "{why}; nothing wakes it until an engine opens the store and resumes it"
+            ),
+        });
+    }
+    if let (RunStatus::Parked, Some(wake_ms)) = (status, meta.wake_ms) {
+        let mut due = keys::timer(wake_ms, run, 0);
+        due.truncate(due.len() - 4);
+        if !db.scan_prefix(&due).any(|item| item.is_ok()) {
+            problems.push(Problem {
+                subject: Subject::Run { run },
+                reason: format!(
+                    "parked until {} but the due-time index has no entry for it: the timer service will not wake it (the engine's sweep does)",
+                    annal::audit::utc(wake_ms)
+                ),
+            });
+        }
+    }
     match ended_as {
         Some(expected) if expected != status || !status.is_terminal() => {
             problems.push(meta_problem(format!(

@@ -111,6 +111,7 @@ fn build_fixture_db(dir: &Path) {
             updated_ms,
             wake_ms: None,
             note: String::new(),
+            status_seq: 0,
         };
         let encode = |events: &[Event]| {
             events
@@ -987,4 +988,80 @@ fn verify_checks_a_checkpoint_against_the_events_it_covers() {
     put(db.path(), vec![1, 2, 3]);
     let out = expect(db.path(), &["verify"], 1);
     assert!(out.contains("checkpoint unreadable"), "{out}");
+}
+
+/// Issue 21: a parked run whose log holds its decision behind the parked status (a crash
+/// took the wake-up an older engine appended separately) waits for ever. `verify` names it,
+/// with the seq of the decision; the service's open resumes it, and `verify` is clean again.
+#[test]
+fn verify_names_a_parked_run_whose_decision_arrived_behind_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine_at = || {
+        Engine::builder()
+            .path(dir.path())
+            .park_after_ms(50)
+            .register("refund", 1, awaits_refund_approval)
+    };
+    let rt = runtime();
+    let (run, gate) = rt.block_on(async {
+        let engine = engine_at().open().await.unwrap();
+        let run = engine
+            .start::<_, String>("refund", &4_200u64)
+            .await
+            .unwrap()
+            .run_id();
+        while engine.status(run).await.unwrap().status != RunStatus::Parked {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let pending = engine
+            .pending_approvals(&annal::ApprovalFilter::default())
+            .await
+            .unwrap();
+        engine.shutdown().await;
+        (run, pending[0].gate)
+    });
+    {
+        // The decision, appended without the status change, as the old engine left it.
+        let store = open_store(dir.path());
+        rt.block_on(async {
+            let seq = store.meta(run).await.unwrap().unwrap().next_seq;
+            let decided = Event {
+                seq,
+                at_ms: T0_MS,
+                kind: annal::EventKind::ApprovalDecided {
+                    gate: gate.0,
+                    approved: true,
+                    actor: "dana".into(),
+                    reason: "ok".into(),
+                    edits: None,
+                },
+            };
+            store
+                .append_durable(AppendBatch {
+                    run,
+                    expected_next_seq: seq,
+                    events: vec![annal::codec::encode_event(&decided)],
+                    meta: None,
+                    index: vec![],
+                })
+                .await
+                .unwrap();
+        });
+        store.close().unwrap();
+    }
+    let report = expect(dir.path(), &["verify"], 1);
+    assert!(
+        report.contains(&format!(
+            "run {run}: parked since seq 2, but ApprovalDecided arrived at seq 2 and no driver has seen it (a lost wake-up)"
+        )),
+        "{report}"
+    );
+    let out = rt.block_on(async {
+        let engine = engine_at().open().await.unwrap();
+        let out = engine.handle::<String>(run).result().await.unwrap();
+        engine.shutdown().await;
+        out
+    });
+    assert_eq!(out, "refunded by dana");
+    expect(dir.path(), &["verify"], 0);
 }

@@ -192,6 +192,7 @@ impl RawRuns {
             updated_ms: 1_763_800_000_000,
             wake_ms: None,
             note: String::new(),
+            status_seq: 0,
         };
         let event = frame::encode(&[7u8; 60]);
         // The engine writes sled's default tree.

@@ -20,6 +20,9 @@ use crate::runtime::inner::{AppendReq, EngineInner};
 use crate::runtime::slot::{Halt, RunSlot};
 use crate::step::StepBuilder;
 
+/// What an operator can do with a run whose approval expired.
+const REOPEN_OR_ABORT: &str = "retry to reopen the approval, or abort the run";
+
 /// The workflow's handle on the engine. Cheap to clone; clones share the run.
 #[derive(Clone)]
 pub struct Ctx {
@@ -79,6 +82,24 @@ impl Ctx {
 
     pub(crate) async fn store_failed(&self, error: crate::Error) -> ! {
         self.halt(Halt::Store(error.to_string())).await
+    }
+
+    /// Replay met a call whose recorded outcome escalates (a step that gave up, an approval
+    /// that expired): stops the run for an operator, recording the escalation first unless
+    /// history holds it. The escalation is its own append after the outcome, and a crash
+    /// between the two left a run `Escalated` with no `Escalated` event, which no operator
+    /// action could fit.
+    pub(crate) async fn escalate_replayed(
+        &self,
+        position: Option<u32>,
+        reason: String,
+        suggested_next: &str,
+    ) -> ! {
+        let recorded = self.slot.state().replay.escalated() == Some(position);
+        if recorded {
+            self.halt(Halt::Escalate(reason)).await
+        }
+        self.escalate(position, reason, suggested_next).await
     }
 
     /// Records an escalation with its context and stops the run for an operator.
@@ -629,7 +650,8 @@ impl Ctx {
                         }
                         _ => {
                             let reason = format!("approval '{action}' expired without a decision");
-                            self.halt(Halt::Escalate(reason)).await
+                            self.escalate_replayed(Some(position), reason, REOPEN_OR_ABORT)
+                                .await
                         }
                     },
                     GateState::Pending => {}
@@ -680,12 +702,7 @@ impl Ctx {
                             if request.on_expiry != crate::approval::OnExpiry::Reject {
                                 let reason =
                                     format!("approval '{action}' expired without a decision");
-                                self.escalate(
-                                    Some(position),
-                                    reason,
-                                    "retry to reopen the approval, or abort the run",
-                                )
-                                .await
+                                self.escalate(Some(position), reason, REOPEN_OR_ABORT).await
                             }
                         }
                     }

@@ -33,7 +33,7 @@ pub use runtime::{
     ObservedAttempt, PendingApproval, RunHandle, RunInfo, StartOptions,
 };
 pub use secret::Secret;
-pub use status::RunStatus;
+pub use status::{overdue, Overdue, RunStatus};
 pub use step::{Attempt, Reconciled, StepBuilder};
 #[cfg(feature = "testing")]
 pub mod testing;

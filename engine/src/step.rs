@@ -34,7 +34,14 @@ use crate::policy::{
 };
 use crate::replay::{Command, Recorded, StepOutcome, StepRecord};
 use crate::runtime::inner::AppendReq;
-use crate::runtime::slot::Halt;
+
+/// What an operator can do with a step that gave up.
+const FIX_THEN_RETRY: &str = "fix the cause, then retry the step, or skip it with a value";
+
+/// Why a run escalated when a step gave up.
+fn gave_up(step: &str, budget: &impl std::fmt::Display, message: &str) -> String {
+    format!("step '{step}' gave up ({budget}): {message}")
+}
 
 /// What the current attempt of a step knows about itself.
 #[derive(Debug, Clone)]
@@ -317,15 +324,13 @@ impl<'c> StepBuilder<'c> {
                     if let StepOutcome::Exhausted {
                         action: OnExhaust::Escalate,
                         budget,
-                        ..
+                        message,
                     } = &outcome
                     {
                         // Still waiting for an operator.
-                        Box::pin(ctx.halt(Halt::Escalate(format!(
-                            "step '{}' exhausted ({budget})",
-                            self.name
-                        ))))
-                        .await
+                        let reason = gave_up(&self.name, budget, message);
+                        Box::pin(ctx.escalate_replayed(Some(position), reason, FIX_THEN_RETRY))
+                            .await
                     }
                     return self.outcome(outcome, step.failures.last().map(|f| f.class.clone()));
                 }
@@ -684,13 +689,8 @@ impl<'c> StepBuilder<'c> {
         )
         .await;
         if action == OnExhaust::Escalate {
-            let reason = format!("step '{}' gave up ({budget}): {message}", self.name);
-            ctx.escalate(
-                Some(position),
-                reason,
-                "fix the cause, then retry the step, or skip it with a value",
-            )
-            .await
+            let reason = gave_up(&self.name, &budget, &message);
+            ctx.escalate(Some(position), reason, FIX_THEN_RETRY).await
         }
         self.outcome(
             StepOutcome::Exhausted {

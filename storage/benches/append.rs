@@ -264,6 +264,7 @@ fn meta() -> RunMeta {
         updated_ms: 0,
         wake_ms: None,
         note: String::new(),
+        status_seq: 0,
     }
 }
 

@@ -24,8 +24,9 @@ pub enum Tear {
 struct Inner {
     durable: BTreeMap<Vec<u8>, Vec<u8>>,
     live: BTreeMap<Vec<u8>, Vec<u8>>,
-    /// Writes applied to `live` but not yet to `durable`, in order.
-    pending: Vec<Write>,
+    /// Writes applied to `live` but not yet to `durable`, in order, each with the position of
+    /// its append: a commit makes a prefix of them durable, as a group commit does.
+    pending: std::collections::VecDeque<(u64, Write)>,
     applied: u64,
     durable_pos: u64,
     syncs: u64,
@@ -51,8 +52,10 @@ impl Inner {
 
 /// The in-memory twin of [`crate::SledStore`].
 ///
-/// An append is applied at once (visible to reads) and becomes durable when someone waits for
-/// it with [`LogStore::wait_durable`], like a group commit. [`SimStore::crash`] throws away
+/// An append is applied at once (visible to reads) and becomes durable, with every append
+/// before it and none after it, when someone waits for it with [`LogStore::wait_durable`]:
+/// a group commit that ends exactly there. So a crash can keep an append and lose the one
+/// the same caller made right after it, which a real group commit allows too. [`SimStore::crash`] throws away
 /// every write that was not durable; [`SimStore::crash_after_syncs`] freezes the store right
 /// after a chosen durable commit, which lets a harness crash a workflow at every point.
 #[derive(Default)]
@@ -219,9 +222,12 @@ impl LogStore for SimStore {
                 None => inner.live.remove(k),
             };
         }
-        inner.pending.extend(writes);
         inner.applied += 1;
-        Ok(Position(inner.applied))
+        let position = inner.applied;
+        inner
+            .pending
+            .extend(writes.into_iter().map(|w| (position, w)));
+        Ok(Position(position))
     }
 
     async fn wait_durable(&self, position: Position) -> Result<()> {
@@ -234,14 +240,23 @@ impl LogStore for SimStore {
             inner.poisoned = Some(cause.clone());
             return Err(Error::Poisoned { cause });
         }
-        let pending = std::mem::take(&mut inner.pending);
-        for (k, v) in pending {
+        // Up to `position` and no further: appends applied after it may land in a later
+        // commit, which a crash can take away while this one stays (a real group commit ends
+        // where its group ends, and the next append may have missed it).
+        while inner
+            .pending
+            .front()
+            .is_some_and(|(at, _)| *at <= position.0)
+        {
+            let Some((_, (k, v))) = inner.pending.pop_front() else {
+                break;
+            };
             match v {
                 Some(v) => inner.durable.insert(k, v),
                 None => inner.durable.remove(&k),
             };
         }
-        inner.durable_pos = inner.applied;
+        inner.durable_pos = position.0.min(inner.applied);
         inner.syncs += 1;
         if inner.crash_after_syncs == Some(inner.syncs) {
             inner.crashed = true;
@@ -387,9 +402,12 @@ impl LogStore for SimStore {
             for (k, _) in &writes {
                 inner.live.remove(k);
             }
-            inner.pending.extend(writes);
             inner.applied += 1;
-            Position(inner.applied)
+            let position = inner.applied;
+            inner
+                .pending
+                .extend(writes.into_iter().map(|w| (position, w)));
+            Position(position)
         };
         self.wait_durable(position).await
     }

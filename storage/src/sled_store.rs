@@ -342,6 +342,7 @@ impl SledStore {
     /// change). sled 0.34's `get_lt` walks a reverse iterator, which cost a `result()` call
     /// more than the rest of its work.
     fn with_log_end(&self, mut meta: RunMeta, run: RunId) -> Result<RunMeta> {
+        meta.status_seq = meta.next_seq;
         meta.next_seq = log_end_from(run, meta.next_seq, &|key| {
             Ok(self.get(key)?.map(|value| value.to_vec()))
         })?;

@@ -77,6 +77,14 @@ pub struct RunMeta {
     pub wake_ms: Option<u64>,
     /// Human-readable reason for the status (why it is blocked, escalated, …).
     pub note: String,
+    /// The log's end when the metadata was last written, that is when the run took its
+    /// status: events from this seq on were appended after it. Not stored (it is the
+    /// `next_seq` the store recorded); reads fill it in, writes ignore it. A parked run whose
+    /// log holds events from here on received something (a decision, a signal) that no
+    /// driver has seen, so nothing will wake it: the engine resumes such a run at open and
+    /// `annal verify` reports it.
+    #[serde(skip)]
+    pub status_seq: u64,
 }
 
 /// One change to an index, applied atomically with the events of its append. The run is the
@@ -500,10 +508,11 @@ pub fn log_end_from(run: RunId, from: u64, get: Get<'_>) -> Result<u64> {
 }
 
 /// Completes stored metadata with the log's end: `next_seq` as recorded at the last metadata
-/// write, or the seq after `last_event_seq` when the log has grown since. Both backends read
-/// metadata through this.
+/// write, or the seq after `last_event_seq` when the log has grown since; `status_seq` is the
+/// recorded value. Both backends read metadata through this.
 pub fn meta_with_log_end(mut meta: RunMeta, last_event_seq: Option<u64>) -> RunMeta {
     let end = last_event_seq.map_or(0, |s| s.saturating_add(1));
+    meta.status_seq = meta.next_seq;
     meta.next_seq = meta.next_seq.max(end);
     meta
 }
@@ -593,6 +602,7 @@ mod tests {
             updated_ms: 0,
             wake_ms: None,
             note: String::new(),
+            status_seq: 0,
         };
         let batch = |expected, meta: Option<RunMeta>| AppendBatch {
             run,

@@ -184,6 +184,7 @@ fn meta(status: u8) -> RunMeta {
         updated_ms: 1_700_000_000_000,
         wake_ms: None,
         note: String::new(),
+        status_seq: 0,
     }
 }
 
@@ -488,16 +489,19 @@ async fn status_index_follows_meta(b: Backend) {
         stored,
         RunMeta {
             next_seq: 2,
+            status_seq: 2,
             ..parked.clone()
         }
     );
 
-    // No metadata in the batch: status kept, next_seq still advanced by the store.
+    // No metadata in the batch: status kept, next_seq still advanced by the store, and
+    // `status_seq` still says where the run took its status (events 2 and 3 came after).
     extend(s, a, 2, 2).await;
     assert_eq!(
         s.meta(a).await.unwrap().unwrap(),
         RunMeta {
             next_seq: 4,
+            status_seq: 2,
             ..parked
         }
     );
@@ -1397,6 +1401,7 @@ fn on_disk_format_matches_docs_format_md() {
         updated_ms: 1_700_000_000_000,
         wake_ms: None,
         note: String::new(),
+        status_seq: 0,
     };
     assert_eq!(
         hex(&annal_storage::encode_meta(&meta)),
@@ -1484,6 +1489,9 @@ enum SimOp {
     Crash,
 }
 
+/// Per run: `None` if it does not exist, else the payloads of its log.
+type Model = Vec<Option<Vec<Vec<u8>>>>;
+
 fn sim_op() -> impl Strategy<Value = SimOp> {
     prop_oneof![
         4 => (0u8..3, 0u8..4).prop_map(|(run, events)| SimOp::Append { run, events }),
@@ -1504,9 +1512,10 @@ proptest! {
             let store = SimStore::new();
             // The model: per run, `None` if it does not exist, else the payloads of its log;
             // what is live (applied) and what is durable.
-            let mut live: Vec<Option<Vec<Vec<u8>>>> = vec![None; 3];
+            let mut live: Model = vec![None; 3];
             let mut durable = live.clone();
-            let mut positions: Vec<Position> = Vec::new();
+            // Each append's position, with the live state right after it.
+            let mut positions: Vec<(Position, Model)> = Vec::new();
             let mut durable_pos = Position(0);
             let mut generation = 0u32;
             for op in ops {
@@ -1534,17 +1543,18 @@ proptest! {
                             .await
                             .unwrap();
                         log.extend(new);
-                        positions.push(position);
+                        positions.push((position, live.clone()));
                     }
                     SimOp::Wait { back } => {
-                        let Some(&position) = positions.iter().rev().nth(back) else {
+                        let Some((position, state)) = positions.iter().rev().nth(back) else {
                             continue;
                         };
-                        store.wait_durable(position).await.unwrap();
-                        // A group commit makes everything applied so far durable.
-                        if position > durable_pos {
-                            durable = live.clone();
-                            durable_pos = *positions.last().unwrap();
+                        store.wait_durable(*position).await.unwrap();
+                        // A group commit makes everything up to that append durable, and
+                        // nothing applied after it.
+                        if *position > durable_pos {
+                            durable = state.clone();
+                            durable_pos = *position;
                         }
                     }
                     SimOp::Crash => {

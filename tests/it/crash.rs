@@ -159,3 +159,71 @@ async fn without_a_reconcile_hook_a_lost_irreversible_outcome_is_never_retried()
     // Crashing after AttemptStarted was durable and before the outcome: escalation.
     assert!(!report.escalated_at.is_empty(), "{report:?}");
 }
+
+/// A write that keeps failing escalates; the operator retries it once (its next attempt
+/// works) and skips a second, which never works, with a value. Every commit around the
+/// escalations and the operator actions is a crash point, and every one resumes to the same
+/// outcome. The bodies fail by attempt number, so a failed attempt a crash took back and
+/// that runs again fails the same way.
+async fn sync_crm(ctx: Ctx, (): ()) -> Result<Value, WorkflowError> {
+    let push = |name: &'static str, works_from_attempt: u32| {
+        let ctx = ctx.clone();
+        async move {
+            ctx.step(name)
+                .class(StepClass::Write)
+                .tool("crm")
+                .retry(RetryPolicy {
+                    max_attempts: 2,
+                    jitter: false,
+                    ..RetryPolicy::default()
+                })
+                .on_exhaust(annal::OnExhaust::Escalate)
+                .run(move |a| async move {
+                    if a.number >= works_from_attempt {
+                        Ok(format!("{name} pushed"))
+                    } else {
+                        Err(annal::StepFailure::transient("crm unavailable"))
+                    }
+                })
+                .await
+        }
+    };
+    let contact: String = push("push_contact", 3).await?;
+    let note: String = push("push_note", u32::MAX).await?;
+    Ok(json!({ "contact": contact, "note": note }))
+}
+
+#[tokio::test(start_paused = true)]
+async fn operator_actions_resume_to_the_same_outcome_at_every_crash_point() {
+    let report = CrashHarness::new("sync_crm", &(), |builder, _| {
+        builder.register("sync_crm", 1, sync_crm)
+    })
+    .operate(|engine, run| {
+        Box::pin(async move {
+            let history = engine.history(run).await.unwrap_or_default();
+            let retried = history
+                .iter()
+                .any(|e| matches!(e.kind, annal::EventKind::OperatorAction { .. }));
+            let action = if retried {
+                annal::OperatorActionKind::SkipStep {
+                    value: annal::Payload::encode(&json!("skipped by ops")).unwrap(),
+                }
+            } else {
+                annal::OperatorActionKind::RetryStep
+            };
+            // Refused when a crash took the escalation back: the run escalates again.
+            let _ = engine.operate(run, "ops", action, "scripted").await;
+        })
+    })
+    .run()
+    .await
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.crash_points >= 8, "{report:?}");
+    assert_eq!(
+        report.outcome,
+        annal::testing::Outcome::Completed(
+            r#"{"contact":"push_contact pushed","note":"skipped by ops"}"#.into()
+        ),
+        "{report:?}"
+    );
+}

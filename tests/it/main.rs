@@ -7,3 +7,4 @@ mod histories;
 mod policy;
 mod props;
 mod support;
+mod wakeup;

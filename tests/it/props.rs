@@ -248,6 +248,29 @@ fn regression_torn_tail_of_a_finished_run() {
     );
 }
 
+/// Issue 21, found by the SIGKILL soak and then by `crash_harness_passes_for_generated_programs`
+/// once the simulated group commit could end between two appends: a signal (or a decision)
+/// to a parked run was durable, the `Running` status appended right after it was not, and
+/// the crash left the run parked with what it waited for already in its history.
+#[test]
+fn regression_a_signal_or_decision_to_a_parked_run_is_durable_with_its_wake_up() {
+    for program in [
+        Program::new([Op::Signal { name: "go".into() }]),
+        Program::new([
+            Op::Approval { approve: true },
+            Op::Approval { approve: false },
+        ]),
+        Program::new([
+            Op::Sleep { secs: 3600 },
+            Op::Signal { name: "go".into() },
+            Op::Approval { approve: true },
+        ]),
+    ] {
+        let report = assert_passes(&program);
+        assert!(report.crash_points >= 3, "{report:?}");
+    }
+}
+
 /// An irreversible attempt fails `Terminal`, and the crash loses that outcome: the reconcile
 /// hook finds nothing applied, the step runs again (legitimately) and fails the same way.
 #[test]

@@ -1,7 +1,9 @@
 //! The real crash test: a child process (`tests/src/bin/crash_child.rs`) runs a mixed
 //! workload on a real sled store in `PowerSafe` mode and is SIGKILLed at random moments; after
 //! every kill the parent reads the database and the child's side files and checks that
-//! nothing acknowledged was lost, then restarts it with more work. Finally the child runs to
+//! nothing acknowledged was lost and no run waits for what its history already holds,
+//! decides some waiting approval gates from an operator-only engine (as `annal approve`
+//! does), then restarts it with more work. Finally the child runs to
 //! completion and the parent checks the end state.
 //!
 //! Environment: `ANNAL_SIGKILL_ROUNDS` (default [`DEFAULT_ROUNDS`]) and `ANNAL_SIGKILL_SEED`
@@ -147,6 +149,19 @@ fn check_invariants(dir: &Path, context: &str) -> BTreeMap<RunId, Vec<Event>> {
             Some(run.as_str()),
             "{context}: acknowledged {what} of {key} (run {run}) is missing"
         );
+        if what == "decide" || what == "cli-decide" {
+            let history = histories
+                .iter()
+                .find(|(r, _)| r.to_string() == *run)
+                .map(|(_, h)| h)
+                .unwrap();
+            assert!(
+                history
+                    .iter()
+                    .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. })),
+                "{context}: acknowledged decision ({what}) of run {run} is missing"
+            );
+        }
         if what == "signal" {
             let history = histories
                 .iter()
@@ -193,6 +208,12 @@ fn check_invariants(dir: &Path, context: &str) -> BTreeMap<RunId, Vec<Event>> {
         );
     }
     for (run, meta) in &runs {
+        // No kill may leave a run waiting for what its own history holds (issue 21): the
+        // engine's sweep would resume it, but nothing else would.
+        let lost = RunStatus::from_code(meta.status).and_then(|status| {
+            annal::overdue(status, meta.status_seq, &histories[run], meta.wake_ms, None)
+        });
+        assert_eq!(lost, None, "{context}: run {run}");
         assert_ne!(
             RunStatus::from_code(meta.status),
             Some(RunStatus::Escalated),
@@ -207,6 +228,61 @@ fn check_invariants(dir: &Path, context: &str) -> BTreeMap<RunId, Vec<Event>> {
         );
     }
     histories
+}
+
+/// Between rounds, with no service holding the database, a reviewer decides some waiting
+/// gates from an operator-only engine (as `annal approve` does); each acknowledged decision
+/// is recorded in `acks.log` as `cli-decide <job> <run>`.
+fn decide_from_outside(dir: &Path, rng: &mut Rng) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let acks = dir.join("acks.log");
+    runtime.block_on(async {
+        let engine = annal::Engine::builder()
+            .path(dir.join("db"))
+            .operator_only()
+            .open()
+            .await
+            .expect("operator-only engine opens");
+        let pending = engine
+            .pending_approvals(&annal::ApprovalFilter::default())
+            .await
+            .expect("pending approvals");
+        let mut decided = 0;
+        for gate in pending {
+            if rng.below(2) == 0 {
+                continue;
+            }
+            let dana = annal::Actor::new("dana", &["ops"]);
+            let verdict = annal::Verdict::Approve { edits: None };
+            engine
+                .decide(gate.gate, &dana, verdict, "from the CLI")
+                .await
+                .expect("the decision is recorded");
+            let history = engine.history(gate.run).await.unwrap();
+            let Some(EventKind::RunStarted {
+                dedupe_key: Some(key),
+                ..
+            }) = history.first().map(|e| &e.kind)
+            else {
+                panic!("run {} has no dedupe key", gate.run);
+            };
+            let job = key.trim_start_matches("job-");
+            let line = format!("cli-decide {job} {}\n", gate.run);
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&acks)
+                .unwrap();
+            std::io::Write::write_all(&mut file, line.as_bytes()).unwrap();
+            file.sync_all().unwrap();
+            decided += 1;
+        }
+        engine.shutdown().await;
+        decided
+    })
 }
 
 /// At the end: every job's run completed, and every irreversible step completed exactly
@@ -269,6 +345,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let dir = tmp.path();
     let mut rng = Rng(seed);
     let mut kills_before_ready = 0;
+    let mut decided_outside = 0;
     for round in 0..rounds {
         let jobs = JOBS_PER_ROUND * (round + 1);
         let mut spawned = spawn(dir, jobs);
@@ -296,6 +373,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
             if early { "spawn" } else { "ready" }
         );
         check_invariants(dir, &format!("after round {round} (seed {seed})"));
+        decided_outside += decide_from_outside(dir, &mut rng);
     }
     // No kill this time: the child must finish everything.
     let jobs = JOBS_PER_ROUND * (rounds + 1);
@@ -318,8 +396,20 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     );
     let histories = check_invariants(dir, &format!("at the end (seed {seed})"));
     check_finished(dir, &histories, jobs);
+    let decided_by = |why: &str| {
+        histories
+            .values()
+            .filter(|h| {
+                h.iter().any(
+                    |e| matches!(&e.kind, EventKind::ApprovalDecided { reason, .. } if reason == why),
+                )
+            })
+            .count()
+    };
+    let decided_inside = decided_by("in stock");
+    assert_eq!(decided_by("from the CLI"), decided_outside);
     eprintln!(
-        "sigkill: {} runs verified, {kills_before_ready} kills before ready",
+        "sigkill: {} runs verified, {kills_before_ready} kills before ready, {decided_inside} gates decided by the service and {decided_outside} from outside",
         histories.len()
     );
 }

@@ -274,6 +274,7 @@ fn stored_metadata_wins_for_status_and_current_step() {
         updated_ms: T0 + 30_400,
         wake_ms: None,
         note: "step 'pay' gave up".into(),
+        status_seq: 0,
     };
     let record = RunRecord::from_history(RunId([1; 16]), Some(&meta), &history);
     assert_eq!(record.status, RunStatus::Escalated);

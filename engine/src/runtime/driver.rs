@@ -402,6 +402,7 @@ impl EngineInner {
             updated_ms: now_ms,
             wake_ms: None,
             note: String::new(),
+            status_seq: 0,
         };
         let event = crate::event::Event {
             seq: 0,

@@ -44,6 +44,19 @@ impl AppendReq {
         self.status = Some((status, note.into()));
         self
     }
+    /// For an event from outside (a decision, a signal, a cancel request) to a run whose
+    /// status is `status`: a parked run is made `Running` in the same append, so the event it
+    /// waits for and the status that makes it runnable are durable together. Appended
+    /// separately, a crash between the two commits left a run `Parked` for good with its
+    /// decision recorded: nothing resumes a parked run at open, and its wake-up had been
+    /// handed to a driver that died with the process.
+    pub(crate) fn waking(self, status: RunStatus) -> Self {
+        if status == RunStatus::Parked {
+            self.status(RunStatus::Running, "")
+        } else {
+            self
+        }
+    }
     pub(crate) fn durable(mut self) -> Self {
         self.durable = true;
         self
@@ -239,6 +252,7 @@ impl EngineInner {
             return;
         }
         meta.next_seq = 1;
+        meta.status_seq = 1;
         let mut state = slot.state();
         state.replay = replay;
         drop(state);
@@ -296,6 +310,7 @@ impl EngineInner {
             Some(new_meta) => {
                 writer.meta = Some(RunMeta {
                     next_seq,
+                    status_seq: next_seq,
                     ..new_meta
                 })
             }

@@ -4,13 +4,15 @@
 //! - `slot`: one run in memory, its history and the writer lock of its log;
 //! - `inner`: loading and appending through a slot;
 //! - `driver`: replaying a workflow and settling the run when it returns or halts;
-//! - `timer`: waking parked runs when their due time comes.
+//! - `timer`: waking parked runs when their due time comes;
+//! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up).
 
 mod driver;
 pub(crate) mod inner;
 mod operator;
 mod registry;
 pub(crate) mod slot;
+mod sweep;
 mod timer;
 
 use std::collections::HashMap;
@@ -45,6 +47,12 @@ pub struct EngineConfig {
     pub history_warn_events: u64,
     /// Longest the timer service sleeps without looking at the due-time index.
     pub timer_poll_ms: u64,
+    /// How often the engine sweeps its waiting runs for one whose history already holds
+    /// what it waits for (a decision, a signal, an operator action, a due time), and
+    /// `Running` runs no driver holds, and resumes them. Every event from outside wakes its
+    /// run in the same append, so the sweep finds nothing unless something else went wrong;
+    /// it also runs at open. `u64::MAX` sweeps only at open.
+    pub sweep_ms: u64,
     /// Replay histories without executing anything live or writing (see
     /// `testing::Replayer`): a run stops where its history ends.
     pub replay_only: bool,
@@ -66,6 +74,7 @@ impl Default for EngineConfig {
             history_warn_events: 10_000,
             checkpoint_after_events: 1_000,
             timer_poll_ms: 60_000,
+            sweep_ms: 60_000,
             replay_only: false,
             operator_only: false,
         }
@@ -387,50 +396,10 @@ impl Engine {
                 }
             }
         }
-        // Runs that wait stay on disk, but a torn or damaged last record (a crash in the
-        // middle of a write) must be found now, not when a decision or a signal arrives:
-        // check the tail of each, one read per run.
-        for status in [RunStatus::Parked, RunStatus::Escalated] {
-            for run in self.inner.store.runs_with_status(status.code()).await? {
-                match self.check_tail(run).await {
-                    Ok(()) => {}
-                    Err(e) if driver::is_unreadable(&e) => {
-                        self.inner.block_unreadable(run, &e).await
-                    }
-                    Err(e) => tracing::error!(%run, error = %e, "run log could not be checked"),
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads and decodes the last record of a run's log; a log that ends before the seq its
-    /// metadata recorded lost its tail.
-    async fn check_tail(&self, run: RunId) -> Result<()> {
-        let meta = self.inner.meta(run).await?;
-        let tail = self
-            .inner
-            .store
-            .read(run, meta.next_seq.saturating_sub(1), 1)
-            .await?;
-        if tail.is_empty() && meta.next_seq > 0 {
-            return Err(Error::Inconsistent {
-                run,
-                seq: meta.next_seq - 1,
-                reason: format!(
-                    "metadata says the log ends at seq {} but that record is missing",
-                    meta.next_seq
-                ),
-            });
-        }
-        for record in tail {
-            crate::codec::decode_event(&record.payload).map_err(|reason| Error::Codec {
-                run,
-                seq: record.seq,
-                reason,
-            })?;
-        }
-        Ok(())
+        // Runs that wait stay on disk, but each is checked now: a torn or damaged last record
+        // (a crash in the middle of a write) is found at open, not when a decision arrives,
+        // and a run whose history already holds what it waits for is resumed.
+        self.inner.sweep(false).await
     }
 
     /// Starts a run of the highest registered version of `workflow`.
@@ -595,6 +564,9 @@ impl Engine {
             return inner.refuse(writer, Error::RunEnded { run, status }).await;
         }
         let mut req = AppendReq::events(vec![kind]);
+        if !terminate {
+            req = req.waking(status);
+        }
         if terminate {
             let deletes = {
                 let state = slot.state();

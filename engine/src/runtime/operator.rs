@@ -143,7 +143,7 @@ impl Engine {
             .append_locked(
                 &slot,
                 &mut writer,
-                AppendReq::events(vec![event]).index(index),
+                AppendReq::events(vec![event]).index(index).waking(status),
             )
             .await?;
         let woken = match status {

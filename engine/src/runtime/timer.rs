@@ -1,4 +1,5 @@
-//! The timer service: wakes parked runs whose due time (timer, backoff, deadline) has come.
+//! The timer service: wakes parked runs whose due time (timer, backoff, deadline) has come,
+//! and runs the sweep (`sweep.rs`) every `EngineConfig::sweep_ms`.
 //!
 //! Runs in memory wait on their own timers; this service only rehydrates runs that are not
 //! in memory. It sleeps until the next due entry, or until told that one was registered.
@@ -12,21 +13,34 @@ const BATCH: usize = 1024;
 
 impl EngineInner {
     pub(crate) async fn timer_service(self: Arc<Self>) {
+        // The open's recovery swept just now.
+        let mut sweep_at_ms = self.clock.now_ms().saturating_add(self.config.sweep_ms);
+        // Scan the due-time index at once, then when the next entry is due, a poll comes, or
+        // a new entry was registered; a sweep alone does not scan it.
+        let mut scan_at_ms = 0;
         loop {
             let now_ms = self.clock.now_ms();
-            let next_ms = match self.wake_due(now_ms).await {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(error = %e, "timer service could not wake due runs");
-                    None
+            if now_ms >= sweep_at_ms {
+                sweep_at_ms = now_ms.saturating_add(self.config.sweep_ms);
+                if let Err(e) = self.sweep(true).await {
+                    tracing::error!(error = %e, "the sweep of waiting runs failed");
                 }
-            };
-            let poll_ms = now_ms.saturating_add(self.config.timer_poll_ms);
-            let until_ms = next_ms.map_or(poll_ms, |n| n.min(poll_ms));
+            }
+            if now_ms >= scan_at_ms {
+                let next_ms = match self.wake_due(now_ms).await {
+                    Ok(next) => next,
+                    Err(e) => {
+                        tracing::error!(error = %e, "timer service could not wake due runs");
+                        None
+                    }
+                };
+                let poll_ms = now_ms.saturating_add(self.config.timer_poll_ms);
+                scan_at_ms = next_ms.map_or(poll_ms, |n| n.min(poll_ms));
+            }
             let changed = self.timers_changed.notified();
             tokio::select! {
-                () = self.clock.sleep_until_ms(until_ms) => {}
-                () = changed => {}
+                () = self.clock.sleep_until_ms(scan_at_ms.min(sweep_at_ms)) => {}
+                () = changed => scan_at_ms = 0,
             }
         }
     }

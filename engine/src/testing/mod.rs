@@ -223,13 +223,16 @@ impl Tools {
 /// - every effect was applied under the same idempotency keys as in the crash-free run;
 /// - no irreversible step body ran more often than in the crash-free run;
 /// - a torn last record is detected (the run is blocked with a corruption reason) rather
-///   than silently decoded.
+///   than silently decoded;
+/// - what the crash left is never a run waiting for what its history already holds (a
+///   parked run with a decision or signal behind its status: [`crate::overdue`]).
 pub struct CrashHarness {
     workflow: String,
     input: Payload,
     setup: Setup,
     script: Option<Script>,
     driver: Option<Driver>,
+    operator: Option<Driver>,
     torn_tails: bool,
     time_limit: Duration,
 }
@@ -295,6 +298,8 @@ struct Scenario {
     durable_before_crash: Vec<crate::event::Event>,
     /// Per position: attempts the reconcile hook found had not taken effect after a crash.
     reconciled_not_done: BTreeMap<u32, usize>,
+    /// The run's history at the end.
+    history: Vec<crate::event::Event>,
 }
 
 impl std::fmt::Debug for CrashHarness {
@@ -303,6 +308,7 @@ impl std::fmt::Debug for CrashHarness {
             .field("workflow", &self.workflow)
             .field("scripted", &self.script.is_some())
             .field("driven", &self.driver.is_some())
+            .field("operated", &self.operator.is_some())
             .field("torn_tails", &self.torn_tails)
             .field("time_limit", &self.time_limit)
             .finish_non_exhaustive()
@@ -323,6 +329,7 @@ impl CrashHarness {
             setup: Arc::new(setup),
             script: None,
             driver: None,
+            operator: None,
             torn_tails: false,
             time_limit: Duration::from_secs(366 * 24 * 3600),
         }
@@ -340,6 +347,17 @@ impl CrashHarness {
         F: Fn(Engine, RunId) -> BoxFuture<'static, ()> + Send + Sync + 'static,
     {
         self.driver = Some(Arc::new(driver));
+        self
+    }
+
+    /// Plays the operator: called whenever the run is escalated (`Engine::operate` from
+    /// `operator`), so that the commits of operator actions are crash points too and the run
+    /// goes on to its outcome. Without one, an escalated run is an outcome.
+    pub fn operate<F>(mut self, operator: F) -> Self
+    where
+        F: Fn(Engine, RunId) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    {
+        self.operator = Some(Arc::new(operator));
         self
     }
 
@@ -449,7 +467,7 @@ impl CrashHarness {
             let frozen = tokio::time::timeout(self.time_limit, async {
                 // Virtual time is free, but each poll is not: back off up to a minute.
                 let mut poll = Duration::from_millis(1);
-                while !store.is_frozen() && !self.settled(&engine, run).await {
+                while !store.is_frozen() && !self.settled_or_operated(&engine, run).await {
                     tokio::time::sleep(poll).await;
                     poll = (poll * 2).min(Duration::from_secs(60));
                 }
@@ -467,6 +485,22 @@ impl CrashHarness {
             durable_before_crash = crate::read_history(store.as_ref(), run)
                 .await
                 .unwrap_or_default();
+            // What the crash left must never be a run waiting for what its own history
+            // holds: the engine would have to find it (its sweep does), not merely wake it.
+            if let Ok(Some(meta)) = store.meta(run).await {
+                let lost = RunStatus::from_code(meta.status).and_then(|status| {
+                    crate::overdue(
+                        status,
+                        meta.status_seq,
+                        &durable_before_crash,
+                        meta.wake_ms,
+                        None,
+                    )
+                });
+                if let Some(why) = lost {
+                    return Err(fail(format!("the crash left a lost wake-up: {why}")));
+                }
+            }
             if torn {
                 let seq = store.tear_tail(run, Tear::Cut);
                 let engine = self
@@ -511,6 +545,7 @@ impl CrashHarness {
                     attempts: Vec::new(),
                     durable_before_crash,
                     reconciled_not_done: BTreeMap::new(),
+                    history: Vec::new(),
                 });
             }
             let engine = self
@@ -534,10 +569,10 @@ impl CrashHarness {
         engine.shutdown().await;
         let attempts = log.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut reconciled_not_done: BTreeMap<u32, usize> = BTreeMap::new();
-        for e in crate::read_history(store.as_ref(), run)
+        let history = crate::read_history(store.as_ref(), run)
             .await
-            .unwrap_or_default()
-        {
+            .unwrap_or_default();
+        for e in &history {
             if let EventKind::AttemptFailed {
                 position, message, ..
             } = &e.kind
@@ -555,6 +590,7 @@ impl CrashHarness {
             attempts,
             durable_before_crash,
             reconciled_not_done,
+            history,
         })
     }
 
@@ -562,21 +598,44 @@ impl CrashHarness {
         self.input.decode().unwrap_or(serde_json::Value::Null)
     }
 
-    async fn settled(&self, engine: &Engine, run: RunId) -> bool {
-        engine
-            .status(run)
-            .await
-            .is_ok_and(|i| i.status != RunStatus::Running && i.status != RunStatus::Parked)
+    /// Whether the run stopped moving; an escalated run is handed to the operator, if there
+    /// is one, and counts as moving on.
+    async fn settled_or_operated(&self, engine: &Engine, run: RunId) -> bool {
+        let status = match engine.status(run).await {
+            Ok(info) => info.status,
+            Err(_) => return false,
+        };
+        match (status, &self.operator) {
+            (RunStatus::Running | RunStatus::Parked, _) => false,
+            (RunStatus::Escalated, Some(operator)) => {
+                operator(engine.clone(), run).await;
+                false
+            }
+            _ => true,
+        }
     }
 
     async fn outcome(&self, engine: &Engine, run: RunId) -> Result<Outcome, Error> {
         let handle = engine.handle::<serde_json::Value>(run);
         let id = run.to_string();
-        match handle.result().await {
-            Ok(value) => Ok(Outcome::Completed(value.to_string().replace(&id, "<run>"))),
-            Err(e) => {
-                let status = engine.status(run).await?.status;
-                Ok(Outcome::Ended(status, e.to_string().replace(&id, "<run>")))
+        // An operator may act on a run many times (it escalates again); a bound turns an
+        // operator that never resolves anything into an outcome instead of a hang.
+        let mut acts = 0;
+        loop {
+            match handle.result().await {
+                Ok(value) => {
+                    return Ok(Outcome::Completed(value.to_string().replace(&id, "<run>")))
+                }
+                Err(Error::Escalated { .. }) if self.operator.is_some() && acts < 16 => {
+                    acts += 1;
+                    if let Some(operator) = &self.operator {
+                        operator(engine.clone(), run).await;
+                    }
+                }
+                Err(e) => {
+                    let status = engine.status(run).await?.status;
+                    return Ok(Outcome::Ended(status, e.to_string().replace(&id, "<run>")));
+                }
             }
         }
     }
@@ -589,14 +648,33 @@ impl CrashHarness {
         k: u64,
     ) -> Result<Option<()>, HarnessFailure> {
         let fail = |m: String| Err(Self::fail(k, false, m));
-        // Steps whose outcome was durable before the crash must not run after it.
+        // Steps whose outcome was durable before the crash must not run after it, unless an
+        // operator sent a step that gave up back to be run again.
+        let reopened: std::collections::BTreeSet<u32> =
+            crashed
+                .history
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EventKind::OperatorAction {
+                        position: Some(position),
+                        action:
+                            crate::OperatorActionKind::RetryStep
+                            | crate::OperatorActionKind::ResolveNotDone,
+                        ..
+                    } => Some(*position),
+                    _ => None,
+                })
+                .collect();
         let mut done_before: HashMap<u32, String> = HashMap::new();
         for e in &crashed.durable_before_crash {
-            if let EventKind::StepCompleted { position, .. }
-            | EventKind::StepRan { position, .. }
-            | EventKind::StepExhausted { position, .. } = &e.kind
-            {
-                done_before.insert(*position, String::new());
+            match &e.kind {
+                EventKind::StepCompleted { position, .. } | EventKind::StepRan { position, .. } => {
+                    done_before.insert(*position, String::new());
+                }
+                EventKind::StepExhausted { position, .. } if !reopened.contains(position) => {
+                    done_before.insert(*position, String::new());
+                }
+                _ => {}
             }
         }
         for (phase, a) in &crashed.attempts {
@@ -660,9 +738,16 @@ impl CrashHarness {
                 ));
             }
         }
-        let escalated = matches!(&crashed.outcome, Outcome::Ended(RunStatus::Escalated, _));
-        if escalated {
-            return Ok(Some(()));
+        if let Outcome::Ended(RunStatus::Escalated, why) = &crashed.outcome {
+            // Legitimate (an irreversible outcome lost in the crash) unless an operator was
+            // there to resolve it: then the run must go on to the crash-free outcome, and an
+            // escalation no operator action fits is a run stuck for good.
+            if self.operator.is_none() {
+                return Ok(Some(()));
+            }
+            return fail(format!(
+                "the run stayed escalated although the operator acted on it: {why}"
+            ));
         }
         if crashed.outcome != base.outcome {
             return fail(format!(
@@ -734,6 +819,7 @@ impl Replayer {
             updated_ms: history[0].at_ms,
             wake_ms: None,
             note: String::new(),
+            status_seq: 0,
         };
         let batch = annal_storage::AppendBatch {
             run,

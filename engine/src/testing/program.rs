@@ -352,8 +352,9 @@ pub fn scripted_failure(failures: &[FailureClass], number: u32) -> Option<Failur
 
 /// A [`CrashHarness`] driver for `program`: after every (re)open it sends each signal the
 /// program waits for that the run's history has not received yet, in order, so a signal
-/// lost in a crash is sent again and none is sent twice; then it plays the reviewer,
-/// deciding each approval as the program says once the run has asked for it. It returns
+/// lost in a crash is sent again and none is sent twice (every other one once the run has
+/// parked); then it plays the reviewer, deciding each approval as the program says once
+/// the run has asked for it and parked. It returns
 /// when every approval is decided, the run stopped, or the engine went away (a crash).
 pub fn program_driver(
     program: &Program,
@@ -374,11 +375,17 @@ pub fn program_driver(
                 }
             }
             let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-            for (name, payload) in &signals {
+            for (k, (name, payload)) in signals.iter().enumerate() {
                 let i = seen.entry(name).or_default();
                 *i += 1;
                 if *i <= received.get(name).copied().unwrap_or(0) {
                     continue;
+                }
+                // Every other signal waits until the run has parked, so that it wakes a parked
+                // run (the path whose wake-up a crash could lose); the rest arrive while the
+                // run may still be in memory.
+                if k % 2 == 0 && !parked(&engine, run).await {
+                    return;
                 }
                 // A crash (or the run's end) stops the driver; the next open sends the rest.
                 if engine.signal(run, name, payload).await.is_err() {
@@ -390,7 +397,25 @@ pub fn program_driver(
     }
 }
 
-/// Decides the run's approvals in order, as `verdicts` say, waiting for each to be asked.
+/// Waits until the run is parked; false if it stopped otherwise (ended, escalated, blocked)
+/// or the engine went away.
+async fn parked(engine: &Engine, run: RunId) -> bool {
+    let mut poll = Duration::from_millis(1);
+    loop {
+        match engine.status(run).await.map(|info| info.status) {
+            Ok(crate::RunStatus::Parked) => return true,
+            Ok(crate::RunStatus::Running) => {}
+            _ => return false,
+        }
+        // Virtual time is free, each poll is not: back off up to a minute.
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_secs(60));
+    }
+}
+
+/// Decides the run's approvals in order, as `verdicts` say, waiting for each to be asked
+/// and for the run to park on it (reviewers take their time): the decision wakes a parked
+/// run, the path whose wake-up a crash could lose.
 async fn review(engine: &Engine, run: RunId, verdicts: &[bool]) {
     let reviewer = crate::Actor::new("reviewer", &[]);
     let mut poll = Duration::from_millis(1);
@@ -412,6 +437,9 @@ async fn review(engine: &Engine, run: RunId, verdicts: &[bool]) {
                 );
                 if decided {
                     break;
+                }
+                if !parked(engine, run).await {
+                    return;
                 }
                 let verdict = if *approve {
                     crate::Verdict::Approve { edits: None }

@@ -121,7 +121,8 @@ async fn write(ctx: &Ctx, name: &str) -> Result<Value, WorkflowError> {
         .await?)
 }
 
-/// The workload: a flaky read, a sleep, a write, a signal, an irreversible charge (whose
+/// The workload: a flaky read, a sleep, a write, a signal, an approval gate (decided while
+/// the run is parked on it), an irreversible charge (whose
 /// response is lost once for some jobs), a sleep, then an irreversible notification joined
 /// with a write.
 async fn mixed(ctx: Ctx, effects: Arc<LineFile>, job: u32) -> Result<Value, WorkflowError> {
@@ -141,6 +142,12 @@ async fn mixed(ctx: Ctx, effects: Arc<LineFile>, job: u32) -> Result<Value, Work
         .await?;
     let reserved = write(&ctx, "reserve").await?;
     let go: u32 = ctx.signal("go").await?;
+    let mut gate = annal::ApprovalRequest::new(format!("charge job {job}"));
+    gate.approvers = vec!["role:ops".into()];
+    let approved = match ctx.approval(gate).await? {
+        annal::Decision::Approved { actor, .. } => actor,
+        other => return Err(WorkflowError::failed(format!("not approved: {other:?}"))),
+    };
     let charged = irreversible(&ctx, &effects, "charge", job % 4 == 1).await?;
     ctx.sleep(Duration::from_millis(15)).await?;
     let (notified, audited) = futures::future::join(
@@ -149,8 +156,38 @@ async fn mixed(ctx: Ctx, effects: Arc<LineFile>, job: u32) -> Result<Value, Work
     )
     .await;
     Ok(
-        json!({ "found": found, "reserved": reserved, "go": go, "charged": charged, "notified": notified?, "audited": audited? }),
+        json!({ "found": found, "reserved": reserved, "go": go, "approved": approved, "charged": charged, "notified": notified?, "audited": audited? }),
     )
+}
+
+/// Plays the reviewer: once the run has asked for approval and parked on it, approves it
+/// (unless it was decided already, in an earlier life or by the parent between rounds).
+/// Returns once the decision is durable.
+async fn decide_when_parked(engine: &Engine, run: annal::RunId) -> annal::Result<()> {
+    loop {
+        let history = engine.history(run).await?;
+        let mut gates = history.iter().filter_map(|e| match &e.kind {
+            EventKind::ApprovalRequested { gate, .. } => Some(annal::GateId(*gate)),
+            _ => None,
+        });
+        let decided = history
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }));
+        if decided || history.last().is_some_and(|e| e.kind.is_terminal()) {
+            return Ok(());
+        }
+        if let Some(gate) = gates.next() {
+            if engine.status(run).await?.status == annal::RunStatus::Parked {
+                let dana = annal::Actor::new("dana", &["ops"]);
+                let verdict = annal::Verdict::Approve { edits: None };
+                return match engine.decide(gate, &dana, verdict, "in stock").await {
+                    Ok(()) | Err(annal::Error::AlreadyDecided { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 async fn run(dir: &Path, jobs: u32) -> Result<(), String> {
@@ -161,6 +198,8 @@ async fn run(dir: &Path, jobs: u32) -> Result<(), String> {
         .path(dir.join("db"))
         .durability(Durability::PowerSafe)
         .cache_capacity_bytes(8 * 1024 * 1024)
+        // Runs park at their gate almost at once, so decisions wake parked runs.
+        .park_after_ms(5)
         .register("mixed", 1, move |ctx, job| {
             mixed(ctx, Arc::clone(&ledger), job)
         })
@@ -195,6 +234,10 @@ async fn run(dir: &Path, jobs: u32) -> Result<(), String> {
                     .map_err(|e| format!("signal {job}: {e}"))?;
                 acks.append(&format!("signal {job} {run}"));
             }
+            decide_when_parked(&engine, run)
+                .await
+                .map_err(|e| format!("decide {job}: {e}"))?;
+            acks.append(&format!("decide {job} {run}"));
             handle
                 .result()
                 .await
