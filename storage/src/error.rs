@@ -115,6 +115,57 @@ pub enum Error {
     /// The store has been closed.
     #[error("store closed")]
     Closed,
+    /// Another live process executes the run (it holds the run's lease): this one may not
+    /// append to it. Acts from outside are forwarded to that process instead.
+    #[error("run {run} is executed by worker {owner}")]
+    LeaseHeld {
+        /// The run.
+        run: RunId,
+        /// The worker that holds it.
+        owner: String,
+    },
+    /// The append was fenced: this process no longer holds the run's lease (it expired and
+    /// another worker took the run over). Nothing was written; the run must be dropped at
+    /// once and left to its new owner.
+    #[error("run {run}: lease lost (another worker took the run over); nothing was written")]
+    Fenced {
+        /// The run.
+        run: RunId,
+    },
+    /// The database could not be reached, or a commit's outcome is unknown (the connection
+    /// broke during it). A transient condition, unlike [`Error::Poisoned`]: the runs
+    /// concerned are reloaded from what the database holds.
+    #[error("database unavailable: {cause}")]
+    Unavailable {
+        /// What failed.
+        cause: String,
+    },
+    /// The store was created by a newer version of annal than this one, or its schema is
+    /// otherwise not one this code knows. Nothing was changed.
+    #[error("store schema version {found} is newer than this code supports ({supported}); upgrade annal")]
+    SchemaTooNew {
+        /// The version found.
+        found: i32,
+        /// The newest version this code knows.
+        supported: i32,
+    },
+    /// The operation needs a store that several processes share (forwarding acts to the
+    /// worker that executes a run).
+    #[error("this store is not shared between processes: {0}")]
+    Unsupported(&'static str),
+}
+
+impl Error {
+    /// Whether the error means this process lost (or never had) the right to write the run,
+    /// or cannot know whether its last write landed: the run is dropped from memory and
+    /// resumed from what the store holds, by this process or another, rather than the store
+    /// being treated as failed.
+    pub fn drops_run(&self) -> bool {
+        matches!(
+            self,
+            Error::LeaseHeld { .. } | Error::Fenced { .. } | Error::Unavailable { .. }
+        )
+    }
 }
 
 /// Result alias of the storage layer.

@@ -9,6 +9,8 @@
 //! - [`SledStore`]: sled 0.34.7 with a group committer and real fsync in `PowerSafe` mode.
 //! - [`SimStore`]: in-memory twin that separates durable from volatile bytes and can crash.
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod frame;
 pub mod keys;
@@ -22,5 +24,6 @@ pub use sled_store::{SledConfig, SledStore};
 pub use store::{
     check_payload, check_record, decode_checkpoint, decode_meta, encode_meta, log_end_from,
     meta_with_log_end, plan_append, plan_append_at, read_all, AppendBatch, Durability, GateId,
-    IndexOp, KnownLog, LogStore, Position, Record, RunId, RunMeta, TimerEntry, Write,
+    Hint, IndexOp, KnownLog, LogStore, Position, Record, Request, RunId, RunMeta, TimerEntry,
+    Write,
 };

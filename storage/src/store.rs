@@ -130,6 +130,42 @@ pub enum IndexOp {
         /// The engine's encoding.
         bytes: Vec<u8>,
     },
+    /// Answer a forwarded request (see [`LogStore::post_request`]) in the same atomic append
+    /// as the events it caused, so a request is carried out exactly once even if the worker
+    /// dies right after. Stores that are not shared ignore it (nothing is ever forwarded to
+    /// them).
+    AnswerRequest {
+        /// The request.
+        id: u64,
+        /// The engine's encoding of the answer.
+        answer: Vec<u8>,
+    },
+}
+
+/// A request from another process to act on a run this process executes: a decision, a
+/// signal, a cancel request, an operator action (see [`LogStore::post_request`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Its id, in posting order.
+    pub id: u64,
+    /// The run it is for.
+    pub run: RunId,
+    /// The engine's encoding of the act.
+    pub body: Vec<u8>,
+}
+
+/// What a shared store asks the engine to look at (see [`LogStore::hints`]). Hints may be
+/// late, repeated or lost; the polls behind them are what guarantees progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// Try to take this run over: its worker died, or it waits for a worker (a request for
+    /// it is pending, or it is `Running` with no owner).
+    TakeOver(RunId),
+    /// Requests are pending for this run, which this process executes.
+    Requests(RunId),
+    /// Hints may have been missed (the store's notification connection was re-established):
+    /// look at everything again.
+    Rescan,
 }
 
 /// One atomic append: the events, the run's metadata and the index changes land together or
@@ -271,6 +307,71 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// The store's durability mode.
     fn durability(&self) -> Durability;
+
+    // Several processes on one store. A store that one process owns (sled, which locks its
+    // directory, and the simulator) has nothing to share, and the defaults say so.
+
+    /// Whether several processes share this store, each executing the runs it holds a lease
+    /// on. The engine then claims a run before it loads it, forwards acts on runs another
+    /// worker executes, and polls for results it cannot be notified of.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Takes the run's lease for this process before the engine loads it or appends to it:
+    /// refused with [`Error::LeaseHeld`] while another live worker holds it. Appends to a run
+    /// whose lease was taken over are fenced ([`Error::Fenced`]).
+    async fn claim(&self, run: RunId) -> Result<()> {
+        let _ = run;
+        Ok(())
+    }
+
+    /// Gives the run's lease up (the run parked, ended or was dropped from memory), so that
+    /// any worker may take it. Best effort and without waiting: a lease not given up expires.
+    fn release(&self, run: RunId) {
+        let _ = run;
+    }
+
+    /// Gives every lease this process holds up (the engine shuts down).
+    async fn release_all(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Hands a request to act on `run` to the worker that executes it; returns its id.
+    /// Durable once this returns: if that worker dies, the next one to take the run carries
+    /// it out.
+    async fn post_request(&self, run: RunId, body: Vec<u8>) -> Result<u64> {
+        let _ = (run, body);
+        Err(Error::Unsupported(
+            "acts are forwarded only on a shared store",
+        ))
+    }
+
+    /// The answer to a request, once it has one; waits up to about `wait_ms` for it.
+    async fn request_answer(&self, id: u64, wait_ms: u64) -> Result<Option<Vec<u8>>> {
+        let _ = (id, wait_ms);
+        Err(Error::Unsupported(
+            "acts are forwarded only on a shared store",
+        ))
+    }
+
+    /// Requests not yet answered for `run`, oldest first.
+    async fn pending_requests(&self, run: RunId) -> Result<Vec<Request>> {
+        let _ = run;
+        Ok(Vec::new())
+    }
+
+    /// Answers a request without appending (a refusal), if this process still holds the run.
+    async fn answer_request(&self, request: &Request, answer: Vec<u8>) -> Result<()> {
+        let _ = (request, answer);
+        Ok(())
+    }
+
+    /// A stream of hints (taken once; later calls get `None`). `None` for stores that are
+    /// not shared.
+    fn hints(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Hint>> {
+        None
+    }
 }
 
 /// Unframes a stored checkpoint.
@@ -466,6 +567,8 @@ pub fn plan_append_at(
             IndexOp::PutCheckpoint { bytes } => {
                 writes.push((keys::checkpoint(run), Some(frame::encode(&bytes))));
             }
+            // Nothing is forwarded to a store that one process owns.
+            IndexOp::AnswerRequest { .. } => {}
         }
     }
     Ok(writes)

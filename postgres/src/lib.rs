@@ -1,0 +1,1304 @@
+//! # annal-postgres
+//!
+//! annal's log on PostgreSQL, for services that run as several replicas. [`PgStore`]
+//! implements [`LogStore`] with the same CRC-framed records as the embedded sled store (so
+//! `annal verify`, the audit record and the replayer read them unchanged), and lets several
+//! engines share one database:
+//!
+//! - **Leases.** A run is executed by one worker at a time. A worker claims a run (`FOR
+//!   UPDATE SKIP LOCKED`, bumping the run's epoch) before it loads it, and gives it up when
+//!   the run parks or ends. A worker's leases live as long as its heartbeat row
+//!   (`workers.expires_at`, renewed every third of [`PgConfig::lease_ms`]); once that has
+//!   passed, any worker may take its runs over. There is no coordinator.
+//! - **Fencing.** Every append is one call of the schema's `append` function, which inserts
+//!   only while the run's owner and epoch are still the caller's, and only at the seq that
+//!   follows the log's last event (with `(run, seq)` as primary key behind it): a worker whose
+//!   run was taken over writes nothing ([`Error::Fenced`]) and drops the run.
+//! - **Group commit.** The appends of many runs of one worker go to PostgreSQL in one
+//!   transaction (pipelined calls, then one `COMMIT`); with `synchronous_commit = on` an
+//!   append is durable when it returns.
+//! - **Wake-ups.** Due times are rows; a worker polls the ones whose run it may take.
+//!   Acts on a run another worker executes (decisions, signals, cancel requests, operator
+//!   actions) are posted as request rows and `NOTIFY` that worker; LISTEN/NOTIFY is only a
+//!   hint, behind it every worker polls (requests, runs whose worker died, runs waiting for
+//!   one) every [`PgConfig::poll_ms`], and re-polls everything after its listening
+//!   connection is re-established, so no wake-up is lost.
+//! - **Dedupe.** Start-dedupe keys are unique rows: two replicas starting the same key get
+//!   one run.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), annal_storage::Error> {
+//! use std::sync::Arc;
+//! let store = annal_postgres::PgStore::connect(
+//!     annal_postgres::PgConfig::new("postgresql://annal@127.0.0.1:5432/annal"),
+//! )
+//! .await?;
+//! // Engine::builder().store(Arc::new(store)) ... .open().await
+//! # let _ = Arc::new(store); Ok(()) }
+//! ```
+
+mod schema;
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use annal_storage::{
+    check_record, decode_checkpoint, decode_meta, encode_meta, frame, keys, meta_with_log_end,
+    AppendBatch, Durability, Error, GateId, Hint, IndexOp, LogStore, Position, Record, Request,
+    Result, RunId, RunMeta, TimerEntry,
+};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot, Notify};
+use uuid::Uuid;
+
+pub use schema::VERSION as SCHEMA_VERSION;
+
+/// Where the database is and how leases behave.
+#[derive(Debug, Clone)]
+pub struct PgConfig {
+    /// A libpq-style connection string or URL (`postgresql://user@host:port/db`).
+    pub url: String,
+    /// The schema annal's tables live in (created if missing). Several stores — several
+    /// applications, or test cases — can share a database in different schemas.
+    pub schema: String,
+    /// How long a worker's leases outlive its last heartbeat. A dead worker's runs are taken
+    /// over within about this plus [`PgConfig::poll_ms`]; a worker stalled longer than this
+    /// (a long GC pause, a suspended VM) finds its runs taken and its appends fenced.
+    pub lease_ms: u64,
+    /// How often a worker looks for work it may not have been told of: runs whose worker
+    /// died, runs waiting for a worker, requests for its own runs.
+    pub poll_ms: u64,
+    /// Connections in the pool (the group committer, readers, the poller; the listener has
+    /// its own).
+    pub pool_size: usize,
+    /// Most appends in one group-commit transaction.
+    pub group_max: usize,
+}
+
+impl PgConfig {
+    /// Defaults: schema `annal`, 5 s leases, 250 ms polls, 8 connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: "annal".into(),
+            lease_ms: 5_000,
+            poll_ms: 250,
+            pool_size: 8,
+            group_max: 512,
+        }
+    }
+
+    /// The same with another schema.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The same with another lease duration.
+    pub fn lease_ms(mut self, lease_ms: u64) -> Self {
+        self.lease_ms = lease_ms;
+        self
+    }
+
+    /// The same with another poll interval.
+    pub fn poll_ms(mut self, poll_ms: u64) -> Self {
+        self.poll_ms = poll_ms;
+        self
+    }
+}
+
+/// Maps a driver or pool error: the database is unreachable or the statement's outcome is
+/// unknown, which the engine treats as transient.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable {
+        cause: e.to_string(),
+    }
+}
+
+fn uuid(run: RunId) -> Uuid {
+    Uuid::from_bytes(run.0)
+}
+
+fn run_id(id: Uuid) -> RunId {
+    RunId(*id.as_bytes())
+}
+
+/// Due times and ids go into signed columns; a due time past `i64::MAX` ms (never, in
+/// practice) is stored as that, and ids keep their bits.
+fn due_ms(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// One append, encoded for the schema's `append` function.
+struct Encoded {
+    run: Uuid,
+    epoch: i64,
+    /// This append took the lease of the run it creates: given back if the run was not
+    /// created after all.
+    leases_new_run: bool,
+    expected: i64,
+    events: Vec<Vec<u8>>,
+    meta: Option<Vec<u8>>,
+    status: Option<i16>,
+    timer_put_at: Vec<i64>,
+    timer_put_id: Vec<i32>,
+    timer_del_at: Vec<i64>,
+    timer_del_id: Vec<i32>,
+    dedupe: Vec<Vec<u8>>,
+    gate_put: Vec<Uuid>,
+    gate_put_pos: Vec<i32>,
+    gate_del: Vec<Uuid>,
+    checkpoint: Option<Vec<u8>>,
+    answer_id: Vec<i64>,
+    answer: Vec<Vec<u8>>,
+}
+
+impl Encoded {
+    fn new(batch: AppendBatch, epoch: i64) -> Self {
+        let expected = batch.expected_next_seq;
+        let next_seq = expected + batch.events.len() as u64;
+        let (meta, status) = match batch.meta {
+            Some(mut meta) => {
+                meta.next_seq = next_seq;
+                (Some(encode_meta(&meta)), Some(i16::from(meta.status)))
+            }
+            None => (None, None),
+        };
+        let mut out = Self {
+            run: uuid(batch.run),
+            epoch,
+            leases_new_run: false,
+            expected: i64::try_from(expected).unwrap_or(i64::MAX),
+            events: batch.events.iter().map(|e| frame::encode(e)).collect(),
+            meta,
+            status,
+            timer_put_at: Vec::new(),
+            timer_put_id: Vec::new(),
+            timer_del_at: Vec::new(),
+            timer_del_id: Vec::new(),
+            dedupe: Vec::new(),
+            gate_put: Vec::new(),
+            gate_put_pos: Vec::new(),
+            gate_del: Vec::new(),
+            checkpoint: None,
+            answer_id: Vec::new(),
+            answer: Vec::new(),
+        };
+        for op in batch.index {
+            match op {
+                IndexOp::PutTimer { fire_at_ms, id } => {
+                    out.timer_put_at.push(due_ms(fire_at_ms));
+                    out.timer_put_id.push(id as i32);
+                }
+                IndexOp::DeleteTimer { fire_at_ms, id } => {
+                    out.timer_del_at.push(due_ms(fire_at_ms));
+                    out.timer_del_id.push(id as i32);
+                }
+                IndexOp::ClaimDedupe { key } => out.dedupe.push(key),
+                IndexOp::PutGate { gate, step } => {
+                    out.gate_put.push(Uuid::from_bytes(gate.0));
+                    out.gate_put_pos.push(step as i32);
+                }
+                IndexOp::DeleteGate { gate } => out.gate_del.push(Uuid::from_bytes(gate.0)),
+                IndexOp::PutCheckpoint { bytes } => out.checkpoint = Some(frame::encode(&bytes)),
+                IndexOp::AnswerRequest { id, answer } => {
+                    out.answer_id.push(i64::try_from(id).unwrap_or(i64::MAX));
+                    out.answer.push(answer);
+                }
+                // A new kind of index change this backend does not know: refuse loudly
+                // rather than drop it (the enum is non-exhaustive).
+                #[allow(unreachable_patterns)]
+                other => unreachable!("index change {other:?} has no PostgreSQL form"),
+            }
+        }
+        out
+    }
+}
+
+/// Work for the group committer, done in the order it was queued.
+enum Job {
+    Append {
+        append: Box<Encoded>,
+        reply: oneshot::Sender<Result<Position>>,
+    },
+    /// Give a lease up in the next group.
+    Release { run: Uuid, epoch: i64 },
+    /// Delete a run and everything that points at it.
+    Purge {
+        run: Uuid,
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// How a group failed.
+enum Failure {
+    /// Before its commit: rolled back, nothing written.
+    BeforeCommit(Error),
+    /// In its commit: the outcome is unknown.
+    Commit(Error),
+}
+
+impl Failure {
+    fn error(self) -> Error {
+        match self {
+            Failure::BeforeCommit(e) | Failure::Commit(e) => e,
+        }
+    }
+}
+
+/// A group rolled back for a reason that trying again cures: a deadlock between two
+/// workers' groups, or a serialization failure.
+fn retryable(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { cause } if cause.contains("deadlock") || cause.contains("could not serialize"))
+}
+
+/// The SQL of one schema.
+struct Sql {
+    /// The quoted schema name.
+    s: String,
+    /// The NOTIFY channel.
+    channel: String,
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        // A channel is an identifier of at most 63 bytes.
+        let mut channel = format!("annal_{schema}");
+        channel.truncate(63);
+        Self {
+            s: schema::quote(schema),
+            channel,
+        }
+    }
+
+    fn append(&self) -> String {
+        format!(
+            "SELECT {}.append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            self.s
+        )
+    }
+
+    /// A run is claimable when no live worker other than `$2` holds it.
+    fn claimable(&self, alias: &str) -> String {
+        format!(
+            "({alias}.owner IS NULL OR {alias}.owner = $2 OR NOT EXISTS (SELECT 1 FROM {s}.workers w WHERE w.id = {alias}.owner AND w.expires_at > now()))",
+            s = self.s
+        )
+    }
+}
+
+struct Shared {
+    pool: Pool,
+    sql: Sql,
+    config: PgConfig,
+    worker: Uuid,
+    /// Runs this process holds, with the epoch of its lease.
+    held: Mutex<HashMap<RunId, i64>>,
+    commits: mpsc::UnboundedSender<Job>,
+    positions: AtomicU64,
+    hints: mpsc::UnboundedSender<Hint>,
+    hints_rx: Mutex<Option<mpsc::UnboundedReceiver<Hint>>>,
+    /// Notified whenever a request may have been answered.
+    answered: Notify,
+    heartbeat_paused: AtomicBool,
+}
+
+/// annal's log in PostgreSQL. See the crate documentation.
+pub struct PgStore {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password: not shown.
+        f.debug_struct("PgStore")
+            .field("schema", &self.shared.config.schema)
+            .field("worker", &self.shared.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects, creates or migrates the schema (refusing one newer than this code), and
+    /// registers this process as a worker. Must be called inside a tokio runtime.
+    pub async fn connect(config: PgConfig) -> Result<Self> {
+        let pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| unavailable(format!("bad PostgreSQL URL: {e}")))?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .build()
+            .map_err(unavailable)?;
+        {
+            let mut client = pool.get().await.map_err(unavailable)?;
+            schema::migrate(&mut client, &config.schema).await?;
+        }
+        let (commits, commit_rx) = mpsc::unbounded_channel();
+        let (hints, hints_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            pool,
+            sql: Sql::new(&config.schema),
+            config,
+            worker: Uuid::new_v4(),
+            held: Mutex::new(HashMap::new()),
+            commits,
+            positions: AtomicU64::new(0),
+            hints,
+            hints_rx: Mutex::new(Some(hints_rx)),
+            answered: Notify::new(),
+            heartbeat_paused: AtomicBool::new(false),
+        });
+        shared.heartbeat().await?;
+        let tasks = vec![
+            tokio::spawn(Arc::clone(&shared).committer(commit_rx)).abort_handle(),
+            tokio::spawn(Arc::clone(&shared).listener(pg)).abort_handle(),
+            tokio::spawn(Arc::clone(&shared).poller()).abort_handle(),
+        ];
+        Ok(Self { shared, tasks })
+    }
+
+    /// This process's worker id (the `owner` of the runs it executes).
+    pub fn worker(&self) -> Uuid {
+        self.shared.worker
+    }
+
+    /// Stops (or resumes) renewing this worker's heartbeat, so that its leases expire while
+    /// it goes on as if it held them: a stalled worker, for tests of fencing and takeover.
+    #[doc(hidden)]
+    pub fn pause_heartbeat(&self, paused: bool) {
+        self.shared
+            .heartbeat_paused
+            .store(paused, Ordering::Release);
+    }
+
+    /// Deletes the schema and everything in it. For tests and tools: there is no undo.
+    pub async fn drop_schema(config: &PgConfig) -> Result<()> {
+        let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+            .await
+            .map_err(unavailable)?;
+        let driver = tokio::spawn(connection);
+        let result = client
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                schema::quote(&config.schema)
+            ))
+            .await
+            .map_err(unavailable);
+        drop(client);
+        let _ = driver.await;
+        result
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.shared.pool.get().await.map_err(unavailable)
+    }
+
+    fn epoch(&self, run: RunId) -> Option<i64> {
+        lock(&self.shared.held).get(&run).copied()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    /// Registers or renews this worker's heartbeat row.
+    async fn heartbeat(&self) -> Result<()> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let lease_s = self.config.lease_ms as f64 / 1000.0;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {s}.workers (id, expires_at) VALUES ($1, now() + make_interval(secs => $2))
+                     ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+                    s = self.sql.s
+                ),
+                &[&self.worker, &lease_s],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Applies the jobs of many runs in one transaction, in the order they came: one
+    /// pipelined `append` call per append, the lease releases and purges between them, then
+    /// one commit. A call that is refused (fenced, conflict, dedupe) writes nothing and
+    /// fails alone. A group that fails before its commit (a deadlock on dedupe keys between
+    /// two workers' groups) wrote nothing and is tried again; a failed commit fails the whole
+    /// group as `Unavailable`, since its outcome is unknown (the runs concerned are reloaded
+    /// from the database).
+    async fn committer(self: Arc<Self>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        while let Some(first) = jobs.recv().await {
+            let mut group = vec![first];
+            while group.len() < self.config.group_max {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let mut attempt = 0;
+            let outcome = loop {
+                attempt += 1;
+                match self.commit_group(&group).await {
+                    Err(Failure::BeforeCommit(e)) if attempt < 5 && retryable(&e) => {
+                        tracing::debug!(error = %e, attempt, "group rolled back; trying again");
+                    }
+                    other => break other,
+                }
+            };
+            match outcome {
+                Ok(codes) => {
+                    for (job, code) in group.into_iter().zip(codes) {
+                        match job {
+                            Job::Append { append, reply } => {
+                                let result = self.outcome(&append, code).await;
+                                let _ = reply.send(result);
+                            }
+                            Job::Purge { reply, .. } => {
+                                let _ = reply.send(Ok(()));
+                            }
+                            Job::Release { .. } => {}
+                        }
+                    }
+                }
+                Err(failure) => {
+                    let e = failure.error();
+                    tracing::warn!(error = %e, jobs = group.len(), "group commit failed");
+                    for job in group {
+                        let failed = Error::Unavailable {
+                            cause: e.to_string(),
+                        };
+                        match job {
+                            Job::Append { reply, .. } => {
+                                let _ = reply.send(Err(failed));
+                            }
+                            Job::Purge { reply, .. } => {
+                                let _ = reply.send(Err(failed));
+                            }
+                            Job::Release { .. } => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One group in one transaction; a result code per job (empty for non-appends).
+    async fn commit_group(&self, group: &[Job]) -> std::result::Result<Vec<String>, Failure> {
+        let before = Failure::BeforeCommit;
+        let mut client = self.pool.get().await.map_err(|e| {
+            Failure::BeforeCommit(unavailable(format!(
+                "no connection for the group commit: {e}"
+            )))
+        })?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| before(unavailable(e)))?;
+        let append = tx
+            .prepare_cached(&self.sql.append())
+            .await
+            .map_err(|e| before(unavailable(e)))?;
+        let release = tx
+            .prepare_cached(&format!(
+                "UPDATE {}.runs SET owner = NULL WHERE run = $1 AND owner = $2 AND epoch = $3",
+                self.sql.s
+            ))
+            .await
+            .map_err(|e| before(unavailable(e)))?;
+        let purge = tx
+            .prepare_cached(&format!(
+                "WITH e AS (DELETE FROM {s}.events WHERE run = $1),
+                      d AS (DELETE FROM {s}.due WHERE run = $1),
+                      k AS (DELETE FROM {s}.dedupe WHERE run = $1),
+                      g AS (DELETE FROM {s}.gates WHERE run = $1),
+                      c AS (DELETE FROM {s}.checkpoints WHERE run = $1),
+                      q AS (DELETE FROM {s}.requests WHERE run = $1)
+                 DELETE FROM {s}.runs WHERE run = $1",
+                s = self.sql.s
+            ))
+            .await
+            .map_err(|e| before(unavailable(e)))?;
+        // Sent together, answered in order: the client pipelines them.
+        let calls = group.iter().map(|job| {
+            let (tx, append, release, purge) = (&tx, &append, &release, &purge);
+            async move {
+                match job {
+                    Job::Append { append: a, .. } => {
+                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 18] = [
+                            &a.run,
+                            &self.worker,
+                            &a.epoch,
+                            &a.expected,
+                            &a.events,
+                            &a.meta,
+                            &a.status,
+                            &a.timer_put_at,
+                            &a.timer_put_id,
+                            &a.timer_del_at,
+                            &a.timer_del_id,
+                            &a.dedupe,
+                            &a.gate_put,
+                            &a.gate_put_pos,
+                            &a.gate_del,
+                            &a.checkpoint,
+                            &a.answer_id,
+                            &a.answer,
+                        ];
+                        let row = tx.query_one(append, &params).await?;
+                        Ok::<String, tokio_postgres::Error>(row.get(0))
+                    }
+                    Job::Release { run, epoch } => {
+                        tx.execute(release, &[run, &self.worker, epoch]).await?;
+                        Ok(String::new())
+                    }
+                    Job::Purge { run, .. } => {
+                        tx.execute(purge, &[run]).await?;
+                        Ok(String::new())
+                    }
+                }
+            }
+        });
+        let mut codes = Vec::with_capacity(group.len());
+        let mut answered = Vec::new();
+        for (result, job) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .zip(group)
+        {
+            let code = result.map_err(|e| before(unavailable(e)))?;
+            if let (Job::Append { append, .. }, "ok") = (job, code.as_str()) {
+                answered.extend(append.answer_id.iter().copied());
+            }
+            codes.push(code);
+        }
+        for id in answered {
+            tx.execute(
+                "SELECT pg_notify($1, $2)",
+                &[&self.sql.channel, &format!("ans:{id}")],
+            )
+            .await
+            .map_err(|e| before(unavailable(e)))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| Failure::Commit(unavailable(e)))?;
+        Ok(codes)
+    }
+
+    /// What one append's result code means for its caller.
+    async fn outcome(&self, append: &Encoded, code: String) -> Result<Position> {
+        let run = run_id(append.run);
+        match code.as_str() {
+            "ok" => Ok(Position(self.positions.fetch_add(1, Ordering::AcqRel) + 1)),
+            "fenced" => {
+                self.forget(run, append.epoch);
+                Err(Error::Fenced { run })
+            }
+            "unknown" => Err(Error::UnknownRun(run)),
+            other if other.starts_with("dedupe:") && append.leases_new_run => {
+                self.forget(run, append.epoch);
+                dedupe_taken(run, other)
+            }
+            "unavailable" => Err(Error::Unavailable {
+                cause: "no database connection".into(),
+            }),
+            "conflict" => {
+                if append.leases_new_run {
+                    // Not created here after all: the lease taken for it is not ours.
+                    self.forget(run, append.epoch);
+                }
+                let found = self.log_end(run).await.unwrap_or(0);
+                Err(Error::Conflict {
+                    run,
+                    expected: u64::try_from(append.expected).unwrap_or(0),
+                    found,
+                })
+            }
+            other => dedupe_taken(run, other),
+        }
+    }
+
+    /// Drops the lease `epoch` of `run` from what this process holds (fenced, or never won).
+    fn forget(&self, run: RunId, epoch: i64) {
+        let mut held = lock(&self.held);
+        if held.get(&run) == Some(&epoch) {
+            held.remove(&run);
+        }
+    }
+
+    async fn log_end(&self, run: RunId) -> Result<u64> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let row = client
+            .query_one(
+                &format!(
+                    "SELECT COALESCE(max(seq) + 1, 0) FROM {}.events WHERE run = $1",
+                    self.sql.s
+                ),
+                &[&uuid(run)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    /// Listens for notifications on its own connection: requests for runs this process
+    /// holds become hints, answers wake whoever waits for them. After the connection is
+    /// re-established everything is looked at again (`Hint::Rescan`), since notifications
+    /// sent meanwhile are lost.
+    async fn listener(self: Arc<Self>, pg: tokio_postgres::Config) {
+        let mut backoff = Duration::from_millis(50);
+        let mut first = true;
+        loop {
+            match self.listen_once(&pg, &mut first).await {
+                Ok(()) => backoff = Duration::from_millis(50),
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification connection lost; polling until it is back")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn listen_once(&self, pg: &tokio_postgres::Config, first: &mut bool) -> Result<()> {
+        let (client, mut connection) = pg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(unavailable)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        client
+            .batch_execute(&format!("LISTEN \"{}\"", self.sql.channel))
+            .await
+            .map_err(unavailable)?;
+        if !std::mem::take(first) {
+            let _ = self.hints.send(Hint::Rescan);
+        }
+        self.answered.notify_waiters();
+        while let Some(payload) = rx.recv().await {
+            if payload.starts_with("ans:") {
+                self.answered.notify_waiters();
+            } else if let Some(run) = payload
+                .strip_prefix("req:")
+                .and_then(|r| Uuid::from_str(r).ok())
+                .map(run_id)
+            {
+                if lock(&self.held).contains_key(&run) {
+                    let _ = self.hints.send(Hint::Requests(run));
+                }
+            }
+        }
+        drop(client);
+        match driver.await {
+            Ok(Ok(())) => Err(unavailable("notification connection closed")),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Renews the heartbeat, and looks for work no notification announced: runs whose
+    /// worker died or that wait for one, and requests for runs this process holds.
+    async fn poller(self: Arc<Self>) {
+        let poll = Duration::from_millis(self.config.poll_ms.max(10));
+        let renew = Duration::from_millis((self.config.lease_ms / 3).max(10));
+        let mut last_renewal = tokio::time::Instant::now();
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(poll).await;
+            let mut result = Ok(());
+            if last_renewal.elapsed() >= renew && !self.heartbeat_paused.load(Ordering::Acquire) {
+                result = self.heartbeat().await;
+                if result.is_ok() {
+                    last_renewal = tokio::time::Instant::now();
+                }
+            }
+            if result.is_ok() {
+                result = self.poll_work().await;
+            }
+            match result {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("database reachable again");
+                    let _ = self.hints.send(Hint::Rescan);
+                }
+                Ok(()) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "worker poll failed; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    async fn poll_work(&self) -> Result<()> {
+        let client = self.pool.get().await.map_err(unavailable)?;
+        let s = &self.sql.s;
+        let claimable = self.sql.claimable("r");
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT r.run FROM {s}.runs r
+                     WHERE r.status < 10 AND (r.owner IS NULL OR r.owner <> $2) AND {claimable}
+                       AND (r.status = 1 OR EXISTS (
+                           SELECT 1 FROM {s}.requests q WHERE q.run = r.run AND q.answer IS NULL))
+                     LIMIT $1"
+                ),
+                &[&256i64, &self.worker],
+            )
+            .await
+            .map_err(unavailable)?;
+        for row in rows {
+            let _ = self.hints.send(Hint::TakeOver(run_id(row.get(0))));
+        }
+        let held: Vec<Uuid> = lock(&self.held).keys().map(|r| uuid(*r)).collect();
+        if !held.is_empty() {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT DISTINCT run FROM {s}.requests WHERE answer IS NULL AND run = ANY($1)"
+                    ),
+                    &[&held],
+                )
+                .await
+                .map_err(unavailable)?;
+            for row in rows {
+                let _ = self.hints.send(Hint::Requests(run_id(row.get(0))));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The error of a `dedupe:<holder>` result code.
+fn dedupe_taken(run: RunId, code: &str) -> Result<Position> {
+    match code
+        .strip_prefix("dedupe:")
+        .and_then(|id| Uuid::from_str(id).ok())
+    {
+        Some(existing) => Err(Error::DedupeTaken {
+            existing: run_id(existing),
+        }),
+        None => Err(unavailable(format!(
+            "unexpected append result {code:?} for run {run}"
+        ))),
+    }
+}
+
+fn record_run(row: &tokio_postgres::Row) -> Result<(RunId, RunMeta)> {
+    let run = run_id(row.get(0));
+    let bytes: Vec<u8> = row.get(1);
+    let last: Option<i64> = row.get(2);
+    let meta = decode_meta(run, &bytes)?;
+    Ok((
+        run,
+        meta_with_log_end(meta, last.and_then(|s| u64::try_from(s).ok())),
+    ))
+}
+
+#[async_trait::async_trait]
+impl LogStore for PgStore {
+    async fn append(&self, batch: AppendBatch) -> Result<Position> {
+        let run = batch.run;
+        // A run this process creates is its own from the first append: pipelined appends
+        // after it carry its epoch. Without a lease the append is sent anyway, so that the
+        // database says what is wrong (fenced, no such run, wrong seq).
+        let creates = batch.expected_next_seq == 0 && batch.meta.is_some();
+        let (epoch, took_lease) = {
+            let mut held = lock(&self.shared.held);
+            match held.get(&run) {
+                Some(epoch) => (*epoch, false),
+                None if creates => {
+                    held.insert(run, 1);
+                    (1, true)
+                }
+                None => (0, false),
+            }
+        };
+        let (reply, answer) = oneshot::channel();
+        let mut append = Box::new(Encoded::new(batch, epoch));
+        append.leases_new_run = took_lease;
+        let job = Job::Append { append, reply };
+        self.shared.commits.send(job).map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn wait_durable(&self, _position: Position) -> Result<()> {
+        // An append returns once its transaction committed, with synchronous_commit on.
+        Ok(())
+    }
+
+    async fn wait_applied_durable(&self) -> Result<()> {
+        Ok(())
+    }
+
+    async fn read(&self, run: RunId, from_seq: u64, max: usize) -> Result<Vec<Record>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT seq, record FROM {}.events WHERE run = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                    self.shared.sql.s
+                ),
+                &[
+                    &uuid(run),
+                    &i64::try_from(from_seq).unwrap_or(i64::MAX),
+                    &i64::try_from(max).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .zip(from_seq..)
+            .map(|(row, expected)| {
+                let seq = u64::try_from(row.get::<_, i64>(0)).unwrap_or(u64::MAX);
+                let bytes: &[u8] = row.get(1);
+                check_record(run, expected, seq, bytes)
+            })
+            .collect()
+    }
+
+    async fn meta(&self, run: RunId) -> Result<Option<RunMeta>> {
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT r.run, r.meta, (SELECT max(seq) FROM {s}.events e WHERE e.run = r.run)
+                     FROM {s}.runs r WHERE r.run = $1"
+                ),
+                &[&uuid(run)],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(|row| record_run(&row).map(|(_, meta)| meta))
+            .transpose()
+    }
+
+    async fn runs(&self) -> Result<Vec<(RunId, RunMeta)>> {
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT r.run, r.meta, (SELECT max(seq) FROM {s}.events e WHERE e.run = r.run)
+                     FROM {s}.runs r ORDER BY r.run"
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(record_run).collect()
+    }
+
+    async fn runs_with_status(&self, status: u8) -> Result<Vec<RunId>> {
+        if !keys::status_is_indexed(status) {
+            return Ok(Vec::new());
+        }
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT run FROM {}.runs WHERE status = $1 ORDER BY run",
+                    self.shared.sql.s
+                ),
+                &[&i16::from(status)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| run_id(r.get(0))).collect())
+    }
+
+    async fn due_timers(&self, up_to_ms: u64, max: usize) -> Result<Vec<TimerEntry>> {
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        // Only runs this worker may take: another live worker wakes its own.
+        let claimable = self.shared.sql.claimable("r");
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT d.fire_at_ms, d.run, d.id FROM {s}.due d JOIN {s}.runs r ON r.run = d.run
+                     WHERE d.fire_at_ms <= $1 AND {claimable}
+                     ORDER BY d.fire_at_ms, d.run, d.id LIMIT $3"
+                ),
+                &[
+                    &due_ms(up_to_ms),
+                    &self.shared.worker,
+                    &i64::try_from(max).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| TimerEntry {
+                fire_at_ms: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                run: run_id(r.get(1)),
+                id: r.get::<_, i32>(2) as u32,
+            })
+            .collect())
+    }
+
+    async fn next_timer(&self) -> Result<Option<TimerEntry>> {
+        Ok(self.due_timers(u64::MAX, 1).await?.into_iter().next())
+    }
+
+    async fn dedupe(&self, key: &[u8]) -> Result<Option<RunId>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT run FROM {}.dedupe WHERE key = $1",
+                    self.shared.sql.s
+                ),
+                &[&key],
+            )
+            .await
+            .map_err(unavailable)?;
+        // A committed claim is durable: the holder can be handed out at once.
+        Ok(row.map(|r| run_id(r.get(0))))
+    }
+
+    async fn gate(&self, gate: GateId) -> Result<Option<(RunId, u32)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT run, position FROM {}.gates WHERE gate = $1",
+                    self.shared.sql.s
+                ),
+                &[&Uuid::from_bytes(gate.0)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(row.map(|r| (run_id(r.get(0)), r.get::<_, i32>(1) as u32)))
+    }
+
+    async fn gates(&self) -> Result<Vec<(GateId, RunId, u32)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT gate, run, position FROM {}.gates ORDER BY gate",
+                    self.shared.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let gate: Uuid = r.get(0);
+                (
+                    GateId(*gate.as_bytes()),
+                    run_id(r.get(1)),
+                    r.get::<_, i32>(2) as u32,
+                )
+            })
+            .collect())
+    }
+
+    async fn checkpoint(&self, run: RunId) -> Result<Option<Vec<u8>>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT record FROM {}.checkpoints WHERE run = $1",
+                    self.shared.sql.s
+                ),
+                &[&uuid(run)],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| decode_checkpoint(r.get::<_, &[u8]>(0)))
+            .transpose()
+    }
+
+    async fn purge(&self, run: RunId) -> Result<()> {
+        // Through the committer, so that it comes after the appends queued before it.
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .commits
+            .send(Job::Purge {
+                run: uuid(run),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)??;
+        lock(&self.shared.held).remove(&run);
+        Ok(())
+    }
+
+    fn durability(&self) -> Durability {
+        // As durable as the server's commits (synchronous_commit = on, fsync = on).
+        Durability::PowerSafe
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn claim(&self, run: RunId) -> Result<()> {
+        if self.epoch(run).is_some() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        let claimable = self.shared.sql.claimable("x");
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE {s}.runs r SET owner = $2, epoch = r.epoch + 1
+                     WHERE r.run = (SELECT x.run FROM {s}.runs x WHERE x.run = $1 AND {claimable}
+                                    FOR UPDATE SKIP LOCKED)
+                     RETURNING r.epoch"
+                ),
+                &[&uuid(run), &self.shared.worker],
+            )
+            .await
+            .map_err(unavailable)?;
+        if let Some(row) = row {
+            lock(&self.shared.held).insert(run, row.get(0));
+            return Ok(());
+        }
+        let owner = client
+            .query_opt(
+                &format!("SELECT owner FROM {s}.runs WHERE run = $1"),
+                &[&uuid(run)],
+            )
+            .await
+            .map_err(unavailable)?;
+        match owner {
+            None => Err(Error::UnknownRun(run)),
+            Some(row) => Err(Error::LeaseHeld {
+                run,
+                owner: row
+                    .get::<_, Option<Uuid>>(0)
+                    .map_or_else(|| "(being claimed)".to_string(), |o| o.to_string()),
+            }),
+        }
+    }
+
+    fn release(&self, run: RunId) {
+        let epoch = lock(&self.shared.held).remove(&run);
+        if let Some(epoch) = epoch {
+            let _ = self.shared.commits.send(Job::Release {
+                run: uuid(run),
+                epoch,
+            });
+        }
+    }
+
+    async fn release_all(&self) -> Result<()> {
+        let held: Vec<(RunId, i64)> = lock(&self.shared.held).drain().collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let runs: Vec<Uuid> = held.iter().map(|(r, _)| uuid(*r)).collect();
+        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
+        client
+            .execute(
+                &format!(
+                    "UPDATE {s}.runs r SET owner = NULL FROM unnest($1::uuid[], $2::bigint[]) AS t(run, epoch)
+                     WHERE r.run = t.run AND r.owner = $3 AND r.epoch = t.epoch",
+                    s = self.shared.sql.s
+                ),
+                &[&runs, &epochs, &self.shared.worker],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn post_request(&self, run: RunId, body: Vec<u8>) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO {}.requests (run, body) VALUES ($1, $2) RETURNING id",
+                    self.shared.sql.s
+                ),
+                &[&uuid(run), &body],
+            )
+            .await
+            .map_err(unavailable)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.shared.sql.channel, &format!("req:{}", uuid(run))],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0))
+    }
+
+    async fn request_answer(&self, id: u64, wait_ms: u64) -> Result<Option<Vec<u8>>> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+        let id = i64::try_from(id).unwrap_or(i64::MAX);
+        loop {
+            // Registered before the read, so an answer between the two is not missed.
+            let answered = self.shared.answered.notified();
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    &format!(
+                        "SELECT answer FROM {}.requests WHERE id = $1",
+                        self.shared.sql.s
+                    ),
+                    &[&id],
+                )
+                .await
+                .map_err(unavailable)?;
+            drop(client);
+            match row.map(|r| r.get::<_, Option<Vec<u8>>>(0)) {
+                None => return Err(unavailable(format!("request {id} vanished"))),
+                Some(Some(answer)) => return Ok(Some(answer)),
+                Some(None) => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            // The notification is a hint: poll too.
+            let poll = Duration::from_millis(self.shared.config.poll_ms.max(10));
+            let _ = tokio::time::timeout((deadline - now).min(poll), answered).await;
+        }
+    }
+
+    async fn pending_requests(&self, run: RunId) -> Result<Vec<Request>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT id, body FROM {}.requests WHERE run = $1 AND answer IS NULL ORDER BY id",
+                    self.shared.sql.s
+                ),
+                &[&uuid(run)],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| Request {
+                id: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                run,
+                body: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn answer_request(&self, request: &Request, answer: Vec<u8>) -> Result<()> {
+        let run = request.run;
+        let epoch = self.epoch(run).ok_or(Error::Fenced { run })?;
+        let mut client = self.client().await?;
+        let s = &self.shared.sql.s;
+        let tx = client.transaction().await.map_err(unavailable)?;
+        let updated = tx
+            .execute(
+                &format!(
+                    "UPDATE {s}.requests SET answer = $2 WHERE id = $1 AND answer IS NULL
+                     AND EXISTS (SELECT 1 FROM {s}.runs WHERE run = $3 AND owner = $4 AND epoch = $5)"
+                ),
+                &[
+                    &i64::try_from(request.id).unwrap_or(i64::MAX),
+                    &answer,
+                    &uuid(run),
+                    &self.shared.worker,
+                    &epoch,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        tx.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&self.shared.sql.channel, &format!("ans:{}", request.id)],
+        )
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)?;
+        if updated == 0 {
+            // Answered already (by this worker's own append, or before a takeover), or the
+            // lease is gone: either way not this call's to answer.
+            tracing::debug!(%run, request = request.id, "request not answered here");
+        }
+        Ok(())
+    }
+
+    fn hints(&self) -> Option<mpsc::UnboundedReceiver<Hint>> {
+        lock(&self.shared.hints_rx).take()
+    }
+}
+
+/// For tests that need a real PostgreSQL server (annal's own, and a service's): where it is,
+/// and a fresh schema per test so tests can share one database.
+pub mod testing {
+    use super::PgConfig;
+
+    /// The environment variable that names the server.
+    pub const URL_VAR: &str = "ANNAL_PG_URL";
+
+    /// The server named by `ANNAL_PG_URL`. Without it, a test on a developer's machine is
+    /// told how to start one and skipped (`None`); where `CI` or `ANNAL_REQUIRE_PG` is set,
+    /// a missing server is a failure, never a silent skip.
+    pub fn url_from_env() -> Option<String> {
+        if let Ok(url) = std::env::var(URL_VAR) {
+            if !url.is_empty() {
+                return Some(url);
+            }
+        }
+        let hint = "no PostgreSQL server for this test: run `bash .ci/pg start` (it prints the URL) and export ANNAL_PG_URL=<that URL>; Debian: apt-get install -y postgresql";
+        if std::env::var_os("CI").is_some() || std::env::var_os("ANNAL_REQUIRE_PG").is_some() {
+            panic!("{URL_VAR} is not set, and CI needs a real server: {hint}");
+        }
+        eprintln!("skipped: {hint}");
+        None
+    }
+
+    /// A configuration for `url` in a schema no other test uses, with short leases and
+    /// polls so that takeovers happen within a test's patience.
+    pub fn fresh(url: &str) -> PgConfig {
+        let schema = format!("annal_test_{}", uuid::Uuid::new_v4().simple());
+        PgConfig::new(url)
+            .schema(schema)
+            .lease_ms(2_000)
+            .poll_ms(50)
+    }
+}
