@@ -81,7 +81,12 @@ impl Ctx {
     }
 
     pub(crate) async fn store_failed(&self, error: crate::Error) -> ! {
-        self.halt(Halt::Store(error.to_string())).await
+        let halt = if self.engine.loses_run(&error) {
+            Halt::Lost(error.to_string())
+        } else {
+            Halt::Store(error.to_string())
+        };
+        self.halt(halt).await
     }
 
     /// Replay met a call whose recorded outcome escalates (a step that gave up, an approval

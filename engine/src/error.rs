@@ -162,6 +162,13 @@ pub enum Error {
     /// The engine was shut down.
     #[error("engine is shut down")]
     Shutdown,
+    /// The worker that executes the run (on a shared store) refused a forwarded act for a
+    /// reason this engine has no variant for; the message says it.
+    #[error("the worker that executes the run refused: {message}")]
+    Forwarded {
+        /// Its words.
+        message: String,
+    },
     /// The engine's configuration is unusable.
     #[error("invalid configuration: {0}")]
     Config(String),

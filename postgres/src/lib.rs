@@ -774,7 +774,7 @@ impl Shared {
             .query(
                 &format!(
                     "SELECT r.run FROM {s}.runs r
-                     WHERE r.status < 10 AND (r.owner IS NULL OR r.owner <> $2) AND {claimable}
+                     WHERE r.status < 10 AND {claimable}
                        AND (r.status = 1 OR EXISTS (
                            SELECT 1 FROM {s}.requests q WHERE q.run = r.run AND q.answer IS NULL))
                      LIMIT $1"
@@ -783,10 +783,15 @@ impl Shared {
             )
             .await
             .map_err(unavailable)?;
-        for row in rows {
-            let _ = self.hints.send(Hint::TakeOver(run_id(row.get(0))));
-        }
         let held: Vec<Uuid> = lock(&self.held).keys().map(|r| uuid(*r)).collect();
+        for row in rows {
+            // Runs this process holds are in memory here; one it owns in the database but
+            // no longer holds (a release or a commit that did not land) is taken again.
+            let run: Uuid = row.get(0);
+            if !held.contains(&run) {
+                let _ = self.hints.send(Hint::TakeOver(run_id(run)));
+            }
+        }
         if !held.is_empty() {
             let rows = client
                 .query(

@@ -312,6 +312,12 @@ impl EngineInner {
                 req
             }
             Settle::Halted(Halt::Terminated | Halt::ReplayEnd) => return Ok(false),
+            Settle::Halted(Halt::Lost(reason)) => {
+                // Nothing more is written: the run goes on from what the store holds, with
+                // whichever worker takes it (this one too, once it may).
+                tracing::warn!(%run, %reason, "run dropped: this worker may not write it any more");
+                return Ok(false);
+            }
             Settle::Halted(Halt::Store(reason)) => {
                 tracing::error!(%run, %reason, "run stopped by a storage failure; no run is woken until the store is reopened");
                 *self.store_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);

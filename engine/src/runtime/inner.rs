@@ -144,12 +144,20 @@ impl EngineInner {
                 continue;
             }
             if !guard.loaded {
+                // On a shared store the run must be this process's before it is read: what
+                // another worker executes is not loaded here (acts on it are forwarded).
+                if let Err(e) = self.store.claim(run).await {
+                    guard.evicted = true;
+                    self.remove_slot(&slot);
+                    return Err(e.into());
+                }
                 if let Err(e) = self.load(&slot, &mut guard).await {
                     guard.evicted = true;
                     self.remove_slot(&slot);
                     if super::driver::is_unreadable(&e) {
                         self.block_unreadable(run, &e).await;
                     }
+                    self.store.release(run);
                     return Err(e);
                 }
             }
@@ -397,6 +405,8 @@ impl EngineInner {
         writer.evicted = true;
         slot.state().driver_running = false;
         self.remove_slot(slot);
+        // Not in memory, not executed here: on a shared store any worker may take it.
+        self.store.release(slot.run);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.remove(&slot.run);
         shrink_when_sparse(&mut tasks);
@@ -421,6 +431,18 @@ impl EngineInner {
             if before != breaker.state() {
                 tracing::info!(tool, from = ?before, to = ?breaker.state(), "circuit breaker changed state");
             }
+        }
+    }
+
+    /// Whether a store error means this process lost the run (its lease, or the knowledge of
+    /// whether its last write landed) rather than that the store failed: the run is then
+    /// dropped and resumed from the store, and the engine goes on. On a shared store an
+    /// append that finds the log moved on (a conflict) means another worker wrote it.
+    pub(crate) fn loses_run(&self, error: &Error) -> bool {
+        match error {
+            Error::Storage(e) if e.drops_run() => true,
+            Error::Storage(annal_storage::Error::Conflict { .. }) => self.store.shared(),
+            _ => false,
         }
     }
 

@@ -7,6 +7,7 @@
 //! - `timer`: waking parked runs when their due time comes;
 //! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up).
 
+mod acts;
 mod driver;
 pub(crate) mod inner;
 mod operator;
@@ -27,10 +28,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
-use self::inner::{AppendReq, EngineInner, Settled};
+use self::inner::{EngineInner, Settled};
 pub use self::operator::{ApprovalFilter, PendingApproval};
 use self::registry::Registry;
-use self::slot::Halt;
 use crate::clock::{Clock, TokioClock};
 use crate::context::Ctx;
 use crate::error::{Error, Result, WorkflowError};
@@ -53,6 +53,9 @@ pub struct EngineConfig {
     /// run in the same append, so the sweep finds nothing unless something else went wrong;
     /// it also runs at open. `u64::MAX` sweeps only at open.
     pub sweep_ms: u64,
+    /// On a store several engines share: how often `RunHandle::result` looks at a run that
+    /// another engine may be driving (nothing here is told when it ends).
+    pub result_poll_ms: u64,
     /// Replay histories without executing anything live or writing (see
     /// `testing::Replayer`): a run stops where its history ends.
     pub replay_only: bool,
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             checkpoint_after_events: 1_000,
             timer_poll_ms: 60_000,
             sweep_ms: 60_000,
+            result_poll_ms: 100,
             replay_only: false,
             operator_only: false,
         }
@@ -272,18 +276,29 @@ impl EngineBuilder {
             replayed: Mutex::new(HashMap::new()),
         });
         let operator_only = inner.config.operator_only;
-        let timer = (!operator_only).then(|| {
-            inner
-                .spawn(Arc::clone(&inner).timer_service())
-                .abort_handle()
-        });
+        let mut services = Vec::new();
+        if !operator_only {
+            services.push(
+                inner
+                    .spawn(Arc::clone(&inner).timer_service())
+                    .abort_handle(),
+            );
+            // On a shared store: runs to take over and requests from other workers.
+            if let Some(hints) = inner.store.hints() {
+                services.push(
+                    inner
+                        .spawn(Arc::clone(&inner).hint_service(hints))
+                        .abort_handle(),
+                );
+            }
+        }
         let last = Arc::new(LastHandle {
             inner: Arc::clone(&inner),
-            timer: timer.clone(),
+            services: services.clone(),
         });
         let engine = Engine {
             inner,
-            timer,
+            services,
             _last: last,
         };
         if !operator_only {
@@ -331,7 +346,8 @@ pub struct RunInfo {
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: Arc<EngineInner>,
-    timer: Option<tokio::task::AbortHandle>,
+    /// The timer service and, on a shared store, the hint service.
+    services: Vec<tokio::task::AbortHandle>,
     _last: Arc<LastHandle>,
 }
 
@@ -348,14 +364,14 @@ impl std::fmt::Debug for Engine {
 /// `shutdown`, the engine's tasks are aborted, so they stop holding the store.
 struct LastHandle {
     inner: Arc<EngineInner>,
-    timer: Option<tokio::task::AbortHandle>,
+    services: Vec<tokio::task::AbortHandle>,
 }
 
 impl Drop for LastHandle {
     fn drop(&mut self) {
         self.inner.shut_down.store(true, Ordering::Release);
-        if let Some(timer) = &self.timer {
-            timer.abort();
+        for service in &self.services {
+            service.abort();
         }
         for (_, task) in self
             .inner
@@ -391,8 +407,11 @@ impl Engine {
     async fn recover(&self) -> Result<()> {
         for status in [RunStatus::Running, RunStatus::Blocked] {
             for run in self.inner.store.runs_with_status(status.code()).await? {
-                if let Err(e) = self.inner.wake(run).await {
-                    tracing::error!(%run, error = %e, "run could not be resumed");
+                match self.inner.wake(run).await {
+                    Ok(()) => {}
+                    // Another worker executes it (a shared store).
+                    Err(e) if self.inner.loses_run(&e) => {}
+                    Err(e) => tracing::error!(%run, error = %e, "run could not be resumed"),
                 }
             }
         }
@@ -526,82 +545,43 @@ impl Engine {
     /// run that ended refuses it with [`Error::RunEnded`], once its end is durable.
     pub async fn signal<T: Serialize>(&self, run: RunId, name: &str, payload: &T) -> Result<()> {
         let payload = Payload::encode(payload).map_err(|e| Error::Payload(e.to_string()))?;
-        let kind = EventKind::SignalReceived {
+        self.act(acts::Act::Signal {
+            run,
             name: name.to_string(),
             payload,
-        };
-        self.append_external(run, kind, false).await
+        })
+        .await
     }
 
     /// Asks a run to cancel. The workflow sees `Cancelled` at its next call (or in the wait it
     /// is in) and may clean up before it returns. Returns once the request is durable.
     pub async fn cancel(&self, run: RunId, actor: &str, reason: &str) -> Result<()> {
-        let kind = EventKind::CancelRequested {
+        self.act(acts::Act::Cancel {
+            run,
             actor: actor.into(),
             reason: reason.into(),
-        };
-        self.append_external(run, kind, false).await
+        })
+        .await
     }
 
     /// Stops a run at once, without running any more of its code.
     pub async fn terminate(&self, run: RunId, actor: &str, reason: &str) -> Result<()> {
-        let kind = EventKind::RunTerminated {
+        self.act(acts::Act::Terminate {
+            run,
             actor: actor.into(),
             reason: reason.into(),
-        };
-        self.append_external(run, kind, true).await
-    }
-
-    async fn append_external(&self, run: RunId, kind: EventKind, terminate: bool) -> Result<()> {
-        let inner = &self.inner;
-        let (slot, mut writer) = inner.lock_run(run).await?;
-        let status = writer
-            .meta
-            .as_ref()
-            .and_then(|m| RunStatus::from_code(m.status))
-            .ok_or(Error::UnknownRun(run))?;
-        if status.is_terminal() {
-            return inner.refuse(writer, Error::RunEnded { run, status }).await;
-        }
-        let mut req = AppendReq::events(vec![kind]);
-        if !terminate {
-            req = req.waking(status);
-        }
-        if terminate {
-            let deletes = {
-                let state = slot.state();
-                driver::timer_deletes(&state.replay)
-            };
-            req = req.status(RunStatus::Terminated, "").index(deletes);
-        }
-        let position = inner.append_locked(&slot, &mut writer, req).await?;
-        if terminate {
-            slot.halt(Halt::Terminated);
-            if !slot.state().driver_running {
-                inner.evict(&slot, &mut writer);
-            }
-            drop(writer);
-            inner.store.wait_durable(position).await?;
-            inner.notify_run_settled(run);
-            return Ok(());
-        }
-        // Wake the run (it may be parked) before waiting: the group commit covers both.
-        let wake = match status {
-            RunStatus::Running | RunStatus::Parked => inner.ensure_driver(&slot, &mut writer).await,
-            _ => Ok(()),
-        };
-        drop(writer);
-        inner.store.wait_durable(position).await?;
-        wake
+        })
+        .await
     }
 
     /// Stops every run driver and the timer service and waits until they are gone. Runs stay
-    /// as their logs say and resume when an engine opens the store again. The store closes
+    /// as their logs say and resume when an engine opens the store again (on a shared store,
+    /// the leases this engine held are given up, so other workers take its runs at once). The store closes
     /// when the last `Engine` clone and `RunHandle` is dropped.
     pub async fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::Release);
-        if let Some(timer) = &self.timer {
-            timer.abort();
+        for service in &self.services {
+            service.abort();
         }
         let tasks: Vec<_> = self
             .inner
@@ -635,6 +615,11 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        // On a shared store the runs this engine held can be taken at once, not only once
+        // its leases expire (a rolling deploy).
+        if let Err(e) = self.inner.store.release_all().await {
+            tracing::warn!(error = %e, "leases not given up; they expire instead");
+        }
         self.inner.notify_settled();
     }
 
@@ -878,7 +863,13 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
                 // No driver will move this run any more in this engine.
                 return Err(Error::Shutdown);
             }
-            if settled.changed().await.is_err() {
+            if self.inner.store.shared() {
+                // Another worker may drive it, and its settling notifies nobody here.
+                let poll = std::time::Duration::from_millis(self.inner.config.result_poll_ms);
+                if let Ok(Err(_)) = tokio::time::timeout(poll, settled.changed()).await {
+                    return Err(Error::Shutdown);
+                }
+            } else if settled.changed().await.is_err() {
                 return Err(Error::Shutdown);
             }
         }

@@ -4,7 +4,10 @@
 
 use annal_storage::{GateId, IndexOp, RunId};
 
-use super::inner::AppendReq;
+use std::sync::Arc;
+
+use super::acts::{answered, Act};
+use super::inner::{AppendReq, EngineInner};
 use super::Engine;
 use crate::approval::{Actor, RiskTier, Verdict};
 use crate::error::{Error, Result};
@@ -71,88 +74,13 @@ impl Engine {
         verdict: Verdict,
         reason: &str,
     ) -> Result<()> {
-        let inner = &self.inner;
-        let (run, position) = inner
-            .store
-            .gate(gate)
-            .await?
-            .ok_or(Error::UnknownGate(gate))?;
-        let (slot, mut writer) = inner.lock_run(run).await?;
-        let status = writer
-            .meta
-            .as_ref()
-            .and_then(|m| RunStatus::from_code(m.status))
-            .unwrap_or(RunStatus::Failed);
-        let record = match slot.state().replay.command(position) {
-            Some(CommandRecord {
-                recorded: Recorded::Approval(record),
-                ..
-            }) => record.clone(),
-            _ => return Err(Error::UnknownGate(gate)),
-        };
-        let refusal = match &record.state {
-            GateState::Decided { actor, .. } => Some(Error::AlreadyDecided {
-                gate,
-                actor: actor.clone(),
-            }),
-            GateState::Expired => Some(Error::GateExpired { gate }),
-            GateState::Withdrawn => Some(Error::NotWaiting { run, status }),
-            GateState::Pending if status.is_terminal() => Some(Error::NotWaiting { run, status }),
-            GateState::Pending => None,
-        };
-        if let Some(error) = refusal {
-            return inner.refuse(writer, error).await;
-        }
-        let deadline = record
-            .request
-            .deadline_ms
-            .map(|d| record.requested_ms.saturating_add(d));
-        if deadline.is_some_and(|d| inner.clock.now_ms() >= d) {
-            // The run records the expiry when it wakes; a late decision must not win.
-            return Err(Error::GateExpired { gate });
-        }
-        if !actor.may_decide(&record.request.approvers) {
-            return Err(Error::NotAllowed {
-                gate,
-                actor: actor.id.clone(),
-            });
-        }
-        let (approved, edits) = match verdict {
-            Verdict::Approve { edits } => (true, edits),
-            Verdict::Reject => (false, None),
-        };
-        let edits = edits
-            .as_ref()
-            .map(crate::event::Payload::encode)
-            .transpose()
-            .map_err(|e| Error::Payload(e.to_string()))?;
-        let event = EventKind::ApprovalDecided {
-            gate: gate.0,
-            approved,
-            actor: actor.id.clone(),
+        let act = Act::Decide {
+            gate,
+            actor: actor.clone(),
+            verdict,
             reason: reason.to_string(),
-            edits,
         };
-        let wake =
-            crate::approval::next_wake(&record.request, record.requested_ms, record.reminders);
-        let index = wake.map(|at| IndexOp::DeleteTimer {
-            fire_at_ms: at,
-            id: position,
-        });
-        let position = inner
-            .append_locked(
-                &slot,
-                &mut writer,
-                AppendReq::events(vec![event]).index(index).waking(status),
-            )
-            .await?;
-        let woken = match status {
-            RunStatus::Running | RunStatus::Parked => inner.ensure_driver(&slot, &mut writer).await,
-            _ => Ok(()),
-        };
-        drop(writer);
-        inner.store.wait_durable(position).await?;
-        woken
+        self.act(act).await
     }
 
     /// The reviewers' inbox: approvals waiting for a decision, highest risk first, then
@@ -247,7 +175,124 @@ impl Engine {
         action: OperatorActionKind,
         reason: &str,
     ) -> Result<()> {
-        let inner = &self.inner;
+        let act = Act::Operate {
+            run,
+            actor: actor.to_string(),
+            action,
+            reason: reason.to_string(),
+        };
+        self.act(act).await
+    }
+}
+
+impl EngineInner {
+    /// [`Engine::decide`] in this process, which holds (or may take) the run; with `answer`,
+    /// the forwarded request it carries out is answered in the decision's own append.
+    pub(crate) async fn decide_local(
+        self: &Arc<Self>,
+        gate: GateId,
+        actor: &Actor,
+        verdict: Verdict,
+        reason: &str,
+        answer: Option<u64>,
+    ) -> Result<()> {
+        let inner = self;
+        let (run, position) = inner
+            .store
+            .gate(gate)
+            .await?
+            .ok_or(Error::UnknownGate(gate))?;
+        let (slot, mut writer) = inner.lock_run(run).await?;
+        let status = writer
+            .meta
+            .as_ref()
+            .and_then(|m| RunStatus::from_code(m.status))
+            .unwrap_or(RunStatus::Failed);
+        let record = match slot.state().replay.command(position) {
+            Some(CommandRecord {
+                recorded: Recorded::Approval(record),
+                ..
+            }) => record.clone(),
+            _ => return Err(Error::UnknownGate(gate)),
+        };
+        let refusal = match &record.state {
+            GateState::Decided { actor, .. } => Some(Error::AlreadyDecided {
+                gate,
+                actor: actor.clone(),
+            }),
+            GateState::Expired => Some(Error::GateExpired { gate }),
+            GateState::Withdrawn => Some(Error::NotWaiting { run, status }),
+            GateState::Pending if status.is_terminal() => Some(Error::NotWaiting { run, status }),
+            GateState::Pending => None,
+        };
+        if let Some(error) = refusal {
+            return inner.refuse(writer, error).await;
+        }
+        let deadline = record
+            .request
+            .deadline_ms
+            .map(|d| record.requested_ms.saturating_add(d));
+        if deadline.is_some_and(|d| inner.clock.now_ms() >= d) {
+            // The run records the expiry when it wakes; a late decision must not win.
+            return Err(Error::GateExpired { gate });
+        }
+        if !actor.may_decide(&record.request.approvers) {
+            return Err(Error::NotAllowed {
+                gate,
+                actor: actor.id.clone(),
+            });
+        }
+        let (approved, edits) = match verdict {
+            Verdict::Approve { edits } => (true, edits),
+            Verdict::Reject => (false, None),
+        };
+        let edits = edits
+            .as_ref()
+            .map(crate::event::Payload::encode)
+            .transpose()
+            .map_err(|e| Error::Payload(e.to_string()))?;
+        let event = EventKind::ApprovalDecided {
+            gate: gate.0,
+            approved,
+            actor: actor.id.clone(),
+            reason: reason.to_string(),
+            edits,
+        };
+        let wake =
+            crate::approval::next_wake(&record.request, record.requested_ms, record.reminders);
+        let index = wake.map(|at| IndexOp::DeleteTimer {
+            fire_at_ms: at,
+            id: position,
+        });
+        let position = inner
+            .append_locked(
+                &slot,
+                &mut writer,
+                AppendReq::events(vec![event])
+                    .index(index)
+                    .index(answered(answer))
+                    .waking(status),
+            )
+            .await?;
+        let woken = match status {
+            RunStatus::Running | RunStatus::Parked => inner.ensure_driver(&slot, &mut writer).await,
+            _ => Ok(()),
+        };
+        drop(writer);
+        inner.store.wait_durable(position).await?;
+        woken
+    }
+
+    /// [`Engine::operate`] in this process (see [`EngineInner::decide_local`]).
+    pub(crate) async fn operate_local(
+        self: &Arc<Self>,
+        run: RunId,
+        actor: &str,
+        action: OperatorActionKind,
+        reason: &str,
+        answer: Option<u64>,
+    ) -> Result<()> {
+        let inner = self;
         let (slot, mut writer) = inner.lock_run(run).await?;
         let status = writer
             .meta
@@ -312,8 +357,11 @@ impl Engine {
             AppendReq::events(vec![recorded, failed])
                 .status(RunStatus::Failed, format!("aborted by {actor}"))
                 .index(deletes)
+                .index(answered(answer))
         } else {
-            AppendReq::events(vec![recorded]).status(RunStatus::Running, "")
+            AppendReq::events(vec![recorded])
+                .status(RunStatus::Running, "")
+                .index(answered(answer))
         };
         let position = inner.append_locked(&slot, &mut writer, req).await?;
         let woken = if abort {

@@ -27,6 +27,10 @@ pub(crate) enum Halt {
     Escalate(String),
     /// The store failed; the run stays as the log says and resumes on the next open.
     Store(String),
+    /// This process may no longer write the run (its lease was taken over, or a commit's
+    /// outcome is unknown): dropped at once, writing nothing, and resumed from what the
+    /// store holds, by whichever worker takes it.
+    Lost(String),
     /// Replay-only mode reached the end of the history.
     ReplayEnd,
 }

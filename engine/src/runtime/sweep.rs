@@ -25,6 +25,8 @@ const DUE_BATCH: usize = 4096;
 fn poisoned(error: Error, run: RunId, what: &str) -> Result<()> {
     match error {
         Error::Storage(annal_storage::Error::Poisoned { .. }) => Err(error),
+        // Another worker executes it (a shared store): its own sweeps cover it.
+        Error::Storage(e) if e.drops_run() => Ok(()),
         error => {
             tracing::error!(%run, %error, "{what}");
             Ok(())

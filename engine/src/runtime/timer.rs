@@ -71,6 +71,8 @@ impl EngineInner {
                     left_due(true);
                     return Err(e);
                 }
+                // Taken by another worker meanwhile (a shared store).
+                Err(e) if self.loses_run(&e) => {}
                 Err(e) => {
                     tracing::warn!(run = %entry.run, error = %e, "due run could not be woken")
                 }
