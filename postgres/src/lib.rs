@@ -1120,6 +1120,29 @@ impl LogStore for PgStore {
         }
     }
 
+    async fn check_lease(&self, run: RunId) -> Result<()> {
+        let epoch = self.epoch(run).ok_or(Error::Fenced { run })?;
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        let held = client
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM {s}.runs r JOIN {s}.workers w ON w.id = r.owner
+                     WHERE r.run = $1 AND r.owner = $2 AND r.epoch = $3 AND w.expires_at > now()"
+                ),
+                &[&uuid(run), &self.shared.worker, &epoch],
+            )
+            .await
+            .map_err(unavailable)?;
+        match held {
+            Some(_) => Ok(()),
+            None => {
+                self.shared.forget(run, epoch);
+                Err(Error::Fenced { run })
+            }
+        }
+    }
+
     fn release(&self, run: RunId) {
         let epoch = lock(&self.shared.held).remove(&run);
         if let Some(epoch) = epoch {

@@ -326,6 +326,16 @@ pub trait LogStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Confirms that this process still holds the run's lease and its heartbeat is fresh,
+    /// right before an effect that a stale worker must not start (a `Write` body): refused
+    /// with [`Error::Fenced`] otherwise. Appends are fenced anyway; a step body writes nothing
+    /// before it runs, so this is what keeps a worker that stalled past its lease from
+    /// starting one.
+    async fn check_lease(&self, run: RunId) -> Result<()> {
+        let _ = run;
+        Ok(())
+    }
+
     /// Gives the run's lease up (the run parked, ended or was dropped from memory), so that
     /// any worker may take it. Best effort and without waiting: a lease not given up expires.
     fn release(&self, run: RunId) {

@@ -532,3 +532,81 @@ async fn a_new_owner_reconciles_an_irreversible_attempt_it_finds_open() {
     );
     b.shutdown().await;
 }
+
+/// A write whose body must not start on a stalled worker: a read that waits for the test,
+/// then a write that counts its bodies.
+async fn read_then_write(ctx: Ctx, world: Arc<World>, (): ()) -> Result<String, WorkflowError> {
+    let w = Arc::clone(&world);
+    ctx.step("read")
+        .class(StepClass::Read)
+        .run(move |_| {
+            let w = Arc::clone(&w);
+            async move {
+                w.bodies.fetch_add(1, Ordering::SeqCst);
+                let _permit = w.gate.acquire().await;
+                Ok(())
+            }
+        })
+        .await?;
+    let written: String = ctx
+        .step("write")
+        .class(StepClass::Write)
+        .run(|a| {
+            let world = Arc::clone(&world);
+            async move {
+                lock(&world.effects).push(a.idempotency_key.clone());
+                Ok(a.idempotency_key)
+            }
+        })
+        .await?;
+    Ok(written)
+}
+
+/// A worker whose heartbeat lapsed (a stall) while nobody took its run over yet may still
+/// append, but may not start a write: the barrier before the body confirms the lease. The
+/// run goes on once the worker is alive again, and the write happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_worker_starts_no_write_until_it_holds_the_run_again() {
+    let Some(config) = config() else { return };
+    let world = Arc::new(World::default());
+    let store = Arc::new(PgStore::connect(config.clone()).await.unwrap());
+    let w = Arc::clone(&world);
+    let engine = builder(Arc::clone(&store) as Arc<dyn LogStore>, 30_000)
+        .register("rw", 1, move |ctx, ()| {
+            read_then_write(ctx, Arc::clone(&w), ())
+        })
+        .open()
+        .await
+        .unwrap();
+    let run = engine.start::<_, String>("rw", &()).await.unwrap().run_id();
+    within("the read starts", 10, async {
+        while world.bodies.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    store.pause_heartbeat(true);
+    tokio::time::sleep(Duration::from_millis(600 + 300)).await;
+    world.gate.add_permits(100);
+    // The read completes (nobody took the run), the write is refused at its barrier.
+    within("the run is dropped", 10, async {
+        while engine.runs_in_memory() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        lock(&world.effects).is_empty(),
+        "no write on a stalled worker"
+    );
+    store.pause_heartbeat(false);
+    let out = within(
+        "the worker takes its run again",
+        10,
+        engine.handle::<String>(run).result(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(lock(&world.effects).as_slice(), [out.as_str()], "one write");
+    engine.shutdown().await;
+}

@@ -9,15 +9,16 @@
 //! Environment: `ANNAL_SIGKILL_ROUNDS` (default [`DEFAULT_ROUNDS`]) and `ANNAL_SIGKILL_SEED`
 //! (default: from the clock; printed).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use annal::{Event, EventKind, RunId, RunStatus, StepClass};
-use annal_storage::{LogStore, SledConfig, SledStore};
+use annal::{Event, EventKind, RunId};
+use annal_storage::{SledConfig, SledStore};
+use annal_tests::verify::{self, Rng};
 
 /// Kill-and-restart rounds when `ANNAL_SIGKILL_ROUNDS` is unset.
 const DEFAULT_ROUNDS: u32 = 20;
@@ -28,23 +29,6 @@ const JOBS_PER_ROUND: u32 = 4;
 /// The longest the parent waits for the child to get ready or to finish before calling it
 /// hung. Generous: this only turns a hang into a failure, it measures nothing.
 const HANG_LIMIT: Duration = Duration::from_secs(300);
-
-/// splitmix64: a seeded, dependency-free source of kill times.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 struct Spawned {
     child: Child,
@@ -76,22 +60,8 @@ fn spawn(dir: &Path, jobs: u32) -> Spawned {
     Spawned { child, lines }
 }
 
-/// Lines of a side file; a last line without its newline was cut by the kill and is left
-/// out (it was never acknowledged).
-fn lines(path: &Path) -> Vec<Vec<String>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..=end],
-        None => "",
-    };
-    complete
-        .lines()
-        .map(|l| l.split(' ').map(str::to_string).collect())
-        .collect()
-}
-
 /// What the database and the side files say, checked for everything that must hold at any
-/// instant; returns the histories by run.
+/// instant (`annal_tests::verify::check`); returns the histories by run.
 fn check_invariants(dir: &Path, context: &str) -> BTreeMap<RunId, Vec<Event>> {
     let store = SledStore::open(SledConfig::new(dir.join("db")))
         .unwrap_or_else(|e| panic!("{context}: open: {e}"));
@@ -99,134 +69,12 @@ fn check_invariants(dir: &Path, context: &str) -> BTreeMap<RunId, Vec<Event>> {
         .enable_all()
         .build()
         .unwrap();
-    let (runs, histories) = runtime.block_on(async {
-        let runs = store
-            .runs()
-            .await
-            .unwrap_or_else(|e| panic!("{context}: runs: {e}"));
-        let mut histories = BTreeMap::new();
-        for (run, meta) in &runs {
-            // No hole, no CRC error, no undecodable event, in any run.
-            let history = annal::read_history(&store as &dyn LogStore, *run)
-                .await
-                .unwrap_or_else(|e| panic!("{context}: history of run {run}: {e}"));
-            assert_eq!(
-                history.len() as u64,
-                meta.next_seq,
-                "{context}: run {run}: metadata and log disagree"
-            );
-            histories.insert(*run, history);
-        }
-        (runs, histories)
-    });
+    let files = verify::SideFiles::read(dir);
+    let (runs, histories) = runtime.block_on(verify::read_store(&store, context, false));
     store
         .close()
         .unwrap_or_else(|e| panic!("{context}: close: {e}"));
-
-    // One run per job: start dedupe held across kills.
-    let mut by_job: BTreeMap<String, RunId> = BTreeMap::new();
-    for (run, history) in &histories {
-        let Some(EventKind::RunStarted {
-            dedupe_key: Some(key),
-            ..
-        }) = history.first().map(|e| &e.kind)
-        else {
-            panic!("{context}: run {run} does not start with a deduplicated RunStarted");
-        };
-        if let Some(other) = by_job.insert(key.clone(), *run) {
-            panic!("{context}: {key} has two runs, {other} and {run}");
-        }
-    }
-    // Every acknowledged start and signal is there.
-    for ack in lines(&dir.join("acks.log")) {
-        let [what, job, run] = &ack[..] else {
-            panic!("{context}: bad ack line {ack:?}")
-        };
-        let key = format!("job-{job}");
-        let found = by_job.get(&key).map(ToString::to_string);
-        assert_eq!(
-            found.as_deref(),
-            Some(run.as_str()),
-            "{context}: acknowledged {what} of {key} (run {run}) is missing"
-        );
-        if what == "decide" || what == "cli-decide" {
-            let history = histories
-                .iter()
-                .find(|(r, _)| r.to_string() == *run)
-                .map(|(_, h)| h)
-                .unwrap();
-            assert!(
-                history
-                    .iter()
-                    .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. })),
-                "{context}: acknowledged decision ({what}) of run {run} is missing"
-            );
-        }
-        if what == "signal" {
-            let history = histories
-                .iter()
-                .find(|(r, _)| r.to_string() == *run)
-                .map(|(_, h)| h)
-                .unwrap();
-            let received = history
-                .iter()
-                .any(|e| matches!(&e.kind, EventKind::SignalReceived { name, .. } if name == "go"));
-            assert!(
-                received,
-                "{context}: acknowledged signal to run {run} is missing"
-            );
-        }
-    }
-    // No irreversible effect twice, unless a reconcile found the earlier attempt had not
-    // taken effect (it cannot here: the reconcile hook reads this same file).
-    let mut effects: BTreeMap<String, usize> = BTreeMap::new();
-    for line in lines(&dir.join("effects.log")) {
-        let [_, key] = &line[..] else {
-            panic!("{context}: bad effect line {line:?}")
-        };
-        *effects.entry(key.clone()).or_default() += 1;
-    }
-    for (key, count) in &effects {
-        let (run, position) = key.split_once('/').unwrap();
-        let history = histories
-            .iter()
-            .find(|(r, _)| r.to_string() == run)
-            .map(|(_, h)| h);
-        let history = history
-            .unwrap_or_else(|| panic!("{context}: effect {key} of a run that does not exist"));
-        let position: u32 = position.parse().unwrap();
-        let not_done = history
-            .iter()
-            .filter(|e| {
-                matches!(&e.kind, EventKind::AttemptFailed { position: p, message, .. }
-                    if *p == position && message.contains("reconciled: the effect did not happen"))
-            })
-            .count();
-        assert!(
-            *count <= 1 + not_done,
-            "{context}: irreversible effect {key} happened {count} times"
-        );
-    }
-    for (run, meta) in &runs {
-        // No kill may leave a run waiting for what its own history holds (issue 21): the
-        // engine's sweep would resume it, but nothing else would.
-        let lost = RunStatus::from_code(meta.status).and_then(|status| {
-            annal::overdue(status, meta.status_seq, &histories[run], meta.wake_ms, None)
-        });
-        assert_eq!(lost, None, "{context}: run {run}");
-        assert_ne!(
-            RunStatus::from_code(meta.status),
-            Some(RunStatus::Escalated),
-            "{context}: run {run} escalated: {}",
-            meta.note
-        );
-        assert_ne!(
-            RunStatus::from_code(meta.status),
-            Some(RunStatus::Blocked),
-            "{context}: run {run} blocked: {}",
-            meta.note
-        );
-    }
+    verify::check(&files, context, &runs, &histories);
     histories
 }
 
@@ -283,54 +131,6 @@ fn decide_from_outside(dir: &Path, rng: &mut Rng) -> usize {
         engine.shutdown().await;
         decided
     })
-}
-
-/// At the end: every job's run completed, and every irreversible step completed exactly
-/// once with exactly one effect.
-fn check_finished(dir: &Path, histories: &BTreeMap<RunId, Vec<Event>>, jobs: u32) {
-    assert_eq!(histories.len(), jobs as usize, "one run per job");
-    let effects: BTreeSet<String> = lines(&dir.join("effects.log"))
-        .into_iter()
-        .map(|l| l[1].clone())
-        .collect();
-    let mut completed_irreversible = BTreeSet::new();
-    for (run, history) in histories {
-        assert!(
-            matches!(
-                history.last().map(|e| &e.kind),
-                Some(EventKind::RunCompleted { .. })
-            ),
-            "run {run} did not complete"
-        );
-        let mut keys = BTreeMap::new();
-        for e in history {
-            match &e.kind {
-                EventKind::StepScheduled {
-                    position,
-                    class: StepClass::Irreversible,
-                    idem_key,
-                    ..
-                } => {
-                    keys.insert(*position, idem_key.clone());
-                }
-                EventKind::StepCompleted { position, .. } => {
-                    if let Some(key) = keys.get(position) {
-                        completed_irreversible.insert(key.clone());
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    assert_eq!(
-        completed_irreversible.len(),
-        2 * jobs as usize,
-        "two irreversible steps per job"
-    );
-    assert_eq!(
-        effects, completed_irreversible,
-        "every effect belongs to a completed irreversible step and back"
-    );
 }
 
 #[test]
@@ -395,7 +195,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         "the last child did not finish ({status}); its log:\n{log}"
     );
     let histories = check_invariants(dir, &format!("at the end (seed {seed})"));
-    check_finished(dir, &histories, jobs);
+    verify::check_finished(dir, &histories, jobs);
     let decided_by = |why: &str| {
         histories
             .values()

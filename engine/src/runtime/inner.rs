@@ -383,11 +383,15 @@ impl EngineInner {
         Err(error)
     }
 
-    /// Makes everything this run appended so far durable.
+    /// Makes everything this run appended so far durable, and on a shared store confirms
+    /// that this process still holds the run: what follows is an effect.
     pub(crate) async fn barrier(&self, slot: &RunSlot) -> Result<()> {
         let last = slot.writer.lock().await.last_position;
         if let Some(position) = last {
             self.store.wait_durable(position).await?;
+        }
+        if self.store.shared() {
+            self.store.check_lease(slot.run).await?;
         }
         Ok(())
     }
