@@ -77,10 +77,14 @@ pub struct PgConfig {
     pub pool_size: usize,
     /// Most appends in one group-commit transaction.
     pub group_max: usize,
+    /// Group committers, each with its own connection and its share of the runs: the
+    /// server executes one connection's statements one at a time, so more than one lets it
+    /// use more than one core.
+    pub committers: usize,
 }
 
 impl PgConfig {
-    /// Defaults: schema `annal`, 5 s leases, 250 ms polls, 8 connections.
+    /// Defaults: schema `annal`, 5 s leases, 250 ms polls, 8 connections, 2 committers.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -89,6 +93,7 @@ impl PgConfig {
             poll_ms: 250,
             pool_size: 8,
             group_max: 512,
+            committers: 2,
         }
     }
 
@@ -112,11 +117,18 @@ impl PgConfig {
 }
 
 /// Maps a driver or pool error: the database is unreachable or the statement's outcome is
-/// unknown, which the engine treats as transient.
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> Error {
-    Error::Unavailable {
-        cause: e.to_string(),
-    }
+/// unknown, which the engine treats as transient. A server error keeps its message and its
+/// SQLSTATE in the cause (`tokio_postgres::Error`'s own text is only "db error").
+pub(crate) fn unavailable(e: impl std::fmt::Display + 'static) -> Error {
+    let any: &dyn std::any::Any = &e;
+    let cause = match any
+        .downcast_ref::<tokio_postgres::Error>()
+        .and_then(tokio_postgres::Error::as_db_error)
+    {
+        Some(db) => format!("{}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    Error::Unavailable { cause }
 }
 
 fn uuid(run: RunId) -> Uuid {
@@ -158,6 +170,21 @@ struct Encoded {
 }
 
 impl Encoded {
+    /// Events and nothing else, to a run that exists: what a step writes. Such appends of a
+    /// group go to the database in one set-based statement.
+    fn is_plain(&self) -> bool {
+        self.expected > 0
+            && !self.events.is_empty()
+            && self.meta.is_none()
+            && self.timer_put_at.is_empty()
+            && self.timer_del_at.is_empty()
+            && self.dedupe.is_empty()
+            && self.gate_put.is_empty()
+            && self.gate_del.is_empty()
+            && self.checkpoint.is_none()
+            && self.answer_id.is_empty()
+    }
+
     fn new(batch: AppendBatch, epoch: i64) -> Self {
         let expected = batch.expected_next_seq;
         let next_seq = expected + batch.events.len() as u64;
@@ -250,10 +277,16 @@ impl Failure {
     }
 }
 
+/// A statement of the group met a row another writer had inserted (a stale worker's
+/// statement racing a takeover).
+fn conflicted(e: &Error) -> bool {
+    matches!(e, Error::Unavailable { cause } if cause.contains("(SQLSTATE 23505)"))
+}
+
 /// A group rolled back for a reason that trying again cures: a deadlock between two
 /// workers' groups, or a serialization failure.
 fn retryable(e: &Error) -> bool {
-    matches!(e, Error::Unavailable { cause } if cause.contains("deadlock") || cause.contains("could not serialize"))
+    matches!(e, Error::Unavailable { cause } if cause.contains("(SQLSTATE 40P01)") || cause.contains("(SQLSTATE 40001)"))
 }
 
 /// The SQL of one schema.
@@ -282,6 +315,32 @@ impl Sql {
         )
     }
 
+    /// The plain appends of a group in one statement: runs `$1` with epochs `$2` expecting
+    /// next seqs `$3`, for worker `$4`; their events `($5 run, $6 seq, $7 record)`. A run's
+    /// events are inserted only while the worker holds it with that epoch and the event
+    /// before the expected seq is there (no hole); `(run, seq)` is the check that none is at
+    /// it (such a row fails the statement, and the group goes again through the function,
+    /// which names the conflict). Returns how many events each run got.
+    fn append_plain(&self) -> String {
+        format!(
+            "WITH a AS (
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bigint[]) AS a(run, epoch, expected)
+             ), fenced AS (
+                 SELECT a.run FROM a JOIN {s}.runs r ON r.run = a.run
+                 WHERE r.owner = $4 AND r.epoch = a.epoch
+                   AND EXISTS (SELECT 1 FROM {s}.events e WHERE e.run = a.run AND e.seq = a.expected - 1)
+             ), ins AS (
+                 INSERT INTO {s}.events (run, seq, record)
+                 SELECT ev.run, ev.seq, ev.record
+                 FROM unnest($5::uuid[], $6::bigint[], $7::bytea[]) AS ev(run, seq, record)
+                 JOIN fenced ON fenced.run = ev.run
+                 RETURNING run
+             )
+             SELECT run, count(*) FROM ins GROUP BY run",
+            s = self.s
+        )
+    }
+
     /// A run is claimable when no live worker other than `$2` holds it.
     fn claimable(&self, alias: &str) -> String {
         format!(
@@ -298,13 +357,18 @@ struct Shared {
     worker: Uuid,
     /// Runs this process holds, with the epoch of its lease.
     held: Mutex<HashMap<RunId, i64>>,
-    commits: mpsc::UnboundedSender<Job>,
+    /// One queue per group committer; a run's jobs always go to the same one, so that they
+    /// stay in order.
+    commits: Vec<mpsc::UnboundedSender<Job>>,
     positions: AtomicU64,
     hints: mpsc::UnboundedSender<Hint>,
     hints_rx: Mutex<Option<mpsc::UnboundedReceiver<Hint>>>,
     /// Notified whenever a request may have been answered.
     answered: Notify,
     heartbeat_paused: AtomicBool,
+    /// When the last heartbeat that succeeded was sent (this process's clock, taken before
+    /// the statement, so no later than the database's `now()` of the renewal).
+    renewed_at: Mutex<std::time::Instant>,
 }
 
 /// annal's log in PostgreSQL. See the crate documentation.
@@ -352,7 +416,9 @@ impl PgStore {
             let mut client = pool.get().await.map_err(unavailable)?;
             schema::migrate(&mut client, &config.schema).await?;
         }
-        let (commits, commit_rx) = mpsc::unbounded_channel();
+        let (commits, commit_rxs): (Vec<_>, Vec<_>) = (0..config.committers.max(1))
+            .map(|_| mpsc::unbounded_channel())
+            .unzip();
         let (hints, hints_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pool,
@@ -366,13 +432,15 @@ impl PgStore {
             hints_rx: Mutex::new(Some(hints_rx)),
             answered: Notify::new(),
             heartbeat_paused: AtomicBool::new(false),
+            renewed_at: Mutex::new(std::time::Instant::now()),
         });
         shared.heartbeat().await?;
-        let tasks = vec![
-            tokio::spawn(Arc::clone(&shared).committer(commit_rx)).abort_handle(),
-            tokio::spawn(Arc::clone(&shared).listener(pg)).abort_handle(),
-            tokio::spawn(Arc::clone(&shared).poller()).abort_handle(),
-        ];
+        let mut tasks: Vec<_> = commit_rxs
+            .into_iter()
+            .map(|rx| tokio::spawn(Arc::clone(&shared).committer(rx)).abort_handle())
+            .collect();
+        tasks.push(tokio::spawn(Arc::clone(&shared).listener(pg)).abort_handle());
+        tasks.push(tokio::spawn(Arc::clone(&shared).poller()).abort_handle());
         Ok(Self { shared, tasks })
     }
 
@@ -424,6 +492,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     /// Registers or renews this worker's heartbeat row.
     async fn heartbeat(&self) -> Result<()> {
+        let sent = std::time::Instant::now();
         let client = self.pool.get().await.map_err(unavailable)?;
         let lease_s = self.config.lease_ms as f64 / 1000.0;
         client
@@ -437,7 +506,16 @@ impl Shared {
             )
             .await
             .map_err(unavailable)?;
+        *lock(&self.renewed_at) = sent;
         Ok(())
+    }
+
+    /// Whether no other worker can have taken this worker's runs: its row expires a lease
+    /// after the last renewal's `now()`, which came after `renewed_at`; with a third of the
+    /// lease to spare against clock drift and scheduling.
+    fn heartbeat_fresh(&self) -> bool {
+        let lease = Duration::from_millis(self.config.lease_ms);
+        lock(&self.renewed_at).elapsed() + lease / 3 < lease
     }
 
     /// Applies the jobs of many runs in one transaction, in the order they came: one
@@ -457,11 +535,17 @@ impl Shared {
                 }
             }
             let mut attempt = 0;
+            let mut set_based = true;
             let outcome = loop {
                 attempt += 1;
-                match self.commit_group(&group).await {
+                match self.commit_group(&group, set_based).await {
                     Err(Failure::BeforeCommit(e)) if attempt < 5 && retryable(&e) => {
                         tracing::debug!(error = %e, attempt, "group rolled back; trying again");
+                    }
+                    // The set-based statement met a row another writer inserted: the
+                    // function tells each append apart.
+                    Err(Failure::BeforeCommit(e)) if set_based && conflicted(&e) => {
+                        set_based = false;
                     }
                     other => break other,
                 }
@@ -504,7 +588,19 @@ impl Shared {
     }
 
     /// One group in one transaction; a result code per job (empty for non-appends).
-    async fn commit_group(&self, group: &[Job]) -> std::result::Result<Vec<String>, Failure> {
+    ///
+    /// The plain appends of runs that have no other job in the group (a step's events) go
+    /// in one statement, fenced and seq-checked row by row against the runs table: calling
+    /// the append function once each costs the server several statements per append, and
+    /// steps are most appends. Whatever that statement does not insert (a fenced run, a
+    /// conflict) is then sent through the function, which says why. With `set_based` off
+    /// every append goes through the function (the retry after that statement met a
+    /// concurrent writer).
+    async fn commit_group(
+        &self,
+        group: &[Job],
+        set_based: bool,
+    ) -> std::result::Result<Vec<String>, Failure> {
         let before = Failure::BeforeCommit;
         let mut client = self.pool.get().await.map_err(|e| {
             Failure::BeforeCommit(unavailable(format!(
@@ -539,35 +635,67 @@ impl Shared {
             ))
             .await
             .map_err(|e| before(unavailable(e)))?;
+        // Which jobs take the set-based path: plain appends of runs alone in the group.
+        let mut jobs_per_run: HashMap<Uuid, usize> = HashMap::new();
+        for job in group {
+            let run = match job {
+                Job::Append { append, .. } => append.run,
+                Job::Release { run, .. } | Job::Purge { run, .. } => *run,
+            };
+            *jobs_per_run.entry(run).or_default() += 1;
+        }
+        let in_set: Vec<bool> = group
+            .iter()
+            .map(|job| {
+                set_based
+                    && matches!(job, Job::Append { append, .. } if append.is_plain() && jobs_per_run[&append.run] == 1)
+            })
+            .collect();
+        let set_statement = async {
+            let (mut runs, mut epochs, mut expected) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut event_runs, mut seqs, mut records) = (Vec::new(), Vec::new(), Vec::new());
+            for (job, in_set) in group.iter().zip(&in_set) {
+                let (Job::Append { append: a, .. }, true) = (job, in_set) else {
+                    continue;
+                };
+                runs.push(a.run);
+                epochs.push(a.epoch);
+                expected.push(a.expected);
+                for (i, record) in a.events.iter().enumerate() {
+                    event_runs.push(a.run);
+                    seqs.push(a.expected + i as i64);
+                    records.push(record.as_slice());
+                }
+            }
+            if runs.is_empty() {
+                return Ok(HashMap::new());
+            }
+            let statement = tx.prepare_cached(&self.sql.append_plain()).await?;
+            let rows = tx
+                .query(
+                    &statement,
+                    &[
+                        &runs,
+                        &epochs,
+                        &expected,
+                        &self.worker,
+                        &event_runs,
+                        &seqs,
+                        &records,
+                    ],
+                )
+                .await?;
+            Ok::<HashMap<Uuid, i64>, tokio_postgres::Error>(
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            )
+        };
         // Sent together, answered in order: the client pipelines them.
-        let calls = group.iter().map(|job| {
+        let calls = group.iter().zip(&in_set).map(|(job, in_set)| {
             let (tx, append, release, purge) = (&tx, &append, &release, &purge);
             async move {
                 match job {
-                    Job::Append { append: a, .. } => {
-                        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 18] = [
-                            &a.run,
-                            &self.worker,
-                            &a.epoch,
-                            &a.expected,
-                            &a.events,
-                            &a.meta,
-                            &a.status,
-                            &a.timer_put_at,
-                            &a.timer_put_id,
-                            &a.timer_del_at,
-                            &a.timer_del_id,
-                            &a.dedupe,
-                            &a.gate_put,
-                            &a.gate_put_pos,
-                            &a.gate_del,
-                            &a.checkpoint,
-                            &a.answer_id,
-                            &a.answer,
-                        ];
-                        let row = tx.query_one(append, &params).await?;
-                        Ok::<String, tokio_postgres::Error>(row.get(0))
-                    }
+                    Job::Append { .. } if *in_set => Ok(String::new()),
+                    Job::Append { append: a, .. } => call_append(tx, append, &self.worker, a).await,
                     Job::Release { run, epoch } => {
                         tx.execute(release, &[run, &self.worker, epoch]).await?;
                         Ok(String::new())
@@ -579,14 +707,23 @@ impl Shared {
                 }
             }
         });
+        let (inserted, results) =
+            futures::future::join(set_statement, futures::future::join_all(calls)).await;
+        let inserted = inserted.map_err(|e| before(unavailable(e)))?;
         let mut codes = Vec::with_capacity(group.len());
         let mut answered = Vec::new();
-        for (result, job) in futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .zip(group)
-        {
-            let code = result.map_err(|e| before(unavailable(e)))?;
+        for ((result, job), in_set) in results.into_iter().zip(group).zip(&in_set) {
+            let mut code = result.map_err(|e| before(unavailable(e)))?;
+            if let (Job::Append { append: a, .. }, true) = (job, in_set) {
+                code = if inserted.get(&a.run) == Some(&(a.events.len() as i64)) {
+                    "ok".to_string()
+                } else {
+                    // Nothing was inserted for it: the function says why.
+                    call_append(&tx, &append, &self.worker, a)
+                        .await
+                        .map_err(|e| before(unavailable(e)))?
+                };
+            }
             if let (Job::Append { append, .. }, "ok") = (job, code.as_str()) {
                 answered.extend(append.answer_id.iter().copied());
             }
@@ -637,6 +774,13 @@ impl Shared {
             }
             other => dedupe_taken(run, other),
         }
+    }
+
+    /// Queues a job with the committer of its run.
+    fn commit(&self, run: RunId, job: Job) -> Result<()> {
+        // Run ids end in random bits (UUID v7): they spread runs evenly.
+        let shard = usize::from(run.0[15]) % self.commits.len();
+        self.commits[shard].send(job).map_err(|_| Error::Closed)
     }
 
     /// Drops the lease `epoch` of `run` from what this process holds (fenced, or never won).
@@ -810,6 +954,37 @@ impl Shared {
     }
 }
 
+/// One call of the schema's append function; its result code.
+async fn call_append(
+    tx: &deadpool_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
+    worker: &Uuid,
+    a: &Encoded,
+) -> std::result::Result<String, tokio_postgres::Error> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 18] = [
+        &a.run,
+        worker,
+        &a.epoch,
+        &a.expected,
+        &a.events,
+        &a.meta,
+        &a.status,
+        &a.timer_put_at,
+        &a.timer_put_id,
+        &a.timer_del_at,
+        &a.timer_del_id,
+        &a.dedupe,
+        &a.gate_put,
+        &a.gate_put_pos,
+        &a.gate_del,
+        &a.checkpoint,
+        &a.answer_id,
+        &a.answer,
+    ];
+    let row = tx.query_one(statement, &params).await?;
+    Ok(row.get(0))
+}
+
 /// The error of a `dedupe:<holder>` result code.
 fn dedupe_taken(run: RunId, code: &str) -> Result<Position> {
     match code
@@ -859,7 +1034,7 @@ impl LogStore for PgStore {
         let mut append = Box::new(Encoded::new(batch, epoch));
         append.leases_new_run = took_lease;
         let job = Job::Append { append, reply };
-        self.shared.commits.send(job).map_err(|_| Error::Closed)?;
+        self.shared.commit(run, job)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -1058,13 +1233,13 @@ impl LogStore for PgStore {
     async fn purge(&self, run: RunId) -> Result<()> {
         // Through the committer, so that it comes after the appends queued before it.
         let (reply, answer) = oneshot::channel();
-        self.shared
-            .commits
-            .send(Job::Purge {
+        self.shared.commit(
+            run,
+            Job::Purge {
                 run: uuid(run),
                 reply,
-            })
-            .map_err(|_| Error::Closed)?;
+            },
+        )?;
         answer.await.map_err(|_| Error::Closed)??;
         lock(&self.shared.held).remove(&run);
         Ok(())
@@ -1121,35 +1296,29 @@ impl LogStore for PgStore {
     }
 
     async fn check_lease(&self, run: RunId) -> Result<()> {
-        let epoch = self.epoch(run).ok_or(Error::Fenced { run })?;
-        let client = self.client().await?;
-        let s = &self.shared.sql.s;
-        let held = client
-            .query_opt(
-                &format!(
-                    "SELECT 1 FROM {s}.runs r JOIN {s}.workers w ON w.id = r.owner
-                     WHERE r.run = $1 AND r.owner = $2 AND r.epoch = $3 AND w.expires_at > now()"
-                ),
-                &[&uuid(run), &self.shared.worker, &epoch],
-            )
-            .await
-            .map_err(unavailable)?;
-        match held {
-            Some(_) => Ok(()),
-            None => {
+        // No round trip: another worker can take a run of this one only once this one gave
+        // it up (it is then not held here) or its heartbeat row expired, which this process
+        // knows before the database does.
+        match self.epoch(run) {
+            Some(_) if self.shared.heartbeat_fresh() => Ok(()),
+            Some(epoch) => {
                 self.shared.forget(run, epoch);
                 Err(Error::Fenced { run })
             }
+            None => Err(Error::Fenced { run }),
         }
     }
 
     fn release(&self, run: RunId) {
         let epoch = lock(&self.shared.held).remove(&run);
         if let Some(epoch) = epoch {
-            let _ = self.shared.commits.send(Job::Release {
-                run: uuid(run),
-                epoch,
-            });
+            let _ = self.shared.commit(
+                run,
+                Job::Release {
+                    run: uuid(run),
+                    epoch,
+                },
+            );
         }
     }
 

@@ -117,11 +117,17 @@ BEGIN
     INSERT INTO {s}.events (run, seq, record)
         SELECT p_run, p_expected + t.i - 1, t.e
         FROM unnest(p_events) WITH ORDINALITY AS t(e, i);
-    INSERT INTO {s}.due (fire_at_ms, run, id)
-        SELECT t.at, p_run, t.id FROM unnest(p_timer_put_at, p_timer_put_id) AS t(at, id)
-        ON CONFLICT DO NOTHING;
-    DELETE FROM {s}.due d USING unnest(p_timer_del_at, p_timer_del_id) AS t(at, id)
-        WHERE d.fire_at_ms = t.at AND d.run = p_run AND d.id = t.id;
+    -- Index changes are rare: a step writes its events and nothing else, so the statements
+    -- for them run only when there is something to do.
+    IF cardinality(p_timer_put_at) > 0 THEN
+        INSERT INTO {s}.due (fire_at_ms, run, id)
+            SELECT t.at, p_run, t.id FROM unnest(p_timer_put_at, p_timer_put_id) AS t(at, id)
+            ON CONFLICT DO NOTHING;
+    END IF;
+    IF cardinality(p_timer_del_at) > 0 THEN
+        DELETE FROM {s}.due d USING unnest(p_timer_del_at, p_timer_del_id) AS t(at, id)
+            WHERE d.fire_at_ms = t.at AND d.run = p_run AND d.id = t.id;
+    END IF;
     FOREACH v_key IN ARRAY p_dedupe LOOP
         INSERT INTO {s}.dedupe (key, run) VALUES (v_key, p_run) ON CONFLICT (key) DO NOTHING;
         SELECT run INTO v_holder FROM {s}.dedupe WHERE key = v_key;
@@ -129,17 +135,23 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'AN001', MESSAGE = v_holder::text;
         END IF;
     END LOOP;
-    INSERT INTO {s}.gates (gate, run, position)
-        SELECT t.g, p_run, t.pos FROM unnest(p_gate_put, p_gate_put_pos) AS t(g, pos)
-        ON CONFLICT (gate) DO UPDATE SET run = excluded.run, position = excluded.position;
-    DELETE FROM {s}.gates WHERE gate = ANY (p_gate_del);
+    IF cardinality(p_gate_put) > 0 THEN
+        INSERT INTO {s}.gates (gate, run, position)
+            SELECT t.g, p_run, t.pos FROM unnest(p_gate_put, p_gate_put_pos) AS t(g, pos)
+            ON CONFLICT (gate) DO UPDATE SET run = excluded.run, position = excluded.position;
+    END IF;
+    IF cardinality(p_gate_del) > 0 THEN
+        DELETE FROM {s}.gates WHERE gate = ANY (p_gate_del);
+    END IF;
     IF p_checkpoint IS NOT NULL THEN
         INSERT INTO {s}.checkpoints (run, record) VALUES (p_run, p_checkpoint)
             ON CONFLICT (run) DO UPDATE SET record = excluded.record;
     END IF;
-    UPDATE {s}.requests q SET answer = t.a
-        FROM unnest(p_answer_id, p_answer) AS t(id, a)
-        WHERE q.id = t.id AND q.answer IS NULL;
+    IF cardinality(p_answer_id) > 0 THEN
+        UPDATE {s}.requests q SET answer = t.a
+            FROM unnest(p_answer_id, p_answer) AS t(id, a)
+            WHERE q.id = t.id AND q.answer IS NULL;
+    END IF;
     RETURN 'ok';
 EXCEPTION
     WHEN unique_violation THEN

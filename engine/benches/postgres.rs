@@ -1,0 +1,305 @@
+//! annal on PostgreSQL next to the raw limit of the same server, measured in the same run.
+//!
+//! ```text
+//! bash .ci/pg start                                    # a local server, synchronous_commit=on
+//! ANNAL_PG_URL=postgresql://annal@127.0.0.1:55432/annal cargo bench -p annal --bench postgres
+//! ANNAL_BENCH_ONLY=fan_in ANNAL_PG_URL=... cargo bench -p annal --bench postgres
+//! ```
+//!
+//! Workloads, each in a fresh schema:
+//! - `chain`: one run of 1000 sequential `Write` steps on one engine: steps/s, against one
+//!   raw commit (one event row `INSERT` + `COMMIT`, the floor of any durable step).
+//! - `fan_in`: 200 concurrent runs of 10 `Write` steps spread over 1, 2 and 3 engines (one
+//!   worker each): event rows/s and steps/s, against the raw limit at the same concurrency
+//!   (the same number of event rows in batched `INSERT`s of 200 rows, one `COMMIT` each).
+//! - `takeover`: a worker process holding 50 runs is SIGKILLed; the time until another
+//!   worker has finished all of them, against the lease plus one second.
+//!
+//! Without `ANNAL_PG_URL` it says how to start a server and measures nothing.
+
+#![allow(missing_docs)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annal::{Ctx, Engine, StepClass, WorkflowError};
+use annal_postgres::{PgConfig, PgStore};
+use annal_storage::LogStore;
+
+mod support;
+use support::{chain, scaled, shared_runtime, wanted, Row};
+
+/// A fresh schema on the bench server.
+fn config(url: &str) -> PgConfig {
+    PgConfig::new(url).schema(format!("annal_bench_{}", uuid::Uuid::new_v4().simple()))
+}
+
+async fn engine(config: &PgConfig) -> Engine {
+    let store = Arc::new(PgStore::connect(config.clone()).await.expect("connect"));
+    Engine::builder()
+        .store(store as Arc<dyn LogStore>)
+        .register("chain", 1, chain)
+        .open()
+        .await
+        .expect("engine")
+}
+
+/// A client of the same server, and a table shaped like annal's events, for the raw loops.
+async fn raw_client(url: &str, schema: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE \"{schema}\".raw_events (run uuid NOT NULL, seq bigint NOT NULL, record bytea NOT NULL, PRIMARY KEY (run, seq));"
+        ))
+        .await
+        .expect("raw table");
+    client
+}
+
+/// `commits` commits of `rows` event rows each (one multi-row INSERT + COMMIT), over `rows`
+/// runs; returns rows/s.
+async fn raw_batched(
+    client: &mut tokio_postgres::Client,
+    schema: &str,
+    rows: usize,
+    commits: usize,
+) -> f64 {
+    let runs: Vec<uuid::Uuid> = (0..rows).map(|_| uuid::Uuid::now_v7()).collect();
+    let record = vec![0x5a_u8; 64];
+    let records: Vec<&[u8]> = vec![&record; rows];
+    let sql = format!(
+        "INSERT INTO \"{schema}\".raw_events (run, seq, record) SELECT r, $2, b FROM unnest($1::uuid[], $3::bytea[]) AS t(r, b)"
+    );
+    let t = Instant::now();
+    for seq in 0..commits as i64 {
+        let tx = client.transaction().await.unwrap();
+        tx.execute(&sql, &[&runs, &seq, &records]).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    (rows * commits) as f64 / t.elapsed().as_secs_f64()
+}
+
+async fn bench_chain(url: &str, rows: &mut Vec<Row>) {
+    let steps = scaled(1000) as u32;
+    let config = config(url);
+    let engine = engine(&config).await;
+    let mut raw = raw_client(url, &config.schema).await;
+    let raw_commit = 1.0 / raw_batched(&mut raw, &config.schema, 1, 200).await;
+    let t = Instant::now();
+    engine
+        .start::<_, u32>("chain", &steps)
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    let elapsed = t.elapsed();
+    engine.shutdown().await;
+    rows.push(Row {
+        workload: "chain",
+        metric: "mean step latency",
+        value: elapsed.as_secs_f64() * 1e6 / f64::from(steps),
+        unit: "us",
+        limit: Some(raw_commit * 1e6),
+        note: format!(
+            "{steps} Write steps, {:.0} steps/s; limit = one raw INSERT + COMMIT",
+            f64::from(steps) / elapsed.as_secs_f64()
+        ),
+    });
+    let _ = PgStore::drop_schema(&config).await;
+}
+
+async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
+    let runs = scaled(200);
+    let steps = 10u32;
+    // A run of 10 Write steps writes its start, ten steps and its end: 12 event rows.
+    let events_per_run = 2 + steps as usize;
+    for engines in 1..=3usize {
+        let config = config(url);
+        let mut replicas = Vec::new();
+        for _ in 0..engines {
+            replicas.push(engine(&config).await);
+        }
+        let mut raw = raw_client(url, &config.schema).await;
+        let raw_rows_per_s = raw_batched(&mut raw, &config.schema, runs, events_per_run).await;
+        let t = Instant::now();
+        let tasks: Vec<_> = (0..runs)
+            .map(|i| {
+                let engine = replicas[i % engines].clone();
+                tokio::spawn(async move {
+                    engine
+                        .start::<_, u32>("chain", &steps)
+                        .await
+                        .unwrap()
+                        .result()
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        let event_rows_per_s = (runs * events_per_run) as f64 / elapsed;
+        for engine in &replicas {
+            engine.shutdown().await;
+        }
+        rows.push(Row {
+            workload: "fan_in",
+            metric: match engines {
+                1 => "event rows/s, 1 engine",
+                2 => "event rows/s, 2 engines",
+                _ => "event rows/s, 3 engines",
+            },
+            value: event_rows_per_s,
+            unit: "/s",
+            limit: Some(raw_rows_per_s),
+            note: format!(
+                "{runs} runs x {steps} Write steps, {:.0} steps/s, {:.0} runs/s; limit = the same rows, {runs} per INSERT + COMMIT",
+                (runs * steps as usize) as f64 / elapsed,
+                runs as f64 / elapsed
+            ),
+        });
+        let _ = PgStore::drop_schema(&config).await;
+    }
+}
+
+/// The workflow of the takeover bench: a read that never returns in the worker that is
+/// killed, and returns at once in the one that takes over.
+async fn held(ctx: Ctx, hang: bool, started: Arc<AtomicU32>) -> Result<u32, WorkflowError> {
+    let held: u32 = ctx
+        .step("hold")
+        .class(StepClass::Read)
+        .run(move |_| {
+            let started = Arc::clone(&started);
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                Ok(1u32)
+            }
+        })
+        .await?;
+    Ok(held)
+}
+
+const TAKEOVER_RUNS: usize = 50;
+const TAKEOVER_LEASE_MS: u64 = 2_000;
+
+fn takeover_config(url: &str, schema: &str) -> PgConfig {
+    PgConfig::new(url)
+        .schema(schema)
+        .lease_ms(TAKEOVER_LEASE_MS)
+        .poll_ms(250)
+}
+
+async fn takeover_engine(config: &PgConfig, hang: bool) -> (Engine, Arc<AtomicU32>) {
+    let store = Arc::new(PgStore::connect(config.clone()).await.expect("connect"));
+    let started = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&started);
+    let engine = Engine::builder()
+        .store(store as Arc<dyn LogStore>)
+        .register("held", 1, move |ctx, ()| {
+            held(ctx, hang, Arc::clone(&counter))
+        })
+        .open()
+        .await
+        .expect("engine");
+    (engine, started)
+}
+
+/// The killed worker: starts the runs, says `ready` once all are inside their step, waits.
+async fn takeover_child(url: &str, schema: &str) {
+    let (engine, started) = takeover_engine(&takeover_config(url, schema), true).await;
+    for _ in 0..TAKEOVER_RUNS {
+        engine.start::<_, u32>("held", &()).await.unwrap();
+    }
+    while (started.load(Ordering::SeqCst) as usize) < TAKEOVER_RUNS {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("ready");
+    std::future::pending::<()>().await;
+}
+
+async fn bench_takeover(url: &str, rows: &mut Vec<Row>) {
+    use std::io::BufRead;
+    let schema = format!("annal_bench_{}", uuid::Uuid::new_v4().simple());
+    let config = takeover_config(url, &schema);
+    // The schema exists before the child and the survivor race to create it.
+    drop(PgStore::connect(config.clone()).await.expect("connect"));
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("ANNAL_PG_BENCH_CHILD", &schema)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the worker to kill");
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l == "ready")
+    });
+    assert!(ready.await.unwrap(), "the worker never got ready");
+    let (survivor, _) = takeover_engine(&config, false).await;
+    let runs: Vec<_> = survivor
+        .runs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|info| info.run)
+        .collect();
+    assert_eq!(runs.len(), TAKEOVER_RUNS);
+    child.kill().unwrap();
+    let killed = Instant::now();
+    let _ = child.wait();
+    for run in runs {
+        survivor.handle::<u32>(run).result().await.unwrap();
+    }
+    let takeover = killed.elapsed();
+    survivor.shutdown().await;
+    rows.push(Row {
+        workload: "takeover",
+        metric: "all runs finished after",
+        value: takeover.as_secs_f64() * 1e3,
+        unit: "ms",
+        limit: Some((TAKEOVER_LEASE_MS + 1_000) as f64),
+        note: format!(
+            "{TAKEOVER_RUNS} runs of a SIGKILLed worker, lease {TAKEOVER_LEASE_MS} ms, poll 250 ms; limit = lease + 1 s"
+        ),
+    });
+    let _ = PgStore::drop_schema(&config).await;
+}
+
+fn main() {
+    let Ok(url) = std::env::var("ANNAL_PG_URL") else {
+        println!(
+            "postgres bench: set ANNAL_PG_URL (`bash .ci/pg start` prints one); nothing measured"
+        );
+        return;
+    };
+    let runtime = shared_runtime();
+    if let Ok(schema) = std::env::var("ANNAL_PG_BENCH_CHILD") {
+        runtime.block_on(takeover_child(&url, &schema));
+        return;
+    }
+    let mut rows = Vec::new();
+    runtime.block_on(async {
+        if wanted("chain") {
+            bench_chain(&url, &mut rows).await;
+        }
+        if wanted("fan_in") {
+            bench_fan_in(&url, &mut rows).await;
+        }
+        if wanted("takeover") {
+            bench_takeover(&url, &mut rows).await;
+        }
+    });
+    support::print(&rows);
+}
