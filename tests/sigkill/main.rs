@@ -156,9 +156,7 @@ fn check_invariants(dir: &Path, context: &str) -> BTreeMap<RunId, Vec<Event>> {
                 .map(|(_, h)| h)
                 .unwrap();
             assert!(
-                history
-                    .iter()
-                    .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. })),
+                history.iter().any(|e| e.kind.decision().is_some()),
                 "{context}: acknowledged decision ({what}) of run {run} is missing"
             );
         }
@@ -400,9 +398,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         histories
             .values()
             .filter(|h| {
-                h.iter().any(
-                    |e| matches!(&e.kind, EventKind::ApprovalDecided { reason, .. } if reason == why),
-                )
+                h.iter()
+                    .any(|e| e.kind.decision().is_some_and(|d| d.reason == why))
             })
             .count()
     };

@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use self::inner::{AppendReq, EngineInner, Settled};
-pub use self::operator::{ApprovalFilter, PendingApproval};
+pub use self::operator::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
 use self::registry::Registry;
 use self::slot::Halt;
 use crate::clock::{Clock, TokioClock};

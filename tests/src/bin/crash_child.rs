@@ -170,9 +170,7 @@ async fn decide_when_parked(engine: &Engine, run: annal::RunId) -> annal::Result
             EventKind::ApprovalRequested { gate, .. } => Some(annal::GateId(*gate)),
             _ => None,
         });
-        let decided = history
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }));
+        let decided = history.iter().any(|e| e.kind.decision().is_some());
         if decided || history.last().is_some_and(|e| e.kind.is_terminal()) {
             return Ok(());
         }
