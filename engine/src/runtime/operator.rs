@@ -262,6 +262,13 @@ impl Engine {
             }) => record.clone(),
             _ => return Err(Error::UnknownGate(gate)),
         };
+        // An actor the gate does not admit learns nothing about the gate's state.
+        let Some(role) = actor.decides_as(&record.request.approvers) else {
+            return Err(Error::NotAllowed {
+                gate,
+                actor: actor.id.clone(),
+            });
+        };
         let refusal = match &record.state {
             GateState::Decided {
                 actor,
@@ -292,12 +299,6 @@ impl Engine {
             // The run records the expiry when it wakes; a late decision must not win.
             return Err(Error::GateExpired { gate });
         }
-        let Some(role) = actor.decides_as(&record.request.approvers) else {
-            return Err(Error::NotAllowed {
-                gate,
-                actor: actor.id.clone(),
-            });
-        };
         let digest = record.action_digest();
         if let Some(expected) = request.expected_digest {
             if expected != digest {
