@@ -531,8 +531,8 @@ fn card(
                 dt { "Action digest" }
                 dd { code.digest { (p.digest.to_string()) } }
             }
-            details {
-                summary { "Run timeline" }
+            details open {
+                summary { "Run timeline so far" }
                 pre { (timeline) }
             }
             form.decide method="post" action="/inbox/decide" {

@@ -11,6 +11,16 @@ use axum::http::{Method, StatusCode};
 use serde_json::json;
 use support::*;
 
+/// What is tried, with which token, where, what is sent, and the status and code expected.
+type Case<'a> = (
+    &'a str,
+    Option<&'a str>,
+    String,
+    serde_json::Value,
+    StatusCode,
+    &'a str,
+);
+
 fn decision(gate: &str) -> String {
     format!("/api/v1/approvals/{gate}/decision")
 }
@@ -25,14 +35,7 @@ async fn every_api_refusal_is_typed_and_writes_nothing() {
     let approve =
         json!({ "verdict": "approve", "reason": "within policy", "action_digest": digest });
 
-    let cases: Vec<(
-        &str,
-        Option<&str>,
-        String,
-        serde_json::Value,
-        StatusCode,
-        &str,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "no credentials",
             None,
