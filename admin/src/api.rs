@@ -5,8 +5,7 @@ use std::sync::Arc;
 
 use annal::audit::{timeline, Report, RunRecord};
 use annal::{
-    ActionDigest, ApprovalFilter, DecideRequest, GateId, OperatorActionKind, Payload,
-    PendingApproval, RunId, RunStatus,
+    ActionDigest, ApprovalFilter, DecideRequest, GateId, PendingApproval, RunId, RunStatus,
 };
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -392,35 +391,8 @@ async fn operate(
             "an operator action needs a reason",
         ));
     }
-    let payload = |what: &str| -> Result<Payload, ApiError> {
-        let value = body
-            .value
-            .as_ref()
-            .ok_or_else(|| ApiError::bad_request(format!("{what} needs a value (JSON)")))?;
-        Payload::encode(value).map_err(|e| ApiError::bad_request(e.to_string()))
-    };
-    let action = match body.action.as_str() {
-        "retry" => OperatorActionKind::RetryStep,
-        "skip" => OperatorActionKind::SkipStep {
-            value: payload("skip")?,
-        },
-        "resolve-done" => OperatorActionKind::ResolveDone {
-            output: payload("resolve-done")?,
-        },
-        "resolve-not-done" => OperatorActionKind::ResolveNotDone,
-        "abort" => OperatorActionKind::Abort,
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "action must be retry, skip, resolve-done, resolve-not-done or abort, not '{other}'"
-            )))
-        }
-    };
-    if body.value.is_some() && !matches!(body.action.as_str(), "skip" | "resolve-done") {
-        return Err(ApiError::bad_request(format!(
-            "{} takes no value",
-            body.action
-        )));
-    }
+    let action = crate::wire::operator_action(&body.action, body.value.as_ref())
+        .map_err(ApiError::bad_request)?;
     state
         .engine
         .operate(run, &caller.actor.id, action, &body.reason)

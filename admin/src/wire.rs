@@ -2,7 +2,7 @@
 //! remote mode), so both sides agree on one definition. Ids are strings (UUIDs), times ms
 //! since the Unix epoch. `docs/admin-api.md` documents every field.
 
-use annal::{CheckResult, OnExpiry, RiskTier};
+use annal::{CheckResult, OnExpiry, OperatorActionKind, Payload, RiskTier};
 use serde::{Deserialize, Serialize};
 
 /// Every error answer: a stable `error` code, a sentence, and what the code needs.
@@ -247,4 +247,33 @@ pub struct ReportView {
     pub report: serde_json::Value,
     /// The report as text (what `annal report` prints).
     pub rendered: String,
+}
+
+/// The engine's operator action for an API action name (`retry`, `skip`, `resolve-done`,
+/// `resolve-not-done`, `abort`) and its value, or why they do not make one. Shared by the
+/// server and the CLI's local mode, so both read the names alike.
+pub fn operator_action(
+    name: &str,
+    value: Option<&serde_json::Value>,
+) -> Result<OperatorActionKind, String> {
+    let payload = || -> Result<Payload, String> {
+        let value = value.ok_or_else(|| format!("{name} needs a value (JSON)"))?;
+        Payload::encode(value).map_err(|e| e.to_string())
+    };
+    let action = match name {
+        "retry" => OperatorActionKind::RetryStep,
+        "skip" => OperatorActionKind::SkipStep { value: payload()? },
+        "resolve-done" => OperatorActionKind::ResolveDone { output: payload()? },
+        "resolve-not-done" => OperatorActionKind::ResolveNotDone,
+        "abort" => OperatorActionKind::Abort,
+        other => {
+            return Err(format!(
+                "action must be retry, skip, resolve-done, resolve-not-done or abort, not '{other}'"
+            ))
+        }
+    };
+    if value.is_some() && !matches!(name, "skip" | "resolve-done") {
+        return Err(format!("{name} takes no value"));
+    }
+    Ok(action)
 }

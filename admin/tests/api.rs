@@ -513,48 +513,29 @@ async fn the_page_needs_a_session_and_a_csrf_token_and_refuses_with_nothing_writ
         .contains("default-src 'none'"));
     let csrf = hidden(&inbox.body, "csrf").unwrap();
 
-    let decide = |csrf: String, reason: &'static str, verdict: &'static str| {
-        let gate = gate.clone();
-        let digest = digest.clone();
-        let session = session.clone();
-        let w = &w;
-        async move {
-            w.form(
-                "/inbox/decide",
-                &session,
-                &[
-                    ("csrf", &csrf),
-                    ("gate", &gate),
-                    ("digest", &digest),
-                    ("verdict", verdict),
-                    ("reason", reason),
-                ],
-                &[],
-            )
-            .await
-        }
-    };
-    let missing = decide(String::new(), "ok", "approve").await;
+    let missing = w
+        .decide_on_page(&session, "", &card, "approve", "ok", &[])
+        .await;
     assert_eq!(missing.status, StatusCode::FORBIDDEN);
     assert!(missing.body.contains("CSRF"), "{}", missing.body);
-    let wrong = decide("0".repeat(64), "ok", "approve").await;
+    let wrong = w
+        .decide_on_page(&session, &"0".repeat(64), &card, "approve", "ok", &[])
+        .await;
     assert_eq!(wrong.status, StatusCode::FORBIDDEN);
     let cross = w
-        .form(
-            "/inbox/decide",
+        .decide_on_page(
             &session,
-            &[
-                ("csrf", &csrf),
-                ("gate", &gate),
-                ("digest", &digest),
-                ("verdict", "approve"),
-                ("reason", "ok"),
-            ],
+            &csrf,
+            &card,
+            "approve",
+            "ok",
             &[("sec-fetch-site", "cross-site")],
         )
         .await;
     assert_eq!(cross.status, StatusCode::FORBIDDEN);
-    let blank = decide(csrf.clone(), "", "reject").await;
+    let blank = w
+        .decide_on_page(&session, &csrf, &card, "reject", "", &[])
+        .await;
     assert_eq!(blank.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(
         blank
@@ -572,18 +553,7 @@ async fn the_page_needs_a_session_and_a_csrf_token_and_refuses_with_nothing_writ
     // Another reviewer without the role is refused in words.
     let (lee, lee_csrf) = w.login(LEE).await;
     let refused = w
-        .form(
-            "/inbox/decide",
-            &lee,
-            &[
-                ("csrf", &lee_csrf),
-                ("gate", &gate),
-                ("digest", &digest),
-                ("verdict", "approve"),
-                ("reason", "looks fine"),
-            ],
-            &[],
-        )
+        .decide_on_page(&lee, &lee_csrf, &card, "approve", "looks fine", &[])
         .await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert!(
@@ -600,18 +570,7 @@ async fn the_page_needs_a_session_and_a_csrf_token_and_refuses_with_nothing_writ
     let (old, old_csrf) = w.login(DANA).await;
     tokio::time::sleep(Duration::from_millis(ttl_ms)).await;
     let expired = w
-        .form(
-            "/inbox/decide",
-            &old,
-            &[
-                ("csrf", &old_csrf),
-                ("gate", &gate),
-                ("digest", &digest),
-                ("verdict", "approve"),
-                ("reason", "ok"),
-            ],
-            &[],
-        )
+        .decide_on_page(&old, &old_csrf, &card, "approve", "ok", &[])
         .await;
     assert_eq!(expired.status, StatusCode::SEE_OTHER);
     assert_eq!(expired.headers["location"], "/login?expired=1");
@@ -624,16 +583,12 @@ async fn a_page_decision_is_recorded_with_role_and_shown_in_the_history() {
     let (run, card) = w.gated_refund(42_000, OnExpiry::Escalate).await;
     let (session, csrf) = w.login(DANA).await;
     let done = w
-        .form(
-            "/inbox/decide",
+        .decide_on_page(
             &session,
-            &[
-                ("csrf", &csrf),
-                ("gate", &card.gate.to_string()),
-                ("digest", &card.digest.to_string()),
-                ("verdict", "approve"),
-                ("reason", "late delivery, policy v3"),
-            ],
+            &csrf,
+            &card,
+            "approve",
+            "late delivery, policy v3",
             &[],
         )
         .await;
@@ -652,18 +607,7 @@ async fn a_page_decision_is_recorded_with_role_and_shown_in_the_history() {
     );
     // A stale form (the gate was decided meanwhile) says by whom and when.
     let again = w
-        .form(
-            "/inbox/decide",
-            &session,
-            &[
-                ("csrf", &csrf),
-                ("gate", &card.gate.to_string()),
-                ("digest", &card.digest.to_string()),
-                ("verdict", "reject"),
-                ("reason", "no"),
-            ],
-            &[],
-        )
+        .decide_on_page(&session, &csrf, &card, "reject", "no", &[])
         .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert!(
@@ -712,18 +656,7 @@ async fn tokens_session_ids_and_csrf_tokens_never_reach_the_logs() {
         .await;
     assert_eq!(bad.status, StatusCode::FORBIDDEN);
     let done = w
-        .form(
-            "/inbox/decide",
-            &session,
-            &[
-                ("csrf", &csrf),
-                ("gate", &card.gate.to_string()),
-                ("digest", &card.digest.to_string()),
-                ("verdict", "approve"),
-                ("reason", "ok"),
-            ],
-            &[],
-        )
+        .decide_on_page(&session, &csrf, &card, "approve", "ok", &[])
         .await;
     assert_eq!(done.status, StatusCode::OK);
     let _ = w

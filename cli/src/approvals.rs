@@ -206,11 +206,7 @@ fn decide_in_store(
         Verdict::Reject => annal::DecideRequest::reject(reason),
     };
     let decided = runtime.block_on(async {
-        let engine = annal::Engine::builder()
-            .store(db.shared())
-            .operator_only()
-            .open()
-            .await?;
+        let engine = db.operator_engine().await?;
         let result = engine.decide_bound(gate, &actor, &request).await;
         engine.shutdown().await;
         result

@@ -5,7 +5,6 @@
 
 use std::io::Write;
 
-use annal::{OperatorActionKind, Payload};
 use anyhow::{anyhow, bail};
 
 use crate::db::Database;
@@ -28,27 +27,10 @@ pub fn operate(
     if why.reason.trim().is_empty() {
         bail!("--reason must say why; nothing was written");
     }
-    let payload = |value: Option<serde_json::Value>| -> anyhow::Result<Payload> {
-        let value = value.ok_or_else(|| anyhow!("{name} needs a value"))?;
-        Ok(Payload::encode(&value)?)
-    };
-    let action = match name {
-        "retry" => OperatorActionKind::RetryStep,
-        "skip" => OperatorActionKind::SkipStep {
-            value: payload(value)?,
-        },
-        "resolve-done" => OperatorActionKind::ResolveDone {
-            output: payload(value)?,
-        },
-        "resolve-not-done" => OperatorActionKind::ResolveNotDone,
-        _ => OperatorActionKind::Abort,
-    };
+    let action =
+        annal_admin::wire::operator_action(name, value.as_ref()).map_err(|e| anyhow!(e))?;
     let done = runtime.block_on(async {
-        let engine = annal::Engine::builder()
-            .store(db.shared())
-            .operator_only()
-            .open()
-            .await?;
+        let engine = db.operator_engine().await?;
         let result = engine.operate(run, by, action, &why.reason).await;
         let status = engine.status(run).await.map(|info| info.status);
         engine.shutdown().await;

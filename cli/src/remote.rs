@@ -168,26 +168,19 @@ impl Remote {
             writeln!(out, "no runs match")?;
             return Ok(0);
         }
-        let mut rows = vec![[
-            "RUN",
-            "WORKFLOW",
-            "STATUS",
-            "EVENTS",
-            "CREATED",
-            "STATUS SINCE",
-            "NOTE",
-        ]
-        .map(String::from)];
-        for r in runs {
-            rows.push([
-                r.run,
-                format!("{} v{}", r.workflow, r.version),
-                r.status,
-                r.events.to_string(),
-                utc(r.created_ms),
-                utc(r.updated_ms),
-                r.note.replace('\n', " "),
-            ]);
+        let mut rows = vec![crate::commands::RunRow::header()];
+        for r in &runs {
+            let row = crate::commands::RunRow {
+                run: r.run.clone(),
+                workflow: &r.workflow,
+                version: r.version,
+                status: r.status.clone(),
+                events: r.events,
+                created_ms: r.created_ms,
+                updated_ms: r.updated_ms,
+                note: &r.note,
+            };
+            rows.push(row.cells());
         }
         write_table(out, &rows)?;
         Ok(0)

@@ -191,6 +191,27 @@ impl World {
         self.call(req.body(Body::from(body)).unwrap()).await
     }
 
+    /// Submits a card's decision form of the page (with extra request headers).
+    pub async fn decide_on_page(
+        &self,
+        session: &str,
+        csrf: &str,
+        card: &annal::PendingApproval,
+        verdict: &str,
+        reason: &str,
+        extra: &[(&str, &str)],
+    ) -> Reply {
+        let (gate, digest) = (card.gate.to_string(), card.digest.to_string());
+        let fields = [
+            ("csrf", csrf),
+            ("gate", gate.as_str()),
+            ("digest", digest.as_str()),
+            ("verdict", verdict),
+            ("reason", reason),
+        ];
+        self.form("/inbox/decide", session, &fields, extra).await
+    }
+
     pub async fn get(&self, uri: &str, cookies: &str) -> Reply {
         let req = Request::builder().uri(uri).header("cookie", cookies);
         self.call(req.body(Body::empty()).unwrap()).await
@@ -233,13 +254,7 @@ impl Reply {
 
 /// `name=value` of the `Set-Cookie` header that sets `name`.
 pub fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with(&format!("{name}=")))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_string)
+    set_cookie_header(headers, name).and_then(|v| v.split(';').next().map(str::to_string))
 }
 
 /// The full `Set-Cookie` header that sets `name`.

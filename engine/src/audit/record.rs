@@ -211,6 +211,30 @@ pub struct ApprovalRecord {
 }
 
 impl ApprovalRecord {
+    /// A round that just opened: requested (or reopened) at `requested_ms`, undecided.
+    fn opened(
+        gate: String,
+        position: Option<u32>,
+        seq: u64,
+        action: Option<String>,
+        requested_ms: u64,
+    ) -> Self {
+        Self {
+            gate,
+            position,
+            seq,
+            action,
+            requested_ms,
+            reminders: 0,
+            decided_ms: None,
+            decision: None,
+            actor: None,
+            role: None,
+            reason: None,
+            action_digest: None,
+        }
+    }
+
     /// How long the gate waited for its decision.
     pub fn latency_ms(&self) -> Option<u64> {
         self.decided_ms.map(|d| d.saturating_sub(self.requested_ms))
@@ -553,20 +577,13 @@ impl Fold {
             ),
             EventKind::ApprovalRequested { .. } | EventKind::ApprovalRequestedEditable { .. } => {
                 if let Some((gate, request, _)) = event.kind.approval_request() {
-                    self.approvals.push(ApprovalRecord {
-                        gate: GateId(*gate).to_string(),
-                        position: event.kind.command_position(),
+                    self.approvals.push(ApprovalRecord::opened(
+                        GateId(*gate).to_string(),
+                        event.kind.command_position(),
                         seq,
-                        action: Some(request.action.clone()),
-                        requested_ms: at_ms,
-                        reminders: 0,
-                        decided_ms: None,
-                        decision: None,
-                        actor: None,
-                        role: None,
-                        reason: None,
-                        action_digest: None,
-                    });
+                        Some(request.action.clone()),
+                        at_ms,
+                    ));
                 }
             }
             EventKind::ApprovalDecided { .. } | EventKind::ApprovalDecidedAs { .. } => {
@@ -700,18 +717,13 @@ impl Fold {
                 .find(|a| a.position == Some(position))
                 .cloned();
             if let Some(last) = last {
-                self.approvals.push(ApprovalRecord {
+                self.approvals.push(ApprovalRecord::opened(
+                    last.gate,
+                    last.position,
                     seq,
-                    requested_ms: at_ms,
-                    reminders: 0,
-                    decided_ms: None,
-                    decision: None,
-                    actor: None,
-                    role: None,
-                    reason: None,
-                    action_digest: None,
-                    ..last
-                });
+                    last.action,
+                    at_ms,
+                ));
             }
         }
         format!("{label} [{position}]")
