@@ -121,9 +121,10 @@ impl Admin {
         })
     }
 
-    /// Every route: `/api/v1/...`, `/login`, `/logout`, `/inbox`, `/assets/inbox.css`. Merge
-    /// it into a service's app (`app.merge(admin.router())`) or nest it under a prefix that
-    /// is the only thing on its path (cookies are scoped to `/`).
+    /// Every route: `/api/v1/...`, `/login`, `/logout`, `/inbox`, `/inbox/decide`,
+    /// `/assets/inbox.css`. Merge it into a service's app (`app.merge(admin.router())`): the
+    /// page's links, redirects and cookies use these absolute paths, so it is not meant to
+    /// be nested under a prefix.
     pub fn router(&self) -> Router {
         Router::new()
             .merge(api::routes())

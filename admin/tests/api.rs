@@ -705,3 +705,58 @@ async fn serve_binds_loopback_and_refuses_other_addresses_unless_allowed() {
     assert!(served.local_addr().ip().is_loopback());
     served.shutdown().await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn edits_are_offered_and_taken_only_where_the_gate_declares_them() {
+    let w = world().await;
+    let handle = w
+        .engine
+        .start::<_, String>("refund_editable", &42_000u64)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let list = w
+        .api(Method::GET, "/api/v1/approvals", Some(DANA), None)
+        .await
+        .json();
+    assert_eq!(list[0]["editable"], json!({ "amount": 42_000 }));
+    let gate = list[0]["gate"].as_str().unwrap().to_string();
+    let digest = list[0]["action_digest"].as_str().unwrap().to_string();
+    let (session, _) = w.login(DANA).await;
+    let page = w.get("/inbox", &session).await.body;
+    assert!(
+        page.contains("name=\"edits\""),
+        "the card has an edit field"
+    );
+    let before = w.engine.history(handle.run_id()).await.unwrap();
+    for (edits, status, code) in [
+        (
+            json!({ "iban": "DE00" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "edit_not_allowed",
+        ),
+        (
+            json!({ "amount": "all" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "edit_not_allowed",
+        ),
+    ] {
+        let reply = w
+            .api(Method::POST, &decision(&gate), Some(DANA), Some(json!({ "verdict": "approve", "reason": "x", "action_digest": digest, "edits": edits })))
+            .await;
+        assert_eq!(
+            (reply.status, reply.json()["error"].clone()),
+            (status, json!(code))
+        );
+    }
+    let reject_with_edits = w
+        .api(Method::POST, &decision(&gate), Some(DANA), Some(json!({ "verdict": "reject", "reason": "x", "action_digest": digest, "edits": { "amount": 1 } })))
+        .await;
+    assert_eq!(reject_with_edits.status, StatusCode::BAD_REQUEST);
+    assert_eq!(w.engine.history(handle.run_id()).await.unwrap(), before);
+    let ok = w
+        .api(Method::POST, &decision(&gate), Some(DANA), Some(json!({ "verdict": "approve", "reason": "capped", "action_digest": digest, "edits": { "amount": 40_000 } })))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.body);
+    assert_eq!(handle.result().await.unwrap(), "refunded 40000");
+}

@@ -68,6 +68,23 @@ pub async fn refund(
     }
 }
 
+/// A refund whose amount the reviewer may lower before approving.
+pub async fn refund_editable(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
+    let mut editable = serde_json::Map::new();
+    editable.insert("amount".into(), amount.into());
+    match ctx
+        .approval_editable(refund_request(amount, OnExpiry::Escalate), editable)
+        .await?
+    {
+        Decision::Approved { edits, .. } => {
+            let amount = edits.and_then(|e| e["amount"].as_u64()).unwrap_or(amount);
+            Ok(format!("refunded {amount}"))
+        }
+        Decision::Rejected { reason, .. } => Ok(format!("not refunded: {reason}")),
+        Decision::Expired => Ok("expired".into()),
+    }
+}
+
 pub fn config() -> AdminConfig {
     AdminConfig {
         currency: Some("USD".into()),
@@ -94,6 +111,7 @@ pub async fn world() -> World {
         .clock(Arc::clone(&clock) as Arc<dyn annal::clock::Clock>)
         .park_after_ms(60_000)
         .register("refund", 1, refund)
+        .register("refund_editable", 1, refund_editable)
         .open()
         .await
         .unwrap();
