@@ -223,6 +223,10 @@ async fn approvals(
     Query(q): Query<ApprovalsQuery>,
 ) -> ApiResult<Vec<PendingView>> {
     let caller = caller(&state, &headers)?;
+    if q.mine && caller.actor.is_agent() {
+        // An agent decides nothing, whatever its roles say.
+        return Ok(Json(Vec::new()));
+    }
     let pending = inbox(&state, q.mine.then_some(&caller.actor)).await?;
     Ok(Json(
         pending

@@ -245,6 +245,20 @@ async fn the_approvals_list_carries_everything_the_gate_recorded() {
         .await
         .json();
     assert_eq!(mine, json!([]));
+    let bots = w
+        .api(Method::GET, "/api/v1/approvals?mine=true", Some(BOT), None)
+        .await
+        .json();
+    assert_eq!(
+        bots,
+        json!([]),
+        "an agent with the finance role decides nothing"
+    );
+    let danas = w
+        .api(Method::GET, "/api/v1/approvals?mine=true", Some(DANA), None)
+        .await
+        .json();
+    assert_eq!(danas[0]["gate"], card.gate.to_string());
     let one = w
         .api(
             Method::GET,

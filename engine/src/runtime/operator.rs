@@ -69,7 +69,7 @@ impl PendingApproval {
 /// Which approvals to list.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalFilter {
-    /// Only gates this actor may decide.
+    /// Only gates this actor may decide (none, for an agent).
     pub approver: Option<Actor>,
     /// Only gates at or above this risk.
     pub min_risk: Option<RiskTier>,
@@ -79,7 +79,7 @@ impl ApprovalFilter {
     fn admits(&self, pending: &PendingApproval) -> bool {
         self.approver
             .as_ref()
-            .is_none_or(|a| a.may_decide(&pending.approvers))
+            .is_none_or(|a| !a.is_agent() && a.may_decide(&pending.approvers))
             && self.min_risk.is_none_or(|min| pending.risk >= min)
     }
 }
