@@ -407,8 +407,11 @@ async fn render_inbox(
     let now_ms = state.now_ms();
     let mut cards = Vec::with_capacity(pending.len());
     for p in &pending {
-        let history = state.engine.history(p.run).await.unwrap_or_default();
-        cards.push(card(state, session, p, &timeline(&history), now_ms));
+        let shown = match state.engine.history(p.run).await {
+            Ok(history) => timeline(&history),
+            Err(e) => format!("(the run's history cannot be read: {e})"),
+        };
+        cards.push(card(state, session, p, &shown, now_ms));
     }
     let actor = &session.actor;
     let body = html! {
