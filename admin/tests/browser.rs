@@ -107,8 +107,17 @@ async fn log_in(client: &Client, base: &str, token: &str) {
         .click()
         .await
         .unwrap();
+    // The inbox's header appears once the login's redirect has loaded.
+    let landed = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("header.top"))
+        .await;
     let url = client.current_url().await.unwrap();
-    assert!(url.path().ends_with("/inbox"), "logged in: {url}");
+    assert!(
+        landed.is_ok() && url.path().ends_with("/inbox"),
+        "not logged in: at {url}"
+    );
 }
 
 /// Types `reason` into the card of `gate` and presses its `verdict` button.
@@ -131,14 +140,21 @@ async fn decide(client: &Client, gate: &str, verdict: &str, reason: &str) {
         .unwrap();
 }
 
+/// The result banner of the page the last form led to, once that page has loaded.
 async fn banner(client: &Client) -> String {
-    client
-        .find(Locator::Css("p.banner"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    let found = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("p.banner"))
+        .await;
+    match found {
+        Ok(banner) => banner.text().await.unwrap(),
+        Err(e) => {
+            let url = client.current_url().await.map(|u| u.to_string());
+            let page = client.source().await.unwrap_or_default();
+            panic!("no result banner ({e}) at {url:?}:\n{page}")
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
