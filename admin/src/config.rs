@@ -157,8 +157,9 @@ impl AdminConfig {
         Self::from_toml(&text)
     }
 
-    /// Adds a principal whose token is `token` (hashed here); for services that build their
-    /// configuration in code, and for tests.
+    /// Adds a principal whose token is `token` (hashed here, surrounding white space
+    /// ignored as everywhere tokens are read); for services that build their configuration
+    /// in code, and for tests.
     pub fn with_principal(
         mut self,
         actor: &str,
@@ -170,7 +171,7 @@ impl AdminConfig {
             actor: actor.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
             kind,
-            token_blake3: blake3::hash(token.as_bytes()).to_hex().to_string(),
+            token_blake3: blake3::hash(token.trim().as_bytes()).to_hex().to_string(),
         });
         self
     }

@@ -441,12 +441,14 @@ impl Engine {
             return Ok(None);
         }
         let request = &record.request;
-        let editable = record
-            .editable
-            .as_ref()
-            .map(|p| p.decode::<serde_json::Value>())
-            .transpose()
-            .map_err(|e| Error::Payload(e.to_string()))?;
+        // The engine writes the editable fields from a JSON object, so they decode; if they
+        // ever did not, the card offers no edits (and `decide_bound` refuses any) rather
+        // than hiding every gate of the inbox.
+        let editable = record.editable.as_ref().and_then(|p| {
+            p.decode::<serde_json::Value>()
+                .inspect_err(|e| tracing::warn!(%run, %gate, error = %e, "editable fields do not decode; no edits offered"))
+                .ok()
+        });
         Ok(Some(PendingApproval {
             gate,
             run,
