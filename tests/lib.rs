@@ -240,9 +240,7 @@ pub mod workload {
                 EventKind::ApprovalRequested { gate, .. } => Some(annal::GateId(*gate)),
                 _ => None,
             });
-            let decided = history
-                .iter()
-                .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }));
+            let decided = history.iter().any(|e| e.kind.decision().is_some());
             if decided || history.last().is_some_and(|e| e.kind.is_terminal()) {
                 return Ok(());
             }
@@ -451,9 +449,7 @@ pub mod verify {
                     .map(|(_, h)| h)
                     .unwrap();
                 assert!(
-                    history
-                        .iter()
-                        .any(|e| matches!(e.kind, EventKind::ApprovalDecided { .. })),
+                    history.iter().any(|e| e.kind.decision().is_some()),
                     "{context}: acknowledged decision ({what}) of run {run} is missing"
                 );
             }

@@ -15,10 +15,13 @@ use crate::commands::write_table;
 use crate::db::Database;
 
 /// What an operator decides about a gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Go ahead.
-    Approve,
+    /// Go ahead, with edits of the gate's editable fields.
+    Approve {
+        /// The edits (a JSON object), if any.
+        edits: Option<serde_json::Value>,
+    },
     /// Do not.
     Reject,
 }
@@ -111,7 +114,7 @@ pub fn decide(
 ) -> anyhow::Result<u8> {
     let known = gates(db)?;
     if known.is_empty() {
-        eprintln!("{NO_GATES}; nothing to {}", verb(verdict));
+        eprintln!("{NO_GATES}; nothing to {}", verb(&verdict));
         return Ok(1);
     }
     let wanted: String = gate
@@ -169,17 +172,18 @@ pub fn decide(
     Ok(0)
 }
 
-fn verb(verdict: Verdict) -> &'static str {
+fn verb(verdict: &Verdict) -> &'static str {
     match verdict {
-        Verdict::Approve => "approve",
+        Verdict::Approve { .. } => "approve",
         Verdict::Reject => "reject",
     }
 }
 
 /// Records the decision through an operator-only engine: it checks the gate (still open,
-/// deadline not passed, actor allowed) under the run's writer lock, appends
-/// `ApprovalDecided` durably and marks the run `Running`, so the service resumes it when it
-/// next opens the database. Refusals write nothing.
+/// deadline not passed, actor allowed, a reason to reject, edits only where declared) under
+/// the run's writer lock, appends the decision with the role it was taken under durably and
+/// marks the run `Running`, so the service resumes it when it next opens the database.
+/// Refusals write nothing.
 #[allow(clippy::too_many_arguments)]
 fn decide_in_store(
     db: &Database,
@@ -193,28 +197,25 @@ fn decide_in_store(
 ) -> anyhow::Result<String> {
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
     let actor = annal::Actor::new(actor, &roles);
+    let verb = verb(&verdict);
+    let request = match verdict {
+        Verdict::Approve { edits: None } => annal::DecideRequest::approve(reason),
+        Verdict::Approve { edits: Some(edits) } => {
+            annal::DecideRequest::approve(reason).with_edits(edits)
+        }
+        Verdict::Reject => annal::DecideRequest::reject(reason),
+    };
     let decided = runtime.block_on(async {
-        let engine = annal::Engine::builder()
-            .store(db.shared())
-            .operator_only()
-            .open()
-            .await?;
-        let verdict_for_engine = match verdict {
-            Verdict::Approve => annal::Verdict::Approve { edits: None },
-            Verdict::Reject => annal::Verdict::Reject,
-        };
-        let result = engine
-            .decide(gate, &actor, verdict_for_engine, reason)
-            .await;
+        let engine = db.operator_engine().await?;
+        let result = engine.decide_bound(gate, &actor, &request).await;
         engine.shutdown().await;
         result
     });
     match decided {
-        Ok(()) => Ok(format!(
-            "gate {gate} (run {run}): {}d by {} ({reason}); the service resumes the run when it next opens the database",
-            verb(verdict),
-            actor.id
+        Ok(decided) => Ok(format!(
+            "gate {gate} (run {run}): {verb}d by {} as {} ({reason}); the service resumes the run when it next opens the database",
+            decided.actor, decided.role
         )),
-        Err(e) => bail!("cannot {} gate {gate} (run {run}): {e}; nothing was written", verb(verdict)),
+        Err(e) => bail!("cannot {verb} gate {gate} (run {run}): {e}; nothing was written"),
     }
 }

@@ -47,19 +47,17 @@ pub fn runs(db: &Database, filter: &RunFilter, out: &mut dyn Write) -> anyhow::R
             continue;
         }
         let status = status.map_or_else(|| format!("code {}", meta.status), |s| s.to_string());
-        rows.push((
-            meta.created_ms,
-            run,
-            [
-                run.to_string(),
-                format!("{} v{}", meta.workflow, meta.version),
-                status,
-                meta.next_seq.to_string(),
-                utc(meta.created_ms),
-                utc(meta.updated_ms),
-                meta.note.replace('\n', " "),
-            ],
-        ));
+        let row = RunRow {
+            run: run.to_string(),
+            workflow: &meta.workflow,
+            version: meta.version,
+            status,
+            events: meta.next_seq,
+            created_ms: meta.created_ms,
+            updated_ms: meta.updated_ms,
+            note: &meta.note,
+        };
+        rows.push((meta.created_ms, run, row.cells()));
     }
     rows.sort_by_key(|row| (row.0, row.1));
     if rows.is_empty() {
@@ -75,17 +73,7 @@ pub fn runs(db: &Database, filter: &RunFilter, out: &mut dyn Write) -> anyhow::R
             }
         )?;
     } else {
-        let header = [
-            "RUN",
-            "WORKFLOW",
-            "STATUS",
-            "EVENTS",
-            "CREATED",
-            "STATUS SINCE",
-            "NOTE",
-        ]
-        .map(String::from);
-        let table: Vec<[String; 7]> = std::iter::once(header)
+        let table: Vec<[String; 7]> = std::iter::once(RunRow::header())
             .chain(rows.into_iter().map(|(_, _, row)| row))
             .collect();
         write_table(out, &table)?;
@@ -94,6 +82,55 @@ pub fn runs(db: &Database, filter: &RunFilter, out: &mut dyn Write) -> anyhow::R
         eprintln!("warning: {unreadable} runs have missing or corrupt metadata and are not listed; run `annal verify`");
     }
     Ok(0)
+}
+
+/// One line of `annal runs`, local or remote.
+pub struct RunRow<'a> {
+    /// Run id.
+    pub run: String,
+    /// Workflow name.
+    pub workflow: &'a str,
+    /// Pinned version.
+    pub version: u32,
+    /// Status, as shown.
+    pub status: String,
+    /// Events in its history.
+    pub events: u64,
+    /// Created at.
+    pub created_ms: u64,
+    /// Last status change.
+    pub updated_ms: u64,
+    /// Why it is in its status.
+    pub note: &'a str,
+}
+
+impl RunRow<'_> {
+    /// The table's header.
+    pub fn header() -> [String; 7] {
+        [
+            "RUN",
+            "WORKFLOW",
+            "STATUS",
+            "EVENTS",
+            "CREATED",
+            "STATUS SINCE",
+            "NOTE",
+        ]
+        .map(String::from)
+    }
+
+    /// The row's cells.
+    pub fn cells(self) -> [String; 7] {
+        [
+            self.run,
+            format!("{} v{}", self.workflow, self.version),
+            self.status,
+            self.events.to_string(),
+            utc(self.created_ms),
+            utc(self.updated_ms),
+            self.note.replace('\n', " "),
+        ]
+    }
 }
 
 /// What `annal history --json` prints.

@@ -154,6 +154,17 @@ impl Database {
         })
     }
 
+    /// An operator-only engine on this store (no workflow code, no recovery): records
+    /// decisions and operator actions with the service's checks, leaving the run `Running`
+    /// for the service to resume. Shut it down after use.
+    pub async fn operator_engine(&self) -> annal::Result<annal::Engine> {
+        annal::Engine::builder()
+            .store(self.shared())
+            .operator_only()
+            .open()
+            .await
+    }
+
     /// The store shared, for an operator-only engine (decisions).
     pub fn shared(&self) -> std::sync::Arc<dyn annal_storage::LogStore> {
         self.store.clone()

@@ -4,6 +4,10 @@
 //! (a stopped service, or a copy). Everything it shows is computed from the stored events by
 //! the engine's pure audit functions (`annal::audit`).
 //!
+//! With `--url URL --token-file FILE` the commands `runs`, `history`, `report`, `approvals`,
+//! `approve`, `reject` and `operate` talk to a running service through its admin API
+//! (`remote.rs`) instead; the token says who decides, under which roles.
+//!
 //! Exit codes: 0 success; 1 a problem was found (verify), the input named nothing (unknown
 //! run or gate) or an error occurred; 2 the database is locked by another process (or the
 //! command line was malformed).
@@ -11,6 +15,8 @@
 mod approvals;
 mod commands;
 mod db;
+mod operate;
+mod remote;
 mod verify;
 mod when;
 
@@ -19,7 +25,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use annal::RunStatus;
-use clap::{ArgGroup, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::db::{Access, Database};
 use crate::when::When;
@@ -31,6 +37,15 @@ struct Cli {
     /// The database directory (the engine's `path`).
     #[arg(long, global = true, default_value = "annal-data", value_name = "PATH")]
     db: PathBuf,
+
+    /// Talk to a running service's admin API at this URL instead of a database directory
+    /// (e.g. http://127.0.0.1:8417).
+    #[arg(long, global = true, value_name = "URL", requires = "token_file")]
+    url: Option<String>,
+
+    /// The file holding your admin API token (with --url).
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -94,30 +109,45 @@ enum Command {
     Approve {
         /// The gate id (or a unique prefix).
         gate: String,
-        /// Who decides.
+        /// Who decides (required on a database; with --url the token says, and --by must
+        /// match it).
         #[arg(long, value_name = "ACTOR")]
-        by: String,
-        /// A role of the actor (repeat for several), matched against `role:NAME` approvers.
+        by: Option<String>,
+        /// A role of the actor (repeat for several), matched against `role:NAME` approvers
+        /// (on a database; with --url the server knows the token's roles).
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
         /// Why.
         #[arg(long)]
         reason: String,
+        /// Edits of the fields the gate declared editable, as a JSON object.
+        #[arg(long, value_name = "JSON")]
+        edits: Option<String>,
     },
     /// Reject a gate.
     Reject {
         /// The gate id (or a unique prefix).
         gate: String,
-        /// Who decides.
+        /// Who decides (required on a database; with --url the token says).
         #[arg(long, value_name = "ACTOR")]
-        by: String,
+        by: Option<String>,
         /// A role of the actor (repeat for several), matched against `role:NAME` approvers.
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
-        /// Why.
+        /// Why (required).
         #[arg(long)]
         reason: String,
     },
+    /// Act on an escalated run: retry, skip with a value, resolve, abort.
+    Operate {
+        /// The run id (or a unique prefix).
+        run: String,
+        #[command(subcommand)]
+        operation: Operation,
+    },
+    /// Admin server helpers: tokens for its configuration file.
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Delete ended runs older than a retention period.
     ///
     /// Ended: completed, failed, cancelled, terminated or continued-as-new, and last updated
@@ -130,6 +160,90 @@ enum Command {
         /// Only list what would be purged.
         #[arg(long)]
         dry_run: bool,
+    },
+}
+
+/// Who acts and why, for every operator action.
+#[derive(Debug, Clone, Args)]
+pub struct Why {
+    /// Who acts (required on a database; with --url the token says, and --by must match it).
+    #[arg(long, value_name = "ACTOR")]
+    pub by: Option<String>,
+    /// Why (required).
+    #[arg(long)]
+    pub reason: String,
+}
+
+/// What an operator does to an escalated run.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Operation {
+    /// Run the failed step again with fresh attempts (or reopen an expired approval).
+    Retry(#[command(flatten)] Why),
+    /// Treat the step as done with this output.
+    Skip {
+        /// The step's output, as JSON.
+        #[arg(long, value_name = "JSON")]
+        value: String,
+        /// Who acts and why.
+        #[command(flatten)]
+        why: Why,
+    },
+    /// Say what became of an irreversible effect whose outcome was unknown.
+    #[command(subcommand)]
+    Resolve(Resolution),
+    /// End the run as failed.
+    Abort(#[command(flatten)] Why),
+}
+
+/// The outcome of an unknown irreversible effect.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Resolution {
+    /// It happened; this is its output.
+    Done {
+        /// The effect's output, as JSON.
+        #[arg(long, value_name = "JSON")]
+        output: String,
+        /// Who acts and why.
+        #[command(flatten)]
+        why: Why,
+    },
+    /// It did not happen: run it again.
+    NotDone(#[command(flatten)] Why),
+}
+
+impl Operation {
+    /// The API's name for it, its value, and who and why.
+    pub fn wire(&self) -> anyhow::Result<(&'static str, Option<serde_json::Value>, &Why)> {
+        let json = |what: &str, text: &str| -> anyhow::Result<serde_json::Value> {
+            serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--{what} is not JSON: {e}"))
+        };
+        Ok(match self {
+            Operation::Retry(why) => ("retry", None, why),
+            Operation::Skip { value, why } => ("skip", Some(json("value", value)?), why),
+            Operation::Resolve(Resolution::Done { output, why }) => {
+                ("resolve-done", Some(json("output", output)?), why)
+            }
+            Operation::Resolve(Resolution::NotDone(why)) => ("resolve-not-done", None, why),
+            Operation::Abort(why) => ("abort", None, why),
+        })
+    }
+}
+
+/// `annal admin …`.
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Make a new random token: writes it to FILE (mode 600) and prints the line for the
+    /// admin configuration (`token_blake3 = "…"`).
+    NewToken {
+        /// Where the token goes (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the `token_blake3` hash of the token in FILE (or on standard input).
+    HashToken {
+        /// The file holding the token; default: read standard input.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -149,9 +263,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Admin(admin) = &cli.command {
+        return admin_command(admin);
+    }
+    if let Some(url) = &cli.url {
+        let token_file = cli
+            .token_file
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("--url needs --token-file"))?;
+        return run_remote(url, token_file, cli.command);
+    }
     let access = match cli.command {
         Command::Approve { .. }
         | Command::Reject { .. }
+        | Command::Operate { .. }
         | Command::Purge { dry_run: false, .. } => Access::Write,
         _ => Access::Read,
     };
@@ -190,16 +315,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             by,
             roles,
             reason,
-        } => approvals::decide(
-            &db,
-            &runtime,
-            &gate,
-            approvals::Verdict::Approve,
-            &by,
-            &roles,
-            &reason,
-            &mut out,
-        )?,
+            edits,
+        } => {
+            let edits = edits.as_deref().map(parse_edits).transpose()?;
+            approvals::decide(
+                &db,
+                &runtime,
+                &gate,
+                approvals::Verdict::Approve { edits },
+                &required_by(by)?,
+                &roles,
+                &reason,
+                &mut out,
+            )?
+        }
         Command::Reject {
             gate,
             by,
@@ -210,11 +339,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             &runtime,
             &gate,
             approvals::Verdict::Reject,
-            &by,
+            &required_by(by)?,
             &roles,
             &reason,
             &mut out,
         )?,
+        Command::Operate { run, operation } => {
+            operate::operate(&db, &runtime, &run, &operation, &mut out)?
+        }
+        Command::Admin(_) => unreachable!("handled before the database is opened"),
         Command::Purge {
             older_than,
             dry_run,
@@ -222,6 +355,93 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     out.flush()?;
     Ok(code)
+}
+
+fn required_by(by: Option<String>) -> anyhow::Result<String> {
+    by.ok_or_else(|| {
+        anyhow::anyhow!(
+            "--by ACTOR is required on a database (with --url the token says who decides)"
+        )
+    })
+}
+
+fn parse_edits(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--edits is not JSON: {e}"))
+}
+
+/// The commands that work against a running service.
+fn run_remote(url: &str, token_file: &std::path::Path, command: Command) -> anyhow::Result<u8> {
+    let remote = remote::Remote::new(url, token_file)?;
+    let stdout = std::io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let code = match command {
+        Command::Runs {
+            status,
+            workflow,
+            since,
+        } => remote.runs(
+            &commands::RunFilter {
+                status,
+                workflow,
+                since,
+            },
+            &mut out,
+        )?,
+        Command::History { run, json } => remote.history(&run, json, &mut out)?,
+        Command::Report { since, json } => remote.report(since, json, &mut out)?,
+        Command::Approvals => remote.approvals(&mut out)?,
+        Command::Approve {
+            gate,
+            by,
+            reason,
+            edits,
+            roles: _,
+        } => {
+            let edits = edits.as_deref().map(parse_edits).transpose()?;
+            remote.decide(&gate, true, by.as_deref(), &reason, edits, &mut out)?
+        }
+        Command::Reject {
+            gate, by, reason, ..
+        } => remote.decide(&gate, false, by.as_deref(), &reason, None, &mut out)?,
+        Command::Operate { run, operation } => remote.operate(&run, &operation, &mut out)?,
+        Command::Verify { .. } | Command::Export { .. } | Command::Purge { .. } => {
+            anyhow::bail!("this command works on a database directory (--db), not with --url")
+        }
+        Command::Admin(_) => unreachable!("handled before"),
+    };
+    out.flush()?;
+    Ok(code)
+}
+
+/// `annal admin new-token` / `hash-token`.
+fn admin_command(command: &AdminCommand) -> anyhow::Result<u8> {
+    match command {
+        AdminCommand::NewToken { out } => {
+            let token = annal_admin::new_token()?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options
+                .open(out)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", out.display()))?;
+            writeln!(file, "{token}")?;
+            println!("token_blake3 = \"{}\"", annal_admin::hash_token(&token)?);
+            eprintln!(
+                "the token is in {}; hand it to its owner, keep only the hash in the config",
+                out.display()
+            );
+        }
+        AdminCommand::HashToken { token_file } => {
+            let token = match token_file {
+                Some(path) => std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                None => std::io::read_to_string(std::io::stdin())?,
+            };
+            println!("token_blake3 = \"{}\"", annal_admin::hash_token(&token)?);
+        }
+    }
+    Ok(0)
 }
 
 /// Prints an error for a person and picks the exit code.

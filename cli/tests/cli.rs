@@ -1065,3 +1065,275 @@ fn verify_names_a_parked_run_whose_decision_arrived_behind_its_status() {
     assert_eq!(out, "refunded by dana");
     expect(dir.path(), &["verify"], 0);
 }
+
+/// A refund whose approval expires at once and escalates, for operator actions.
+async fn refund_that_escalates(ctx: Ctx, amount: u64) -> Result<String, annal::WorkflowError> {
+    let mut request = annal::ApprovalRequest::new(format!("refund {amount} cents"));
+    request.approvers = vec!["role:finance".into()];
+    request.deadline_ms = Some(if amount == 0 { 1 } else { 3_600_000 });
+    match ctx.approval(request).await? {
+        annal::Decision::Approved { actor, .. } => Ok(format!("refunded by {actor}")),
+        annal::Decision::Rejected { actor, reason } => Ok(format!("rejected by {actor}: {reason}")),
+        annal::Decision::Expired => Ok("expired".into()),
+    }
+}
+
+async fn wait_for_status(engine: &Engine, run: RunId, status: RunStatus) {
+    for _ in 0..1_000 {
+        if engine.status(run).await.unwrap().status == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("run {run} never became {status}");
+}
+
+#[test]
+fn operate_on_a_database_acts_on_an_escalated_run_and_refuses_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine_at = || {
+        Engine::builder()
+            .path(dir.path())
+            .park_after_ms(50)
+            .register("refund", 1, refund_that_escalates)
+    };
+    let rt = runtime();
+    let run = rt.block_on(async {
+        let engine = engine_at().open().await.unwrap();
+        let run = engine
+            .start::<_, String>("refund", &0u64)
+            .await
+            .unwrap()
+            .run_id();
+        wait_for_status(&engine, run, RunStatus::Escalated).await;
+        engine.shutdown().await;
+        run
+    });
+    let id = run.to_string();
+    let before = expect(dir.path(), &["history", &id], 0);
+    let no_by = annal(dir.path(), &["operate", &id, "retry", "--reason", "x"]);
+    assert_eq!(no_by.status.code(), Some(1));
+    assert!(
+        stderr(&no_by).contains("--by ACTOR is required"),
+        "{}",
+        stderr(&no_by)
+    );
+    let misfit = annal(
+        dir.path(),
+        &[
+            "operate", &id, "resolve", "done", "--output", "\"x\"", "--by", "olga", "--reason", "x",
+        ],
+    );
+    assert_eq!(misfit.status.code(), Some(1));
+    assert!(
+        stderr(&misfit).contains("nothing was written"),
+        "{}",
+        stderr(&misfit)
+    );
+    assert_eq!(expect(dir.path(), &["history", &id], 0), before);
+    let done = expect(
+        dir.path(),
+        &[
+            "operate",
+            &id[..8],
+            "retry",
+            "--by",
+            "olga",
+            "--reason",
+            "reviewer back from leave",
+        ],
+        0,
+    );
+    assert!(done.contains("retry by olga"), "{done}");
+    let history = expect(dir.path(), &["history", &id], 0);
+    assert!(
+        history.contains("retry-step [0] by olga: \"reviewer back from leave\""),
+        "{history}"
+    );
+    // No longer escalated: a second action is refused.
+    let again = annal(
+        dir.path(),
+        &["operate", &id, "abort", "--by", "omar", "--reason", "x"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("not escalated"),
+        "{}",
+        stderr(&again)
+    );
+    expect(dir.path(), &["verify"], 0);
+}
+
+/// Runs `annal --url URL --token-file FILE ARGS…` against a running service.
+fn annal_remote(url: &str, token_file: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_annal"))
+        .arg("--url")
+        .arg(url)
+        .arg("--token-file")
+        .arg(token_file)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn expect_remote(url: &str, token_file: &Path, args: &[&str], code: i32) -> (String, String) {
+    let output = annal_remote(url, token_file, args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "annal --url {args:?}\n--- stdout\n{}--- stderr\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    (stdout(&output), stderr(&output))
+}
+
+#[test]
+fn the_cli_decides_and_operates_through_a_running_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = tempfile::tempdir().unwrap();
+    let token = |name: &str, value: &str| {
+        let path = tokens.path().join(name);
+        std::fs::write(&path, format!("{value}\n")).unwrap();
+        #[cfg(unix)]
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        path
+    };
+    let (dana, lee, olga) = (
+        token("dana", "dana-token-0123456789abcdef0123"),
+        token("lee", "lee-token-0123456789abcdef01234"),
+        token("olga", "olga-token-0123456789abcdef0123"),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, served, run, stuck) = rt.block_on(async {
+        let engine = Engine::builder()
+            .path(dir.path())
+            .durability(Durability::Buffered)
+            .register("refund", 1, refund_that_escalates)
+            .open()
+            .await
+            .unwrap();
+        let run = engine
+            .start::<_, String>("refund", &4_200u64)
+            .await
+            .unwrap()
+            .run_id();
+        let stuck = engine
+            .start::<_, String>("refund", &0u64)
+            .await
+            .unwrap()
+            .run_id();
+        wait_for_status(&engine, stuck, RunStatus::Escalated).await;
+        let config = annal_admin::AdminConfig::default()
+            .with_principal(
+                "dana",
+                &["finance"],
+                annal_admin::PrincipalKind::Human,
+                "dana-token-0123456789abcdef0123",
+            )
+            .with_principal(
+                "lee",
+                &["support"],
+                annal_admin::PrincipalKind::Human,
+                "lee-token-0123456789abcdef01234",
+            )
+            .with_principal(
+                "olga",
+                &["operator"],
+                annal_admin::PrincipalKind::Human,
+                "olga-token-0123456789abcdef0123",
+            );
+        let served = annal_admin::serve(engine.clone(), config).await.unwrap();
+        (engine, served, run, stuck)
+    });
+    let url = served.url();
+    let (listed, _) = expect_remote(&url, &dana, &["approvals"], 0);
+    assert!(
+        listed.contains("refund 4200 cents") && listed.contains("role:finance"),
+        "{listed}"
+    );
+    let gate = listed
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // Lee may not decide it; --by must match the token; nothing is written.
+    let (_, refused) = expect_remote(&url, &lee, &["approve", &gate[..8], "--reason", "lgtm"], 1);
+    assert!(
+        refused.contains("not_allowed") && refused.contains("nothing was written"),
+        "{refused}"
+    );
+    let (_, impostor) = expect_remote(
+        &url,
+        &lee,
+        &["approve", &gate, "--by", "dana", "--reason", "x"],
+        1,
+    );
+    assert!(impostor.contains("does not match the token"), "{impostor}");
+    let history = |who: &Path| expect_remote(&url, who, &["history", &run.to_string()], 0).0;
+    assert!(!history(&lee).contains("ApprovalDecided"));
+    // Dana approves; the service wakes the run at once.
+    let (approved, _) = expect_remote(
+        &url,
+        &dana,
+        &["approve", &gate[..8], "--reason", "within policy"],
+        0,
+    );
+    assert!(
+        approved.contains("approved by dana as role:finance"),
+        "{approved}"
+    );
+    let out = rt.block_on(async {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            engine.handle::<String>(run).result(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+    });
+    assert_eq!(out, "refunded by dana");
+    assert!(history(&lee).contains("approved by dana as role:finance: \"within policy\""));
+    let (_, again) = expect_remote(&url, &dana, &["reject", &gate, "--reason", "no"], 1);
+    assert!(
+        again.contains("already_decided") && again.contains("dana"),
+        "{again}"
+    );
+    let (runs, _) = expect_remote(&url, &lee, &["runs", "--status", "completed"], 0);
+    assert!(runs.contains(&run.to_string()), "{runs}");
+    let (report, _) = expect_remote(&url, &lee, &["report"], 0);
+    assert!(report.contains("approved"), "{report}");
+    // Operator actions: only an operator; the escalated run is reopened.
+    let (_, not_operator) = expect_remote(
+        &url,
+        &dana,
+        &["operate", &stuck.to_string(), "retry", "--reason", "x"],
+        1,
+    );
+    assert!(not_operator.contains("forbidden"), "{not_operator}");
+    let (done, _) = expect_remote(
+        &url,
+        &olga,
+        &[
+            "operate",
+            &stuck.to_string(),
+            "retry",
+            "--reason",
+            "reviewer back",
+        ],
+        0,
+    );
+    assert!(done.contains("retry by olga"), "{done}");
+    let (_, local_only) = expect_remote(&url, &olga, &["verify"], 1);
+    assert!(local_only.contains("database directory"), "{local_only}");
+    rt.block_on(async {
+        served.shutdown().await.unwrap();
+        engine.shutdown().await;
+    });
+}

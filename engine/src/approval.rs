@@ -82,6 +82,22 @@ impl ApprovalRequest {
     }
 }
 
+/// Whether an actor is a person or a program. Only people decide approval gates: an agent
+/// that could approve would approve its own proposals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum ActorKind {
+    /// A person (the default: [`Actor::new`]).
+    #[default]
+    Human,
+    /// A program: an agent, a bot, a service account.
+    Agent,
+}
+
+/// The role a decision is recorded under when the gate lets anyone decide.
+pub const DECIDED_AS_ANYONE: &str = "any";
+/// The role a decision is recorded under when the gate listed the actor's own id.
+pub const DECIDED_AS_NAMED: &str = "named";
+
 /// Who is deciding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
@@ -89,25 +105,157 @@ pub struct Actor {
     pub id: String,
     /// Their roles.
     pub roles: Vec<String>,
+    /// Person or program; defaults to a person, so older serialized actors still read.
+    #[serde(default)]
+    pub kind: ActorKind,
 }
 
 impl Actor {
-    /// An actor with roles.
+    /// A person with roles.
     pub fn new(id: impl Into<String>, roles: &[&str]) -> Self {
         Self {
             id: id.into(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            kind: ActorKind::Human,
         }
+    }
+
+    /// A program (an agent, a bot) with roles: it may read, but never decide a gate.
+    pub fn agent(id: impl Into<String>, roles: &[&str]) -> Self {
+        Self {
+            kind: ActorKind::Agent,
+            ..Self::new(id, roles)
+        }
+    }
+
+    /// Whether this actor is a program.
+    pub fn is_agent(&self) -> bool {
+        self.kind == ActorKind::Agent
     }
 
     /// Whether this actor is one of `approvers` (ids or `role:NAME`). Pure.
     pub fn may_decide(&self, approvers: &[String]) -> bool {
-        approvers.is_empty()
-            || approvers.iter().any(|a| match a.strip_prefix("role:") {
-                Some(role) => self.roles.iter().any(|r| r == role),
-                None => *a == self.id,
+        self.decides_as(approvers).is_some()
+    }
+
+    /// Under which entry of `approvers` this actor decides, as recorded with the decision:
+    /// `role:NAME` for the first role entry they hold, [`DECIDED_AS_NAMED`] when their id is
+    /// listed (whichever of the two comes first in the list), [`DECIDED_AS_ANYONE`] when the
+    /// list is empty; `None` when they may not decide. Pure; says nothing about agents.
+    pub fn decides_as(&self, approvers: &[String]) -> Option<String> {
+        if approvers.is_empty() {
+            return Some(DECIDED_AS_ANYONE.to_string());
+        }
+        approvers
+            .iter()
+            .find_map(|a| match a.strip_prefix("role:") {
+                Some(role) => self.roles.iter().any(|r| r == role).then(|| a.clone()),
+                None => (*a == self.id).then(|| DECIDED_AS_NAMED.to_string()),
             })
     }
+}
+
+/// A digest of exactly what a gate asks to approve: the recorded request (action, evidence,
+/// risk, cost, checks, rollback, deadline, approvers, expiry route), the editable fields if
+/// the gate has any, and the gate id. A reviewer's decision can name the digest of what they
+/// saw; if the gate's recorded request is not that one (a crash took an unsaved request and
+/// the workflow proposed something else at the same gate), the decision is refused.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActionDigest(pub [u8; 32]);
+
+impl ActionDigest {
+    /// The digest of a gate's recorded request. Stable: BLAKE3 in derive-key mode over the
+    /// gate id and the schema-v1 encoding of the request (whose layout never changes).
+    pub fn of(gate: [u8; 16], request: &ApprovalRequest, editable: Option<&[u8]>) -> Self {
+        let mut hasher = blake3::Hasher::new_derive_key("annal approval action digest v1");
+        hasher.update(&gate);
+        let request = crate::codec::canonical_bytes(request);
+        hasher.update(&(request.len() as u64).to_le_bytes());
+        hasher.update(&request);
+        match editable {
+            Some(bytes) => {
+                hasher.update(&[1]);
+                hasher.update(&(bytes.len() as u64).to_le_bytes());
+                hasher.update(bytes);
+            }
+            None => {
+                hasher.update(&[0]);
+            }
+        }
+        ActionDigest(*hasher.finalize().as_bytes())
+    }
+
+    /// Parses the 64 lowercase or uppercase hex digits [`Display`](std::fmt::Display) writes.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(ActionDigest(out))
+    }
+}
+
+impl std::fmt::Display for ActionDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ActionDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActionDigest({self})")
+    }
+}
+
+impl Serialize for ActionDigest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ActionDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        ActionDigest::parse(&s)
+            .ok_or_else(|| serde::de::Error::custom("an action digest is 64 hex digits"))
+    }
+}
+
+/// Whether `edits` only changes what a gate declared editable (`editable`: a JSON object of
+/// field -> proposed value), each field keeping the JSON type of its proposed value. Pure;
+/// the error says why not, in words a reviewer can act on.
+pub fn check_edits(
+    editable: Option<&serde_json::Value>,
+    edits: &serde_json::Value,
+) -> Result<(), String> {
+    let Some(serde_json::Value::Object(allowed)) = editable else {
+        return Err("this gate does not allow edits".into());
+    };
+    let serde_json::Value::Object(edits) = edits else {
+        return Err("edits must be a JSON object of field -> new value".into());
+    };
+    for (field, value) in edits {
+        let Some(proposed) = allowed.get(field) else {
+            let names: Vec<&str> = allowed.keys().map(String::as_str).collect();
+            return Err(format!(
+                "field '{field}' is not editable (editable: {})",
+                names.join(", ")
+            ));
+        };
+        if std::mem::discriminant(proposed) != std::mem::discriminant(value) {
+            return Err(format!(
+                "field '{field}' must keep the type of its proposed value ({proposed})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a reviewer decides.
@@ -181,6 +329,69 @@ mod tests {
         assert!(finance.may_decide(&["role:finance".into()]));
         assert!(finance.may_decide(&["dana".into()]));
         assert!(!finance.may_decide(&["role:legal".into(), "lee".into()]));
+    }
+
+    #[test]
+    fn the_recorded_role_is_the_first_entry_that_admits_the_actor() {
+        let dana = Actor::new("dana", &["support", "finance"]);
+        assert_eq!(dana.decides_as(&[]).as_deref(), Some(DECIDED_AS_ANYONE));
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            dana.decides_as(&list(&["role:legal", "role:finance", "dana"]))
+                .as_deref(),
+            Some("role:finance")
+        );
+        assert_eq!(
+            dana.decides_as(&list(&["dana", "role:finance"])).as_deref(),
+            Some(DECIDED_AS_NAMED)
+        );
+        assert_eq!(dana.decides_as(&list(&["role:legal"])), None);
+        assert!(!dana.is_agent());
+        assert!(Actor::agent("bot", &["finance"]).is_agent());
+    }
+
+    #[test]
+    fn the_action_digest_covers_every_field_and_round_trips_as_hex() {
+        let base = ApprovalRequest {
+            cost: Some(42_000),
+            rollback: Some("void".into()),
+            ..ApprovalRequest::new("refund")
+        };
+        let d = ActionDigest::of([1; 16], &base, None);
+        assert_eq!(d, ActionDigest::of([1; 16], &base.clone(), None), "stable");
+        assert_eq!(ActionDigest::parse(&d.to_string()), Some(d));
+        assert_eq!(ActionDigest::parse("zz"), None);
+        let changed = [
+            ActionDigest::of([2; 16], &base, None),
+            ActionDigest::of([1; 16], &base, Some(b"{}")),
+            ActionDigest::of(
+                [1; 16],
+                &ApprovalRequest {
+                    cost: Some(42_001),
+                    ..base.clone()
+                },
+                None,
+            ),
+            ActionDigest::of(
+                [1; 16],
+                &ApprovalRequest {
+                    approvers: vec!["role:x".into()],
+                    ..base.clone()
+                },
+                None,
+            ),
+        ];
+        assert!(changed.iter().all(|c| *c != d));
+    }
+
+    #[test]
+    fn edits_only_touch_declared_fields_with_their_types() {
+        let editable = serde_json::json!({ "amount": 42_000, "message": "sorry" });
+        assert!(check_edits(Some(&editable), &serde_json::json!({ "amount": 40_000 })).is_ok());
+        assert!(check_edits(None, &serde_json::json!({ "amount": 1 })).is_err());
+        assert!(check_edits(Some(&editable), &serde_json::json!({ "iban": "x" })).is_err());
+        assert!(check_edits(Some(&editable), &serde_json::json!({ "amount": "lots" })).is_err());
+        assert!(check_edits(Some(&editable), &serde_json::json!([1])).is_err());
     }
 
     #[test]

@@ -48,6 +48,13 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     out
 }
 
+/// The schema-v1 encoding of any value of the schema (e.g. an `ApprovalRequest`), for
+/// digests that must not change while the schema does not.
+pub(crate) fn canonical_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
+    // As in `encode_event`: our own plain data types encode into a Vec.
+    options().serialize(value).expect("schema values encode")
+}
+
 /// Decodes an event; never panics on arbitrary input.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
     let (&schema, body) = bytes.split_first().ok_or(CodecError::Empty)?;
@@ -62,8 +69,9 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
 /// The checkpoint format this build writes and reads. A checkpoint in any other format is
 /// ignored and the fold rebuilt from the log, so bump it whenever a type the fold is made of
 /// (`replay::ReplayState` and what it holds) changes shape. 2: step records no longer carry
-/// their idempotency key (it is derived from run and position).
-pub const CHECKPOINT_FORMAT: u8 = 2;
+/// their idempotency key (it is derived from run and position). 3: a decided gate keeps the
+/// role it was decided under, and an approval record its editable fields.
+pub const CHECKPOINT_FORMAT: u8 = 3;
 
 /// Upper bound on one encoded checkpoint; decoding refuses anything claiming more.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;

@@ -572,6 +572,27 @@ impl Ctx {
         &self,
         request: crate::approval::ApprovalRequest,
     ) -> impl Future<Output = Result<crate::approval::Decision, StepError>> + Send + '_ {
+        self.approval_gate(request, None)
+    }
+
+    /// Like [`Ctx::approval`], for a proposal a reviewer may adjust: `editable` names the
+    /// fields they may change, with the proposed values (`{"amount": 42000}`). An approval
+    /// then carries the reviewer's edits (`Decision::Approved { edits }`), which
+    /// `Engine::decide_bound` limits to these fields, each keeping its JSON type.
+    pub fn approval_editable(
+        &self,
+        request: crate::approval::ApprovalRequest,
+        editable: serde_json::Map<String, serde_json::Value>,
+    ) -> impl Future<Output = Result<crate::approval::Decision, StepError>> + Send + '_ {
+        let editable = Payload::encode(&editable).unwrap_or_default();
+        self.approval_gate(request, Some(editable))
+    }
+
+    fn approval_gate(
+        &self,
+        request: crate::approval::ApprovalRequest,
+        editable: Option<Payload>,
+    ) -> impl Future<Output = Result<crate::approval::Decision, StepError>> + Send + '_ {
         let position = self.take_position();
         async move {
             use crate::replay::{ApprovalRecord, GateState};
@@ -590,10 +611,18 @@ impl Ctx {
                         fire_at_ms: at,
                         id: position,
                     }));
-                    let event = EventKind::ApprovalRequested {
-                        position,
-                        gate,
-                        request,
+                    let event = match editable {
+                        None => EventKind::ApprovalRequested {
+                            position,
+                            gate,
+                            request,
+                        },
+                        Some(editable) => EventKind::ApprovalRequestedEditable {
+                            position,
+                            gate,
+                            request,
+                            editable,
+                        },
                     };
                     self.append(AppendReq::events(vec![event]).index(index).durable())
                         .await;

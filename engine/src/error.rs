@@ -121,12 +121,54 @@ pub enum Error {
     #[error("unknown approval gate {0}")]
     UnknownGate(annal_storage::GateId),
     /// The gate was already decided; the first decision stands and nothing was written.
-    #[error("approval gate {gate} was already decided by {actor}")]
+    #[error("approval gate {gate} was already {} by {actor}{} at {}", if *approved { "approved" } else { "rejected" }, role.as_ref().map(|r| format!(" (as {r})")).unwrap_or_default(), crate::audit::utc(*decided_ms))]
     AlreadyDecided {
         /// The gate.
         gate: annal_storage::GateId,
         /// Who decided first.
         actor: String,
+        /// The role they decided under, if it was recorded.
+        role: Option<String>,
+        /// What they decided.
+        approved: bool,
+        /// When (ms since the Unix epoch).
+        decided_ms: u64,
+    },
+    /// The actor is a program (an agent): only people decide approval gates, so an agent
+    /// cannot approve its own proposals. Nothing was written.
+    #[error("{actor} is an agent; agents may not decide approval gate {gate}")]
+    AgentMayNotDecide {
+        /// The gate.
+        gate: annal_storage::GateId,
+        /// Who tried.
+        actor: String,
+    },
+    /// The decision named the digest of an action that is not the one the gate records
+    /// (the proposal changed since the reviewer saw it); nothing was written.
+    #[error("approval gate {gate} asks for another action than the one decided on (expected digest {expected}, the gate records {found})")]
+    ActionChanged {
+        /// The gate.
+        gate: annal_storage::GateId,
+        /// The digest the decision named.
+        expected: crate::approval::ActionDigest,
+        /// The digest of the action the gate records.
+        found: crate::approval::ActionDigest,
+    },
+    /// A rejection without a reason; the workflow needs one to revise its proposal.
+    /// Nothing was written.
+    #[error("rejecting approval gate {gate} needs a reason")]
+    ReasonRequired {
+        /// The gate.
+        gate: annal_storage::GateId,
+    },
+    /// Edits the gate does not allow (none declared, another field, another type); nothing
+    /// was written.
+    #[error("edits refused for approval gate {gate}: {reason}")]
+    EditNotAllowed {
+        /// The gate.
+        gate: annal_storage::GateId,
+        /// Why.
+        reason: String,
     },
     /// The gate's deadline passed; nothing was written.
     #[error("approval gate {gate} expired")]

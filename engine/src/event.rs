@@ -396,6 +396,57 @@ pub enum EventKind {
         /// Cost units the step reported.
         cost: u64,
     },
+    /// A reviewer decided, recorded with the role they decided under and the digest of the
+    /// action they decided on. Written by `Engine::decide` from this version on; histories
+    /// keep their older `ApprovalDecided` events, and replay and audit read both.
+    ApprovalDecidedAs {
+        /// The gate.
+        gate: [u8; 16],
+        /// Approved or rejected.
+        approved: bool,
+        /// Who decided.
+        actor: String,
+        /// The entry of the gate's approvers that let them: `role:NAME`, `named` (their id
+        /// was listed) or `any` (the gate let anyone decide).
+        role: String,
+        /// Why.
+        reason: String,
+        /// The reviewer's edits to the proposal (JSON).
+        edits: Option<Payload>,
+        /// [`crate::approval::ActionDigest`] of the request decided on.
+        action_digest: [u8; 32],
+    },
+    /// The workflow asked for a human decision on a proposal whose `editable` fields the
+    /// reviewer may change (command). Otherwise as `ApprovalRequested`.
+    ApprovalRequestedEditable {
+        /// Command position.
+        position: u32,
+        /// The gate reviewers decide on.
+        gate: [u8; 16],
+        /// What the reviewer sees.
+        request: crate::approval::ApprovalRequest,
+        /// A JSON object: field -> proposed value, the fields a reviewer may edit.
+        editable: Payload,
+    },
+}
+
+/// A decision as either form of the event records it (see [`EventKind::decision`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionRef<'a> {
+    /// The gate.
+    pub gate: &'a [u8; 16],
+    /// Approved or rejected.
+    pub approved: bool,
+    /// Who decided.
+    pub actor: &'a str,
+    /// The role they decided under; `None` for decisions recorded before roles were.
+    pub role: Option<&'a str>,
+    /// Why.
+    pub reason: &'a str,
+    /// Their edits.
+    pub edits: Option<&'a Payload>,
+    /// The digest of the action decided on; `None` before digests were recorded.
+    pub action_digest: Option<&'a [u8; 32]>,
 }
 
 /// What an operator can do with an escalated run.
@@ -448,6 +499,7 @@ impl EventKind {
             | EventKind::PatchMarker { position, .. }
             | EventKind::CancelDelivered { position }
             | EventKind::ApprovalRequested { position, .. }
+            | EventKind::ApprovalRequestedEditable { position, .. }
             | EventKind::CheckRecorded { position, .. } => Some(*position),
             _ => None,
         }
@@ -465,7 +517,70 @@ impl EventKind {
         )
     }
 
-    /// Short name of the variant, for timelines and logs.
+    /// The decision this event records, whichever form (`ApprovalDecided`, or
+    /// `ApprovalDecidedAs` with role and digest) it has.
+    pub fn decision(&self) -> Option<DecisionRef<'_>> {
+        match self {
+            EventKind::ApprovalDecided {
+                gate,
+                approved,
+                actor,
+                reason,
+                edits,
+            } => Some(DecisionRef {
+                gate,
+                approved: *approved,
+                actor,
+                role: None,
+                reason,
+                edits: edits.as_ref(),
+                action_digest: None,
+            }),
+            EventKind::ApprovalDecidedAs {
+                gate,
+                approved,
+                actor,
+                role,
+                reason,
+                edits,
+                action_digest,
+            } => Some(DecisionRef {
+                gate,
+                approved: *approved,
+                actor,
+                role: Some(role),
+                reason,
+                edits: edits.as_ref(),
+                action_digest: Some(action_digest),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The gate and request of an approval request, whichever form it has, with the
+    /// editable fields if the gate has them.
+    pub fn approval_request(
+        &self,
+    ) -> Option<(
+        &[u8; 16],
+        &crate::approval::ApprovalRequest,
+        Option<&Payload>,
+    )> {
+        match self {
+            EventKind::ApprovalRequested { gate, request, .. } => Some((gate, request, None)),
+            EventKind::ApprovalRequestedEditable {
+                gate,
+                request,
+                editable,
+                ..
+            } => Some((gate, request, Some(editable))),
+            _ => None,
+        }
+    }
+
+    /// Short name of the event, for timelines and logs. The forms of one fact share a name:
+    /// both forms of a decision are `ApprovalDecided`, both forms of a request
+    /// `ApprovalRequested` (the details say role and editable fields).
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::RunStarted { .. } => "RunStarted",
@@ -498,6 +613,8 @@ impl EventKind {
             EventKind::CheckRecorded { .. } => "CheckRecorded",
             EventKind::OperatorAction { .. } => "OperatorAction",
             EventKind::StepRan { .. } => "StepRan",
+            EventKind::ApprovalDecidedAs { .. } => "ApprovalDecided",
+            EventKind::ApprovalRequestedEditable { .. } => "ApprovalRequested",
         }
     }
 }

@@ -21,16 +21,19 @@ mod status;
 mod step;
 
 pub use annal_storage::{Durability, GateId, RunId};
-pub use approval::{Actor, ApprovalRequest, CheckResult, Decision, OnExpiry, RiskTier, Verdict};
+pub use approval::{
+    ActionDigest, Actor, ActorKind, ApprovalRequest, CheckResult, Decision, OnExpiry, RiskTier,
+    Verdict,
+};
 pub use context::Ctx;
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
-pub use event::{Event, EventKind, OperatorActionKind, Payload};
+pub use event::{DecisionRef, Event, EventKind, OperatorActionKind, Payload};
 pub use policy::{
     Backoff, FailureClass, OnExhaust, Policy, RetryPolicy, StepClass, StepFailure, ToolPolicy,
 };
 pub use runtime::{
-    read_history, ApprovalFilter, AttemptObserver, Engine, EngineBuilder, EngineConfig,
-    ObservedAttempt, PendingApproval, RunHandle, RunInfo, StartOptions,
+    read_history, ApprovalFilter, AttemptObserver, DecideRequest, Decided, Engine, EngineBuilder,
+    EngineConfig, ObservedAttempt, PastDecision, PendingApproval, RunHandle, RunInfo, StartOptions,
 };
 pub use secret::Secret;
 pub use status::{overdue, Overdue, RunStatus};

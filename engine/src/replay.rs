@@ -149,6 +149,8 @@ pub enum GateState {
         edits: Option<Payload>,
         /// When.
         at_ms: u64,
+        /// The role they decided under (`None` for decisions recorded before roles were).
+        role: Option<String>,
     },
     /// The deadline passed.
     Expired,
@@ -169,6 +171,19 @@ pub struct ApprovalRecord {
     pub reminders: u32,
     /// Where it stands.
     pub state: GateState,
+    /// The fields a reviewer may edit (a JSON object: field -> proposed value), if any.
+    pub editable: Option<Payload>,
+}
+
+impl ApprovalRecord {
+    /// The digest of what this gate asks to approve.
+    pub fn action_digest(&self) -> crate::approval::ActionDigest {
+        crate::approval::ActionDigest::of(
+            self.gate,
+            &self.request,
+            self.editable.as_ref().map(|p| p.0.as_slice()),
+        )
+    }
 }
 
 impl Recorded {
@@ -540,7 +555,11 @@ impl ReplayState {
                     value: value.clone(),
                 },
                 EventKind::PatchMarker { id, .. } => Recorded::Patch { id: id.clone() },
-                EventKind::ApprovalRequested { gate, request, .. } => {
+                EventKind::ApprovalRequested { .. }
+                | EventKind::ApprovalRequestedEditable { .. } => {
+                    let Some((gate, request, editable)) = event.kind.approval_request() else {
+                        unreachable!("both forms of an approval request");
+                    };
                     if self.gates.insert(*gate, position).is_some() {
                         return bad("approval gate recorded twice".into());
                     }
@@ -550,6 +569,7 @@ impl ReplayState {
                         requested_ms: event.at_ms,
                         reminders: 0,
                         state: GateState::Pending,
+                        editable: editable.cloned(),
                     }))
                 }
                 EventKind::CheckRecorded { name, passed, .. } => Recorded::Check {
@@ -698,24 +718,22 @@ impl ReplayState {
             EventKind::SignalReceived { name, payload } => {
                 self.signals.push((seq, name.clone(), payload.clone()))
             }
-            EventKind::ApprovalDecided {
-                gate,
-                approved,
-                actor,
-                reason,
-                edits,
-            } => {
+            EventKind::ApprovalDecided { .. } | EventKind::ApprovalDecidedAs { .. } => {
+                let Some(decision) = event.kind.decision() else {
+                    unreachable!("both forms of a decision");
+                };
                 let at_ms = event.at_ms;
-                let approval = self.approval_mut(gate, seq)?;
+                let approval = self.approval_mut(decision.gate, seq)?;
                 if approval.state != GateState::Pending {
                     return bad("approval decided when it was not pending".into());
                 }
                 approval.state = GateState::Decided {
-                    approved: *approved,
-                    actor: actor.clone(),
-                    reason: reason.clone(),
-                    edits: edits.clone(),
+                    approved: decision.approved,
+                    actor: decision.actor.to_string(),
+                    reason: decision.reason.to_string(),
+                    edits: decision.edits.cloned(),
                     at_ms,
+                    role: decision.role.map(str::to_string),
                 };
             }
             EventKind::ApprovalReminded { gate, .. } => {

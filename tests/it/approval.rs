@@ -287,7 +287,7 @@ async fn two_concurrent_decisions_exactly_one_wins() {
         .await
         .unwrap()
         .iter()
-        .filter(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }))
+        .filter(|e| e.kind.decision().is_some())
         .count();
     assert!(decided >= 1);
     let decisions: Vec<_> = engine
@@ -295,18 +295,17 @@ async fn two_concurrent_decisions_exactly_one_wins() {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| matches!(e.kind, EventKind::ApprovalDecided { .. }))
+        .filter(|e| e.kind.decision().is_some())
         .collect();
     // The winner's decision is the only one on the first gate.
-    assert!(
-        matches!(&decisions[0].kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate.0)
-    );
+    assert!(decisions[0]
+        .kind
+        .decision()
+        .is_some_and(|d| *d.gate == gate.0));
     assert_eq!(
         decisions
             .iter()
-            .filter(
-                |e| matches!(&e.kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate.0)
-            )
+            .filter(|e| e.kind.decision().is_some_and(|d| *d.gate == gate.0))
             .count(),
         1
     );
@@ -722,4 +721,218 @@ async fn operator_resolves_an_unknown_irreversible_outcome() {
             );
         }
     }
+}
+
+/// Like `refund`, but the reviewer may edit the amount (and nothing else).
+async fn refund_editable(ctx: Ctx, amount: u64) -> Result<String, WorkflowError> {
+    let mut editable = serde_json::Map::new();
+    editable.insert("amount".into(), json!(amount));
+    match ctx
+        .approval_editable(request(amount, OnExpiry::Escalate), editable)
+        .await?
+    {
+        Decision::Approved { actor, edits, .. } => {
+            let amount = edits.and_then(|e| e["amount"].as_u64()).unwrap_or(amount);
+            Ok(format!("refunded {amount} by {actor}"))
+        }
+        Decision::Rejected { reason, .. } => Ok(format!("not refunded: {reason}")),
+        Decision::Expired => Ok("expired".into()),
+    }
+}
+
+/// A decision records the role it was taken under and the digest of the action; the inbox
+/// shows everything the gate recorded; the history of decisions says who, role, when, why.
+#[tokio::test(start_paused = true)]
+async fn a_decision_records_its_role_and_digest_and_shows_in_the_decision_history() {
+    let (store, clock) = world();
+    let engine = builder(&store, &clock).open().await.unwrap();
+    let handle = engine
+        .start::<_, String>("refund", &(42_000u64, OnExpiry::Escalate))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let pending = engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .unwrap();
+    let card = &pending[0];
+    assert_eq!(card.checks, request(42_000, OnExpiry::Escalate).checks);
+    assert_eq!(card.rollback.as_deref(), Some("void the refund within 24h"));
+    assert_eq!(card.approvers, ["role:finance"]);
+    assert_eq!(card.requested_ms, 1_700_000_000_000);
+    assert_eq!(card.editable, None, "a plain gate takes no edits");
+    assert_eq!(card.failed_checks().count(), 0);
+    let decided = engine
+        .decide_bound(
+            card.gate,
+            &Actor::new("dana", &["support", "finance"]),
+            &annal::DecideRequest::approve("within policy").bound_to(card.digest),
+        )
+        .await
+        .unwrap();
+    assert_eq!(decided.role, "role:finance");
+    assert_eq!(decided.action_digest, card.digest);
+    assert_eq!(decided.decided_ms, 1_700_000_060_000);
+    assert!(handle.result().await.unwrap().starts_with("refunded 42000"));
+    let history = engine.history(handle.run_id()).await.unwrap();
+    let recorded = history.iter().find_map(|e| match &e.kind {
+        EventKind::ApprovalDecidedAs {
+            role,
+            action_digest,
+            actor,
+            ..
+        } => Some((role.clone(), *action_digest, actor.clone())),
+        _ => None,
+    });
+    assert_eq!(
+        recorded,
+        Some(("role:finance".into(), card.digest.0, "dana".into()))
+    );
+    let record = annal::audit::RunRecord::from_history(handle.run_id(), None, &history);
+    assert_eq!(record.approvals[0].role.as_deref(), Some("role:finance"));
+    let timeline = annal::audit::timeline(&history);
+    assert!(
+        timeline.contains("approved by dana as role:finance: \"within policy\""),
+        "{timeline}"
+    );
+    let past = engine.past_decisions(10).await.unwrap();
+    assert_eq!(past.len(), 1, "{past:?}");
+    assert_eq!(
+        (
+            past[0].decision.as_str(),
+            past[0].actor.as_deref(),
+            past[0].role.as_deref(),
+            past[0].reason.as_deref(),
+            past[0].decided_ms
+        ),
+        (
+            "approved",
+            Some("dana"),
+            Some("role:finance"),
+            Some("within policy"),
+            1_700_000_060_000
+        )
+    );
+    // A second decision is told who decided, under which role, and when; nothing written.
+    let again = engine
+        .decide_bound(card.gate, &finance(), &annal::DecideRequest::reject("no"))
+        .await;
+    match again {
+        Err(Error::AlreadyDecided {
+            actor,
+            role,
+            approved,
+            decided_ms,
+            ..
+        }) => assert_eq!(
+            (actor.as_str(), role.as_deref(), approved, decided_ms),
+            ("dana", Some("role:finance"), true, 1_700_000_060_000)
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(engine.history(handle.run_id()).await.unwrap(), history);
+}
+
+/// The reviewer rules of `decide_bound`, each refusal typed and writing nothing: an agent,
+/// a stale digest, a rejection without a reason, edits on a gate that allows none, edits of
+/// an undeclared field or type. A plain `decide` refuses agents too.
+#[tokio::test(start_paused = true)]
+async fn reviewer_rules_refuse_agents_stale_digests_blank_rejections_and_stray_edits() {
+    let (store, clock) = world();
+    let engine = builder(&store, &clock)
+        .register("refund_editable", 1, refund_editable)
+        .open()
+        .await
+        .unwrap();
+    let plain = engine
+        .start::<_, String>("refund", &(100u64, OnExpiry::Escalate))
+        .await
+        .unwrap()
+        .run_id();
+    let editable = engine
+        .start::<_, String>("refund_editable", &30_000u64)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pending = engine
+        .pending_approvals(&ApprovalFilter::default())
+        .await
+        .unwrap();
+    let card = |run: RunId| pending.iter().find(|p| p.run == run).unwrap().clone();
+    let (plain_card, edit_card) = (card(plain), card(editable.run_id()));
+    assert_eq!(edit_card.editable, Some(json!({ "amount": 30_000 })));
+    let before = (
+        engine.history(plain).await.unwrap(),
+        engine.history(editable.run_id()).await.unwrap(),
+    );
+    let bot = Actor::agent("refund-bot", &["finance"]);
+    assert!(matches!(
+        engine
+            .decide(plain_card.gate, &bot, Verdict::Approve { edits: None }, "me")
+            .await,
+        Err(Error::AgentMayNotDecide { ref actor, .. }) if actor == "refund-bot"
+    ));
+    let refused = |r: annal::Result<annal::Decided>| r.unwrap_err();
+    let stale = annal::ActionDigest([7; 32]);
+    assert!(matches!(
+        refused(engine.decide_bound(plain_card.gate, &finance(), &annal::DecideRequest::approve("ok").bound_to(stale)).await),
+        Error::ActionChanged { expected, found, .. } if expected == stale && found == plain_card.digest
+    ));
+    assert!(matches!(
+        refused(
+            engine
+                .decide_bound(
+                    plain_card.gate,
+                    &finance(),
+                    &annal::DecideRequest::reject("  ")
+                )
+                .await
+        ),
+        Error::ReasonRequired { .. }
+    ));
+    assert!(matches!(
+        refused(
+            engine
+                .decide_bound(
+                    plain_card.gate,
+                    &finance(),
+                    &annal::DecideRequest::approve("ok").with_edits(json!({ "amount": 1 }))
+                )
+                .await
+        ),
+        Error::EditNotAllowed { .. }
+    ));
+    for edits in [json!({ "iban": "DE00" }), json!({ "amount": "all of it" })] {
+        assert!(matches!(
+            refused(
+                engine
+                    .decide_bound(
+                        edit_card.gate,
+                        &finance(),
+                        &annal::DecideRequest::approve("ok").with_edits(edits)
+                    )
+                    .await
+            ),
+            Error::EditNotAllowed { .. }
+        ));
+    }
+    assert_eq!(
+        (
+            engine.history(plain).await.unwrap(),
+            engine.history(editable.run_id()).await.unwrap()
+        ),
+        before,
+        "nothing written on any refusal"
+    );
+    engine
+        .decide_bound(
+            edit_card.gate,
+            &finance(),
+            &annal::DecideRequest::approve("capped at the order total")
+                .with_edits(json!({ "amount": 25_000 }))
+                .bound_to(edit_card.digest),
+        )
+        .await
+        .unwrap();
+    assert_eq!(editable.result().await.unwrap(), "refunded 25000 by dana");
 }

@@ -397,7 +397,7 @@ async fn a_decision_through_one_replica_reaches_the_run_another_executes() {
         .await
         .unwrap()
         .iter()
-        .any(|e| matches!(&e.kind, EventKind::ApprovalDecided { actor, .. } if actor == "dana")));
+        .any(|e| e.kind.decision().is_some_and(|d| d.actor == "dana")));
     let second = b
         .engine
         .decide(

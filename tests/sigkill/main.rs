@@ -200,9 +200,8 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
         histories
             .values()
             .filter(|h| {
-                h.iter().any(
-                    |e| matches!(&e.kind, EventKind::ApprovalDecided { reason, .. } if reason == why),
-                )
+                h.iter()
+                    .any(|e| e.kind.decision().is_some_and(|d| d.reason == why))
             })
             .count()
     };

@@ -201,11 +201,40 @@ pub struct ApprovalRecord {
     pub decision: Option<String>,
     /// Who decided.
     pub actor: Option<String>,
+    /// The role they decided under (`role:NAME`, `named`, `any`); `None` for decisions
+    /// recorded before roles were, and for rounds nobody decided.
+    pub role: Option<String>,
     /// Why.
     pub reason: Option<String>,
+    /// The digest of the action decided on (hex), when the decision recorded one.
+    pub action_digest: Option<String>,
 }
 
 impl ApprovalRecord {
+    /// A round that just opened: requested (or reopened) at `requested_ms`, undecided.
+    fn opened(
+        gate: String,
+        position: Option<u32>,
+        seq: u64,
+        action: Option<String>,
+        requested_ms: u64,
+    ) -> Self {
+        Self {
+            gate,
+            position,
+            seq,
+            action,
+            requested_ms,
+            reminders: 0,
+            decided_ms: None,
+            decision: None,
+            actor: None,
+            role: None,
+            reason: None,
+            action_digest: None,
+        }
+    }
+
     /// How long the gate waited for its decision.
     pub fn latency_ms(&self) -> Option<u64> {
         self.decided_ms.map(|d| d.saturating_sub(self.requested_ms))
@@ -546,34 +575,28 @@ impl Fold {
                 },
                 at_ms,
             ),
-            EventKind::ApprovalRequested {
-                position,
-                gate,
-                request,
-                ..
-            } => {
-                self.approvals.push(ApprovalRecord {
-                    gate: GateId(*gate).to_string(),
-                    position: Some(*position),
-                    seq,
-                    action: Some(request.action.clone()),
-                    requested_ms: at_ms,
-                    reminders: 0,
-                    decided_ms: None,
-                    decision: None,
-                    actor: None,
-                    reason: None,
-                });
+            EventKind::ApprovalRequested { .. } | EventKind::ApprovalRequestedEditable { .. } => {
+                if let Some((gate, request, _)) = event.kind.approval_request() {
+                    self.approvals.push(ApprovalRecord::opened(
+                        GateId(*gate).to_string(),
+                        event.kind.command_position(),
+                        seq,
+                        Some(request.action.clone()),
+                        at_ms,
+                    ));
+                }
             }
-            EventKind::ApprovalDecided {
-                gate,
-                approved,
-                actor,
-                reason,
-                ..
-            } => {
-                let decision = if *approved { "approved" } else { "rejected" };
-                self.close_gate(gate, decision, Some((actor, reason)), at_ms);
+            EventKind::ApprovalDecided { .. } | EventKind::ApprovalDecidedAs { .. } => {
+                if let Some(d) = event.kind.decision() {
+                    let verdict = if d.approved { "approved" } else { "rejected" };
+                    let by = Decider {
+                        actor: d.actor,
+                        role: d.role,
+                        reason: d.reason,
+                        digest: d.action_digest,
+                    };
+                    self.close_gate(d.gate, verdict, Some(by), at_ms);
+                }
             }
             EventKind::ApprovalReminded { gate, .. } => {
                 if let Some(approval) = self.open_gate(gate) {
@@ -631,18 +654,18 @@ impl Fold {
 
     /// Closes a gate's open round. The first decision wins, as in the engine: an event
     /// for a gate that is not open changes nothing here (verify reports it).
-    fn close_gate(
-        &mut self,
-        gate: &[u8; 16],
-        decision: &str,
-        by: Option<(&String, &String)>,
-        at_ms: u64,
-    ) {
+    fn close_gate(&mut self, gate: &[u8; 16], decision: &str, by: Option<Decider<'_>>, at_ms: u64) {
         if let Some(approval) = self.open_gate(gate) {
             approval.decided_ms = Some(at_ms);
             approval.decision = Some(decision.to_string());
-            approval.actor = by.map(|(actor, _)| actor.clone());
-            approval.reason = by.map(|(_, reason)| reason.clone());
+            if let Some(by) = by {
+                approval.actor = Some(by.actor.to_string());
+                approval.role = by.role.map(str::to_string);
+                approval.reason = Some(by.reason.to_string());
+                approval.action_digest = by
+                    .digest
+                    .map(|d| crate::approval::ActionDigest(*d).to_string());
+            }
         }
     }
 
@@ -694,20 +717,25 @@ impl Fold {
                 .find(|a| a.position == Some(position))
                 .cloned();
             if let Some(last) = last {
-                self.approvals.push(ApprovalRecord {
+                self.approvals.push(ApprovalRecord::opened(
+                    last.gate,
+                    last.position,
                     seq,
-                    requested_ms: at_ms,
-                    reminders: 0,
-                    decided_ms: None,
-                    decision: None,
-                    actor: None,
-                    reason: None,
-                    ..last
-                });
+                    last.action,
+                    at_ms,
+                ));
             }
         }
         format!("{label} [{position}]")
     }
+}
+
+/// Who closed an approval round, as the decision recorded it.
+struct Decider<'a> {
+    actor: &'a str,
+    role: Option<&'a str>,
+    reason: &'a str,
+    digest: Option<&'a [u8; 32]>,
 }
 
 /// What `StepScheduled` (or the first half of `StepRan`) records about a step.
@@ -946,6 +974,9 @@ impl RunRecord {
                     let mut s = format!("{d} after {}", duration_ms(latency));
                     if let Some(actor) = &a.actor {
                         let _ = write!(s, " by {actor}");
+                    }
+                    if let Some(role) = &a.role {
+                        let _ = write!(s, " as {role}");
                     }
                     if let Some(reason) = &a.reason {
                         let _ = write!(s, ": {}", quote(reason));

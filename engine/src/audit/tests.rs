@@ -414,7 +414,9 @@ fn approval_latency_is_aggregated_once_approvals_are_recorded() {
         decided_ms: decided,
         decision: decision.map(String::from),
         actor: Some("bob".into()),
+        role: None,
         reason: None,
+        action_digest: None,
     };
     record.approvals = vec![
         gate(Some("approved"), Some(61_000)),
@@ -961,10 +963,10 @@ fn the_checkpoint_encoding_is_pinned_to_its_format_version() {
         }
         hasher.update(&crate::codec::encode_checkpoint(&state));
     }
-    assert_eq!(crate::codec::CHECKPOINT_FORMAT, 2);
+    assert_eq!(crate::codec::CHECKPOINT_FORMAT, 3);
     assert_eq!(
         hasher.finalize().to_hex().as_str(),
-        "8eb4e161c5e9b35bcc1aa82cf3828762cdb40a2562f8f2f1f50f680a4a6ee697",
+        "d4ea26ba63ba00444f7f4bbe690017fae65dfdfca0c35dc59ccf97d62725af3b",
         "the fold's shape changed: bump codec::CHECKPOINT_FORMAT and update this digest"
     );
 }

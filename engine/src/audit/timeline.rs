@@ -217,24 +217,34 @@ pub fn timeline(events: &[Event]) -> String {
                 quote(&request.action),
                 request.risk
             ),
-            EventKind::ApprovalDecided {
+            EventKind::ApprovalRequestedEditable {
+                position,
                 gate,
-                approved,
-                actor,
-                reason,
-                edits,
-                ..
-            } => {
-                let verdict = if *approved { "approved" } else { "rejected" };
-                let mut s = format!(
-                    "gate {} {verdict} by {actor}: {}",
-                    GateId(*gate),
-                    quote(reason)
-                );
-                if let Some(edits) = edits {
-                    let _ = write!(s, ", edits {}", short_payload(edits));
+                request,
+                editable,
+            } => format!(
+                "[{position}] gate {}: {} (risk {:?}), editable {}",
+                GateId(*gate),
+                quote(&request.action),
+                request.risk,
+                short_payload(editable)
+            ),
+            kind @ (EventKind::ApprovalDecided { .. } | EventKind::ApprovalDecidedAs { .. }) => {
+                match kind.decision() {
+                    Some(d) => {
+                        let verdict = if d.approved { "approved" } else { "rejected" };
+                        let mut s = format!("gate {} {verdict} by {}", GateId(*d.gate), d.actor);
+                        if let Some(role) = d.role {
+                            let _ = write!(s, " as {role}");
+                        }
+                        let _ = write!(s, ": {}", quote(d.reason));
+                        if let Some(edits) = d.edits {
+                            let _ = write!(s, ", edits {}", short_payload(edits));
+                        }
+                        s
+                    }
+                    None => generic_detail(kind, &names),
                 }
-                s
             }
             EventKind::ApprovalReminded { gate, reminder, .. } => {
                 format!("gate {}, reminder {reminder}", GateId(*gate))

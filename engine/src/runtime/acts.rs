@@ -15,9 +15,10 @@ use annal_storage::{GateId, Hint, IndexOp, Request, RunId};
 use serde::{Deserialize, Serialize};
 
 use super::inner::{AppendReq, EngineInner};
+use super::operator::{DecideRequest, Decided, Rules};
 use super::slot::Halt;
 use super::Engine;
-use crate::approval::{Actor, Verdict};
+use crate::approval::{ActionDigest, Actor};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, OperatorActionKind, Payload};
 use crate::status::RunStatus;
@@ -29,8 +30,8 @@ pub(crate) enum Act {
     Decide {
         gate: GateId,
         actor: Actor,
-        verdict: Verdict,
-        reason: String,
+        request: DecideRequest,
+        rules: Rules,
     },
     Signal {
         run: RunId,
@@ -55,7 +56,8 @@ pub(crate) enum Act {
     },
 }
 
-/// A refusal as it travels back to the worker that forwarded the act.
+/// An act's answer as it travels back to the worker that forwarded it: done, or the typed
+/// refusal.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Answer {
     Done,
@@ -68,6 +70,25 @@ enum Answer {
     AlreadyDecided {
         gate: GateId,
         actor: String,
+        role: Option<String>,
+        approved: bool,
+        decided_ms: u64,
+    },
+    AgentMayNotDecide {
+        gate: GateId,
+        actor: String,
+    },
+    ActionChanged {
+        gate: GateId,
+        expected: ActionDigest,
+        found: ActionDigest,
+    },
+    ReasonRequired {
+        gate: GateId,
+    },
+    EditNotAllowed {
+        gate: GateId,
+        reason: String,
     },
     GateExpired {
         gate: GateId,
@@ -90,34 +111,63 @@ enum Answer {
 }
 
 impl Answer {
-    fn of(result: &Result<()>) -> Self {
-        match result {
-            Ok(()) => Answer::Done,
-            Err(Error::UnknownRun(run)) => Answer::UnknownRun(*run),
-            Err(Error::RunEnded { run, status }) => Answer::RunEnded {
+    fn of<T>(result: &Result<T>) -> Self {
+        let Err(error) = result else {
+            return Answer::Done;
+        };
+        match error {
+            Error::UnknownRun(run) => Answer::UnknownRun(*run),
+            Error::RunEnded { run, status } => Answer::RunEnded {
                 run: *run,
                 status: *status,
             },
-            Err(Error::UnknownGate(gate)) => Answer::UnknownGate(*gate),
-            Err(Error::AlreadyDecided { gate, actor }) => Answer::AlreadyDecided {
+            Error::UnknownGate(gate) => Answer::UnknownGate(*gate),
+            Error::AlreadyDecided {
+                gate,
+                actor,
+                role,
+                approved,
+                decided_ms,
+            } => Answer::AlreadyDecided {
+                gate: *gate,
+                actor: actor.clone(),
+                role: role.clone(),
+                approved: *approved,
+                decided_ms: *decided_ms,
+            },
+            Error::AgentMayNotDecide { gate, actor } => Answer::AgentMayNotDecide {
                 gate: *gate,
                 actor: actor.clone(),
             },
-            Err(Error::GateExpired { gate }) => Answer::GateExpired { gate: *gate },
-            Err(Error::NotAllowed { gate, actor }) => Answer::NotAllowed {
+            Error::ActionChanged {
+                gate,
+                expected,
+                found,
+            } => Answer::ActionChanged {
+                gate: *gate,
+                expected: *expected,
+                found: *found,
+            },
+            Error::ReasonRequired { gate } => Answer::ReasonRequired { gate: *gate },
+            Error::EditNotAllowed { gate, reason } => Answer::EditNotAllowed {
+                gate: *gate,
+                reason: reason.clone(),
+            },
+            Error::GateExpired { gate } => Answer::GateExpired { gate: *gate },
+            Error::NotAllowed { gate, actor } => Answer::NotAllowed {
                 gate: *gate,
                 actor: actor.clone(),
             },
-            Err(Error::NotWaiting { run, status }) => Answer::NotWaiting {
+            Error::NotWaiting { run, status } => Answer::NotWaiting {
                 run: *run,
                 status: *status,
             },
-            Err(Error::ActionRefused { run, reason }) => Answer::ActionRefused {
+            Error::ActionRefused { run, reason } => Answer::ActionRefused {
                 run: *run,
                 reason: reason.clone(),
             },
-            Err(Error::Payload(why)) => Answer::Payload(why.clone()),
-            Err(e) => Answer::Other(e.to_string()),
+            Error::Payload(why) => Answer::Payload(why.clone()),
+            other => Answer::Other(other.to_string()),
         }
     }
 
@@ -127,7 +177,31 @@ impl Answer {
             Answer::UnknownRun(run) => Error::UnknownRun(run),
             Answer::RunEnded { run, status } => Error::RunEnded { run, status },
             Answer::UnknownGate(gate) => Error::UnknownGate(gate),
-            Answer::AlreadyDecided { gate, actor } => Error::AlreadyDecided { gate, actor },
+            Answer::AlreadyDecided {
+                gate,
+                actor,
+                role,
+                approved,
+                decided_ms,
+            } => Error::AlreadyDecided {
+                gate,
+                actor,
+                role,
+                approved,
+                decided_ms,
+            },
+            Answer::AgentMayNotDecide { gate, actor } => Error::AgentMayNotDecide { gate, actor },
+            Answer::ActionChanged {
+                gate,
+                expected,
+                found,
+            } => Error::ActionChanged {
+                gate,
+                expected,
+                found,
+            },
+            Answer::ReasonRequired { gate } => Error::ReasonRequired { gate },
+            Answer::EditNotAllowed { gate, reason } => Error::EditNotAllowed { gate, reason },
             Answer::GateExpired { gate } => Error::GateExpired { gate },
             Answer::NotAllowed { gate, actor } => Error::NotAllowed { gate, actor },
             Answer::NotWaiting { run, status } => Error::NotWaiting { run, status },
@@ -153,8 +227,9 @@ pub(crate) fn answered(answer: Option<u64>) -> Option<IndexOp> {
 
 impl Engine {
     /// Carries an act out here, or — when another live worker executes the run — forwards
-    /// it to that worker and waits for its answer.
-    pub(crate) async fn act(&self, act: Act) -> Result<()> {
+    /// it to that worker and waits for its answer. A decision carried out here returns what
+    /// was recorded; one carried out elsewhere returns `None` (read it back from the store).
+    pub(crate) async fn act(&self, act: Act) -> Result<Option<Decided>> {
         let inner = &self.inner;
         let result = inner.act_local(&act, None).await;
         inner.evict_if_idle(act_run(inner, &act).await.ok()).await;
@@ -171,7 +246,7 @@ impl Engine {
                 let answer: Answer = serde_json::from_slice(&answer).unwrap_or_else(|e| {
                     Answer::Other(format!("undecodable answer to request {id}: {e}"))
                 });
-                return answer.into_result();
+                return answer.into_result().map(|()| None);
             }
             if inner.shut_down.load(std::sync::atomic::Ordering::Acquire) {
                 // The request stays: whoever executes the run carries it out.
@@ -206,16 +281,22 @@ async fn act_run(inner: &EngineInner, act: &Act) -> Result<RunId> {
 
 impl EngineInner {
     /// Carries an act out in this process; with `answer`, the forwarded request it answers.
-    pub(crate) async fn act_local(self: &Arc<Self>, act: &Act, answer: Option<u64>) -> Result<()> {
-        match act.clone() {
+    pub(crate) async fn act_local(
+        self: &Arc<Self>,
+        act: &Act,
+        answer: Option<u64>,
+    ) -> Result<Option<Decided>> {
+        let done = match act.clone() {
             Act::Decide {
                 gate,
                 actor,
-                verdict,
-                reason,
+                request,
+                rules,
             } => {
-                self.decide_local(gate, &actor, verdict, &reason, answer)
+                return self
+                    .decide_local(gate, &actor, &request, rules, answer)
                     .await
+                    .map(Some)
             }
             Act::Signal { run, name, payload } => {
                 let kind = EventKind::SignalReceived { name, payload };
@@ -238,7 +319,42 @@ impl EngineInner {
                 self.operate_local(run, &actor, action, &reason, answer)
                     .await
             }
-        }
+        };
+        done.map(|()| None)
+    }
+
+    /// A decision of `gate` as its run's history records it (for one another worker
+    /// recorded: the answer said only that it did).
+    pub(crate) async fn decided(&self, gate: GateId) -> Result<Decided> {
+        let (run, _) = self
+            .store
+            .gate(gate)
+            .await?
+            .ok_or(Error::UnknownGate(gate))?;
+        let history = super::read_history(self.store.as_ref(), run).await?;
+        let decided = history.iter().rev().find_map(|event| {
+            let decision = event.kind.decision()?;
+            (*decision.gate == gate.0).then(|| {
+                Decided::recorded(
+                    gate,
+                    run,
+                    decision.actor.to_string(),
+                    decision.role.unwrap_or_default().to_string(),
+                    decision.approved,
+                    event.at_ms,
+                    decision
+                        .action_digest
+                        .map_or(ActionDigest([0; 32]), |d| ActionDigest(*d)),
+                )
+            })
+        });
+        decided.ok_or_else(|| Error::Inconsistent {
+            run,
+            seq: history.len() as u64,
+            reason: format!(
+                "the worker that executes the run recorded a decision of gate {gate} that its history does not hold"
+            ),
+        })
     }
 
     /// Carries out the requests other workers posted for `run`, oldest first, if this
@@ -262,10 +378,14 @@ impl EngineInner {
                 Ok(act) => self.act_local(&act, Some(request.id)).await,
                 Err(e) => Err(Error::Payload(format!("undecodable request: {e}"))),
             };
-            if let Err(e) = &result {
-                if self.loses_run(e) {
-                    return result;
+            if let Err(e) = result {
+                if self.loses_run(&e) {
+                    return Err(e);
                 }
+                self.store
+                    .answer_request(request, Answer::of::<()>(&Err(e)).encode())
+                    .await?;
+                continue;
             }
             // Already answered in the act's append when it succeeded; a refusal is
             // answered here.

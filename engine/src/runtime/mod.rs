@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
 use self::inner::{EngineInner, Settled};
-pub use self::operator::{ApprovalFilter, PendingApproval};
+pub use self::operator::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
 use self::registry::Registry;
 use crate::clock::{Clock, TokioClock};
 use crate::context::Ctx;
@@ -551,6 +551,7 @@ impl Engine {
             payload,
         })
         .await
+        .map(drop)
     }
 
     /// Asks a run to cancel. The workflow sees `Cancelled` at its next call (or in the wait it
@@ -562,6 +563,7 @@ impl Engine {
             reason: reason.into(),
         })
         .await
+        .map(drop)
     }
 
     /// Stops a run at once, without running any more of its code.
@@ -572,6 +574,7 @@ impl Engine {
             reason: reason.into(),
         })
         .await
+        .map(drop)
     }
 
     /// Stops every run driver and the timer service and waits until they are gone. Runs stay

@@ -9,21 +9,27 @@ use std::sync::Arc;
 use super::acts::{answered, Act};
 use super::inner::{AppendReq, EngineInner};
 use super::Engine;
-use crate::approval::{Actor, RiskTier, Verdict};
+use crate::approval::{ActionDigest, Actor, CheckResult, OnExpiry, RiskTier, Verdict};
 use crate::error::{Error, Result};
 use crate::event::{EventKind, OperatorActionKind};
 use crate::replay::{CommandRecord, GateState, Recorded};
 use crate::status::RunStatus;
 
-/// One approval waiting for a decision, as a reviewer's inbox shows it.
+/// One approval waiting for a decision, as a reviewer's inbox shows it: everything the gate
+/// recorded, so a reviewer decides from the card alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PendingApproval {
     /// The gate to decide.
     pub gate: GateId,
     /// The run waiting.
     pub run: RunId,
+    /// The command position of the approval in the run.
+    pub position: u32,
     /// Its workflow.
     pub workflow: String,
+    /// The run's status (`Parked` or `Running`).
+    pub status: RunStatus,
     /// The proposed action.
     pub action: String,
     /// Risk tier.
@@ -32,20 +38,41 @@ pub struct PendingApproval {
     pub cost: Option<u64>,
     /// Evidence references.
     pub evidence: Vec<String>,
-    /// Who may decide.
+    /// Guardrail and policy checks run before asking, with their results.
+    pub checks: Vec<CheckResult>,
+    /// How to undo the action.
+    pub rollback: Option<String>,
+    /// Who may decide: actor ids, or `role:NAME`; empty: anyone.
     pub approvers: Vec<String>,
+    /// What happens at the deadline.
+    pub on_expiry: OnExpiry,
+    /// When the gate opened (or an operator reopened it), ms since the Unix epoch.
+    pub requested_ms: u64,
     /// When it expires (ms since the Unix epoch), if it does.
     pub deadline_ms: Option<u64>,
     /// How long it has waited.
     pub age_ms: u64,
     /// Reminders sent so far.
     pub reminders: u32,
+    /// The fields a reviewer may edit (a JSON object: field -> proposed value); `None`: the
+    /// gate takes approve or reject only.
+    pub editable: Option<serde_json::Value>,
+    /// The digest of exactly this request: a decision that names it is refused if the gate
+    /// has come to ask for something else.
+    pub digest: ActionDigest,
+}
+
+impl PendingApproval {
+    /// The checks that failed: what the inbox shows as risk flags.
+    pub fn failed_checks(&self) -> impl Iterator<Item = &CheckResult> {
+        self.checks.iter().filter(|c| !c.passed)
+    }
 }
 
 /// Which approvals to list.
 #[derive(Debug, Clone, Default)]
 pub struct ApprovalFilter {
-    /// Only gates this actor may decide.
+    /// Only gates this actor may decide (none, for an agent).
     pub approver: Option<Actor>,
     /// Only gates at or above this risk.
     pub min_risk: Option<RiskTier>,
@@ -55,18 +82,147 @@ impl ApprovalFilter {
     fn admits(&self, pending: &PendingApproval) -> bool {
         self.approver
             .as_ref()
-            .is_none_or(|a| a.may_decide(&pending.approvers))
+            .is_none_or(|a| !a.is_agent() && a.may_decide(&pending.approvers))
             && self.min_risk.is_none_or(|min| pending.risk >= min)
     }
 }
 
+/// A decision as a reviewers' surface sends it: verdict, reason, and the digest of the
+/// action the reviewer saw. [`Engine::decide_bound`] applies the reviewer rules to it: a
+/// rejection needs a reason, edits only where the gate declared them, and a digest that
+/// does not match the gate's request refuses the decision.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
+pub struct DecideRequest {
+    /// Approve (with edits) or reject.
+    pub verdict: Verdict,
+    /// Why.
+    pub reason: String,
+    /// The digest of the action decided on ([`PendingApproval::digest`]); `None` decides
+    /// whatever the gate asks.
+    pub expected_digest: Option<ActionDigest>,
+}
+
+impl DecideRequest {
+    /// Approve, for `reason`.
+    pub fn approve(reason: impl Into<String>) -> Self {
+        Self {
+            verdict: Verdict::Approve { edits: None },
+            reason: reason.into(),
+            expected_digest: None,
+        }
+    }
+
+    /// Reject, for `reason` (required).
+    pub fn reject(reason: impl Into<String>) -> Self {
+        Self {
+            verdict: Verdict::Reject,
+            ..Self::approve(reason)
+        }
+    }
+
+    /// Approve with these edits of the gate's editable fields.
+    pub fn with_edits(mut self, edits: serde_json::Value) -> Self {
+        self.verdict = Verdict::Approve { edits: Some(edits) };
+        self
+    }
+
+    /// Only if the gate still asks for the action with this digest.
+    pub fn bound_to(mut self, digest: ActionDigest) -> Self {
+        self.expected_digest = Some(digest);
+        self
+    }
+}
+
+/// A decision as it was recorded (durably) by [`Engine::decide_bound`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decided {
+    /// The gate.
+    pub gate: GateId,
+    /// Its run.
+    pub run: RunId,
+    /// Who decided.
+    pub actor: String,
+    /// The role they decided under (`role:NAME`, `named`, `any`).
+    pub role: String,
+    /// Approved or rejected.
+    pub approved: bool,
+    /// When it was recorded (ms since the Unix epoch).
+    pub decided_ms: u64,
+    /// The digest of the action decided on.
+    pub action_digest: ActionDigest,
+}
+
+impl Decided {
+    /// A decision as the history records it.
+    pub(crate) fn recorded(
+        gate: GateId,
+        run: RunId,
+        actor: String,
+        role: String,
+        approved: bool,
+        decided_ms: u64,
+        action_digest: ActionDigest,
+    ) -> Self {
+        Self {
+            gate,
+            run,
+            actor,
+            role,
+            approved,
+            decided_ms,
+            action_digest,
+        }
+    }
+}
+
+/// A closed approval round, for the reviewers' history: who decided, under which role, when
+/// and why (or that the gate expired or was withdrawn).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PastDecision {
+    /// The gate.
+    pub gate: GateId,
+    /// Its run.
+    pub run: RunId,
+    /// The run's workflow.
+    pub workflow: String,
+    /// The action that was asked for.
+    pub action: String,
+    /// `approved`, `rejected`, `expired` or `withdrawn`.
+    pub decision: String,
+    /// Who decided (none for expired and withdrawn gates).
+    pub actor: Option<String>,
+    /// The role they decided under; `None` for decisions recorded before roles were.
+    pub role: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+    /// When the round opened.
+    pub requested_ms: u64,
+    /// When it closed.
+    pub decided_ms: u64,
+}
+
+/// Whether a decision goes through the reviewer rules (reason, edits, digest) or only the
+/// rules `decide` always had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Rules {
+    Reviewer,
+    Compatible,
+}
+
 impl Engine {
-    /// Decides an approval gate. Refused with a typed error, writing nothing, when the gate
-    /// is unknown, already decided, expired, closed, or the actor is not an approver; a
-    /// refusal for the gate's or run's state comes once that state is durable, so a crash
-    /// cannot reopen a gate someone was turned away from. Of two concurrent decisions exactly
-    /// one wins: both are checked under the run's writer lock.
+    /// Decides an approval gate. Refused with a typed error, writing nothing, when the actor
+    /// is an agent, the gate is unknown, already decided, expired, closed, or the actor is
+    /// not an approver; a refusal for the gate's or run's state comes once that state is
+    /// durable, so a crash cannot reopen a gate someone was turned away from. Of two
+    /// concurrent decisions exactly one wins: both are checked under the run's writer lock.
     /// Returns once the decision is durable; the run resumes.
+    ///
+    /// Reviewers' surfaces use [`Engine::decide_bound`], which also binds the decision to the
+    /// action's digest, requires a reason to reject and allows edits only where the gate
+    /// declared them.
     pub async fn decide(
         &self,
         gate: GateId,
@@ -74,13 +230,50 @@ impl Engine {
         verdict: Verdict,
         reason: &str,
     ) -> Result<()> {
+        let request = DecideRequest {
+            verdict,
+            reason: reason.to_string(),
+            expected_digest: None,
+        };
+        self.decide_via_act(gate, actor, request, Rules::Compatible)
+            .await
+            .map(drop)
+    }
+
+    /// Decides an approval gate as a reviewer: everything [`Engine::decide`] checks, and
+    /// also that the gate still asks for the action whose digest the request names
+    /// ([`Error::ActionChanged`]), that a rejection gives a reason
+    /// ([`Error::ReasonRequired`]) and that edits change only the fields the gate declared
+    /// editable ([`Error::EditNotAllowed`]). Nothing is written on refusal. Returns once the
+    /// decision is durable, with the role it was recorded under.
+    pub async fn decide_bound(
+        &self,
+        gate: GateId,
+        actor: &Actor,
+        request: &DecideRequest,
+    ) -> Result<Decided> {
+        self.decide_via_act(gate, actor, request.clone(), Rules::Reviewer)
+            .await
+    }
+
+    /// A decision, carried out here or by the worker that executes the gate's run.
+    async fn decide_via_act(
+        &self,
+        gate: GateId,
+        actor: &Actor,
+        request: DecideRequest,
+        rules: Rules,
+    ) -> Result<Decided> {
         let act = Act::Decide {
             gate,
             actor: actor.clone(),
-            verdict,
-            reason: reason.to_string(),
+            request,
+            rules,
         };
-        self.act(act).await
+        match self.act(act).await? {
+            Some(decided) => Ok(decided),
+            None => self.inner.decided(gate).await,
+        }
     }
 
     /// The reviewers' inbox: approvals waiting for a decision, highest risk first, then
@@ -97,13 +290,7 @@ impl Engine {
             match self.pending_approval(gate, run, position, now_ms).await {
                 Ok(Some(pending)) if filter.admits(&pending) => out.push(pending),
                 Ok(_) => {}
-                Err(e)
-                    if super::driver::is_unreadable(&e)
-                        || matches!(
-                            e,
-                            Error::Storage(annal_storage::Error::CorruptMeta { .. })
-                        ) =>
-                {
+                Err(e) if unreadable(&e) => {
                     tracing::error!(%run, %gate, error = %e, "gated run unreadable; left out of the inbox");
                 }
                 Err(e) => return Err(e),
@@ -125,9 +312,9 @@ impl Engine {
         let Some(meta) = inner.store.meta(run).await? else {
             return Ok(None);
         };
-        if RunStatus::from_code(meta.status).is_none_or(RunStatus::is_terminal) {
+        let Some(status) = RunStatus::from_code(meta.status).filter(|s| !s.is_terminal()) else {
             return Ok(None);
-        }
+        };
         let history = super::read_history(inner.store.as_ref(), run).await?;
         let replay =
             crate::replay::ReplayState::from_events(&history).map_err(|c| Error::Inconsistent {
@@ -146,21 +333,99 @@ impl Engine {
             return Ok(None);
         }
         let request = &record.request;
+        // The engine writes the editable fields from a JSON object, so they decode; if they
+        // ever did not, the card offers no edits (and `decide_bound` refuses any) rather
+        // than hiding every gate of the inbox.
+        let editable = record.editable.as_ref().and_then(|p| {
+            p.decode::<serde_json::Value>()
+                .inspect_err(|e| tracing::warn!(%run, %gate, error = %e, "editable fields do not decode; no edits offered"))
+                .ok()
+        });
         Ok(Some(PendingApproval {
             gate,
             run,
+            position,
             workflow: meta.workflow,
+            status,
             action: request.action.clone(),
             risk: request.risk,
             cost: request.cost,
             evidence: request.evidence.clone(),
+            checks: request.checks.clone(),
+            rollback: request.rollback.clone(),
             approvers: request.approvers.clone(),
+            on_expiry: request.on_expiry.clone(),
+            requested_ms: record.requested_ms,
             deadline_ms: request
                 .deadline_ms
                 .map(|d| record.requested_ms.saturating_add(d)),
             age_ms: now_ms.saturating_sub(record.requested_ms),
             reminders: record.reminders,
+            editable,
+            digest: record.action_digest(),
         }))
+    }
+
+    /// The reviewers' history: closed approval rounds (decided, expired, withdrawn), latest
+    /// first, at most `limit`. Reads the history of every run that ever asked for an
+    /// approval (the gate index keeps decided gates), so its cost grows with them; a run
+    /// whose log cannot be read is left out and logged, as in the inbox.
+    pub async fn past_decisions(&self, limit: usize) -> Result<Vec<PastDecision>> {
+        let inner = &self.inner;
+        let mut runs: Vec<RunId> = inner
+            .store
+            .gates()
+            .await?
+            .into_iter()
+            .map(|(_, run, _)| run)
+            .collect();
+        runs.sort_unstable();
+        runs.dedup();
+        let mut out = Vec::new();
+        for run in runs {
+            let (meta, history) = match async {
+                let meta = inner.store.meta(run).await?;
+                let history = super::read_history(inner.store.as_ref(), run).await?;
+                Ok::<_, Error>((meta, history))
+            }
+            .await
+            {
+                Ok(loaded) => loaded,
+                Err(e) if unreadable(&e) => {
+                    tracing::error!(%run, error = %e, "gated run unreadable; left out of the decision history");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let record = crate::audit::RunRecord::from_history(run, meta.as_ref(), &history);
+            for round in record.approvals {
+                let (Some(decision), Some(decided_ms)) = (round.decision, round.decided_ms) else {
+                    continue;
+                };
+                let Some(gate) = parse_gate(&round.gate) else {
+                    continue;
+                };
+                out.push(PastDecision {
+                    gate,
+                    run,
+                    workflow: record.workflow.clone(),
+                    action: round.action.unwrap_or_default(),
+                    decision,
+                    actor: round.actor,
+                    role: round.role,
+                    reason: round.reason,
+                    requested_ms: round.requested_ms,
+                    decided_ms,
+                });
+            }
+        }
+        out.sort_by(|a, b| {
+            b.decided_ms
+                .cmp(&a.decided_ms)
+                .then(a.gate.0.cmp(&b.gate.0))
+        });
+        out.truncate(limit);
+        Ok(out)
     }
 
     /// Acts on an escalated run: retry the step (or reopen an expired approval), skip it with
@@ -181,21 +446,28 @@ impl Engine {
             action,
             reason: reason.to_string(),
         };
-        self.act(act).await
+        self.act(act).await.map(drop)
     }
 }
 
 impl EngineInner {
-    /// [`Engine::decide`] in this process, which holds (or may take) the run; with `answer`,
-    /// the forwarded request it carries out is answered in the decision's own append.
+    /// [`Engine::decide`] and [`Engine::decide_bound`] in this process, which holds (or
+    /// may take) the run; with `answer`, the forwarded request it carries out is answered in
+    /// the decision's own append.
     pub(crate) async fn decide_local(
         self: &Arc<Self>,
         gate: GateId,
         actor: &Actor,
-        verdict: Verdict,
-        reason: &str,
+        request: &DecideRequest,
+        rules: Rules,
         answer: Option<u64>,
-    ) -> Result<()> {
+    ) -> Result<Decided> {
+        if actor.is_agent() {
+            return Err(Error::AgentMayNotDecide {
+                gate,
+                actor: actor.id.clone(),
+            });
+        }
         let inner = self;
         let (run, position) = inner
             .store
@@ -215,10 +487,26 @@ impl EngineInner {
             }) => record.clone(),
             _ => return Err(Error::UnknownGate(gate)),
         };
+        // An actor the gate does not admit learns nothing about the gate's state.
+        let Some(role) = actor.decides_as(&record.request.approvers) else {
+            return Err(Error::NotAllowed {
+                gate,
+                actor: actor.id.clone(),
+            });
+        };
         let refusal = match &record.state {
-            GateState::Decided { actor, .. } => Some(Error::AlreadyDecided {
+            GateState::Decided {
+                actor,
+                role,
+                approved,
+                at_ms,
+                ..
+            } => Some(Error::AlreadyDecided {
                 gate,
                 actor: actor.clone(),
+                role: role.clone(),
+                approved: *approved,
+                decided_ms: *at_ms,
             }),
             GateState::Expired => Some(Error::GateExpired { gate }),
             GateState::Withdrawn => Some(Error::NotWaiting { run, status }),
@@ -236,27 +524,49 @@ impl EngineInner {
             // The run records the expiry when it wakes; a late decision must not win.
             return Err(Error::GateExpired { gate });
         }
-        if !actor.may_decide(&record.request.approvers) {
-            return Err(Error::NotAllowed {
-                gate,
-                actor: actor.id.clone(),
-            });
+        let digest = record.action_digest();
+        if let Some(expected) = request.expected_digest {
+            if expected != digest {
+                let error = Error::ActionChanged {
+                    gate,
+                    expected,
+                    found: digest,
+                };
+                return inner.refuse(writer, error).await;
+            }
         }
-        let (approved, edits) = match verdict {
-            Verdict::Approve { edits } => (true, edits),
+        let (approved, edits) = match &request.verdict {
+            Verdict::Approve { edits } => (true, edits.clone()),
             Verdict::Reject => (false, None),
         };
+        if rules == Rules::Reviewer {
+            if !approved && request.reason.trim().is_empty() {
+                return Err(Error::ReasonRequired { gate });
+            }
+            if let Some(edits) = &edits {
+                let editable = record
+                    .editable
+                    .as_ref()
+                    .map(|p| p.decode::<serde_json::Value>())
+                    .transpose()
+                    .map_err(|e| Error::Payload(e.to_string()))?;
+                crate::approval::check_edits(editable.as_ref(), edits)
+                    .map_err(|reason| Error::EditNotAllowed { gate, reason })?;
+            }
+        }
         let edits = edits
             .as_ref()
             .map(crate::event::Payload::encode)
             .transpose()
             .map_err(|e| Error::Payload(e.to_string()))?;
-        let event = EventKind::ApprovalDecided {
+        let event = EventKind::ApprovalDecidedAs {
             gate: gate.0,
             approved,
             actor: actor.id.clone(),
-            reason: reason.to_string(),
+            role: role.clone(),
+            reason: request.reason.clone(),
             edits,
+            action_digest: digest.0,
         };
         let wake =
             crate::approval::next_wake(&record.request, record.requested_ms, record.reminders);
@@ -264,7 +574,7 @@ impl EngineInner {
             fire_at_ms: at,
             id: position,
         });
-        let position = inner
+        let appended = inner
             .append_locked(
                 &slot,
                 &mut writer,
@@ -274,13 +584,32 @@ impl EngineInner {
                     .waking(status),
             )
             .await?;
+        let decided_ms = match slot.state().replay.command(position) {
+            Some(CommandRecord {
+                recorded: Recorded::Approval(record),
+                ..
+            }) => match record.state {
+                GateState::Decided { at_ms, .. } => at_ms,
+                _ => inner.clock.now_ms(),
+            },
+            _ => inner.clock.now_ms(),
+        };
         let woken = match status {
             RunStatus::Running | RunStatus::Parked => inner.ensure_driver(&slot, &mut writer).await,
             _ => Ok(()),
         };
         drop(writer);
-        inner.store.wait_durable(position).await?;
-        woken
+        inner.store.wait_durable(appended).await?;
+        woken?;
+        Ok(Decided {
+            gate,
+            run,
+            actor: actor.id.clone(),
+            role,
+            approved,
+            decided_ms,
+            action_digest: digest,
+        })
     }
 
     /// [`Engine::operate`] in this process (see [`EngineInner::decide_local`]).
@@ -375,4 +704,17 @@ impl EngineInner {
         inner.notify_run_settled(run);
         woken
     }
+}
+
+/// Whether `e` says one run's log cannot be read (left out of lists, not fatal to them).
+fn unreadable(e: &Error) -> bool {
+    super::driver::is_unreadable(e)
+        || matches!(e, Error::Storage(annal_storage::Error::CorruptMeta { .. }))
+}
+
+/// A gate id as the audit record writes it (a UUID) back to its bytes.
+fn parse_gate(text: &str) -> Option<GateId> {
+    uuid::Uuid::parse_str(text)
+        .ok()
+        .map(|u| GateId(*u.as_bytes()))
 }

@@ -11,6 +11,9 @@ use super::inner::EngineInner;
 
 const BATCH: usize = 1024;
 
+/// Longest the timer service sleeps on a store several workers share.
+const SHARED_POLL_MS: u64 = 1_000;
+
 impl EngineInner {
     pub(crate) async fn timer_service(self: Arc<Self>) {
         // The open's recovery swept just now.
@@ -34,7 +37,14 @@ impl EngineInner {
                         None
                     }
                 };
-                let poll_ms = now_ms.saturating_add(self.config.timer_poll_ms);
+                // On a shared store a due entry can become this worker's to wake without
+                // any notice here (the worker that held its run died): look often.
+                let poll = if self.store.shared() {
+                    self.config.timer_poll_ms.min(SHARED_POLL_MS)
+                } else {
+                    self.config.timer_poll_ms
+                };
+                let poll_ms = now_ms.saturating_add(poll);
                 scan_at_ms = next_ms.map_or(poll_ms, |n| n.min(poll_ms));
             }
             let changed = self.timers_changed.notified();

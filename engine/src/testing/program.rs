@@ -432,9 +432,9 @@ async fn review(engine: &Engine, run: RunId, verdicts: &[bool]) {
                 })
                 .nth(k);
             if let Some(gate) = gate {
-                let decided = history.iter().any(
-                    |e| matches!(&e.kind, EventKind::ApprovalDecided { gate: g, .. } if *g == gate),
-                );
+                let decided = history
+                    .iter()
+                    .any(|e| e.kind.decision().is_some_and(|d| *d.gate == gate));
                 if decided {
                     break;
                 }
