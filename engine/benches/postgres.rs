@@ -12,6 +12,7 @@
 //! - `fan_in`: 200 concurrent runs of 10 `Write` steps spread over 1, 2 and 3 engines (one
 //!   worker each): event rows/s and steps/s, against the raw limit at the same concurrency
 //!   (the same number of event rows in batched `INSERT`s of 200 rows, one `COMMIT` each).
+//!   One more row: the same appends straight to a `PgStore`, without the engine.
 //! - `takeover`: a worker process holding 50 runs is SIGKILLed; the time until another
 //!   worker has finished all of them, against the lease plus one second.
 //!
@@ -127,6 +128,20 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
         }
         let mut raw = raw_client(url, &config.schema).await;
         let raw_rows_per_s = raw_batched(&mut raw, &config.schema, runs, events_per_run).await;
+        if engines == 1 {
+            // The store without the engine: the same appends, one after another per run.
+            let rows_per_s = store_only(&config, runs, events_per_run).await;
+            rows.push(Row {
+                workload: "fan_in",
+                metric: "event rows/s, store only",
+                value: rows_per_s,
+                unit: "/s",
+                limit: Some(raw_rows_per_s),
+                note: format!(
+                    "{runs} runs x {events_per_run} appends straight to one PgStore (no workflow code); limit as below"
+                ),
+            });
+        }
         let t = Instant::now();
         let tasks: Vec<_> = (0..runs)
             .map(|i| {
@@ -168,6 +183,48 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
         });
         let _ = PgStore::drop_schema(&config).await;
     }
+}
+
+/// `runs` runs appending `appends` one-event appends each, all runs at once, each append
+/// waiting for the one before it: what the engine asks of the store in `fan_in`, without
+/// the engine. Returns event rows/s.
+async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> f64 {
+    use annal_storage::{AppendBatch, RunId, RunMeta};
+    let store = Arc::new(PgStore::connect(config.clone()).await.expect("connect"));
+    let meta = RunMeta {
+        workflow: "chain".into(),
+        version: 1,
+        status: 1,
+        next_seq: 0,
+        created_ms: 0,
+        updated_ms: 0,
+        wake_ms: None,
+        note: String::new(),
+        status_seq: 0,
+    };
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..runs)
+        .map(|_| {
+            let (store, meta) = (Arc::clone(&store), meta.clone());
+            tokio::spawn(async move {
+                let run = RunId(*uuid::Uuid::now_v7().as_bytes());
+                for seq in 0..appends as u64 {
+                    let batch = AppendBatch {
+                        run,
+                        expected_next_seq: seq,
+                        events: vec![vec![0x5a; 64]],
+                        meta: (seq == 0).then(|| meta.clone()),
+                        index: vec![],
+                    };
+                    store.append(batch).await.expect("append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    (runs * appends) as f64 / t.elapsed().as_secs_f64()
 }
 
 /// The workflow of the takeover bench: a read that never returns in the worker that is
