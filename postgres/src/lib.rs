@@ -261,6 +261,17 @@ enum Job {
     },
 }
 
+/// The columns of the set-based statement for a group's plain appends, a row per event.
+#[derive(Default)]
+struct PlainRows<'a> {
+    runs: Vec<Uuid>,
+    seqs: Vec<i64>,
+    records: Vec<&'a [u8]>,
+    epochs: Vec<i64>,
+    priors: Vec<i64>,
+    checked: Vec<bool>,
+}
+
 /// How a group failed.
 enum Failure {
     /// Before its commit: rolled back, nothing written.
@@ -655,29 +666,22 @@ impl Shared {
             .collect();
         let set_statement = async {
             let known_ends = lock(&self.ends).clone();
-            let mut rows: (
-                Vec<Uuid>,
-                Vec<i64>,
-                Vec<&[u8]>,
-                Vec<i64>,
-                Vec<i64>,
-                Vec<bool>,
-            ) = Default::default();
+            let mut rows = PlainRows::default();
             for (job, in_set) in group.iter().zip(&in_set) {
                 let (Job::Append { append: a, .. }, true) = (job, in_set) else {
                     continue;
                 };
                 let checked = known_ends.get(&run_id(a.run)) != Some(&a.expected);
                 for (i, record) in a.events.iter().enumerate() {
-                    rows.0.push(a.run);
-                    rows.1.push(a.expected + i as i64);
-                    rows.2.push(record.as_slice());
-                    rows.3.push(a.epoch);
-                    rows.4.push(a.expected - 1);
-                    rows.5.push(checked);
+                    rows.runs.push(a.run);
+                    rows.seqs.push(a.expected + i as i64);
+                    rows.records.push(record.as_slice());
+                    rows.epochs.push(a.epoch);
+                    rows.priors.push(a.expected - 1);
+                    rows.checked.push(checked);
                 }
             }
-            if rows.0.is_empty() {
+            if rows.runs.is_empty() {
                 return Ok(HashMap::new());
             }
             let statement = tx.prepare_cached(&self.sql.append_plain()).await?;
@@ -685,12 +689,12 @@ impl Shared {
                 .query(
                     &statement,
                     &[
-                        &rows.0,
-                        &rows.1,
-                        &rows.2,
-                        &rows.3,
-                        &rows.4,
-                        &rows.5,
+                        &rows.runs,
+                        &rows.seqs,
+                        &rows.records,
+                        &rows.epochs,
+                        &rows.priors,
+                        &rows.checked,
                         &self.worker,
                     ],
                 )
