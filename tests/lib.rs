@@ -194,7 +194,7 @@ pub mod workload {
     /// The workload: a flaky read, a sleep, a write, a signal, an approval gate (decided while
     /// the run is parked on it), an irreversible charge (whose
     /// response is lost once for some jobs), a sleep, then an irreversible notification joined
-    /// with a write.
+    /// with a write, then six steps alternating reads and writes.
     pub async fn mixed(ctx: Ctx, effects: Arc<LineFile>, job: u32) -> Result<Value, WorkflowError> {
         let found: u32 = ctx
             .step("lookup")
@@ -225,8 +225,30 @@ pub mod workload {
             write(&ctx, "audit"),
         )
         .await;
+        // A chain alternating reads and writes: a read's completion rides on the next commit
+        // (a crash may take it back, and the read runs again), a write's body runs only once
+        // everything before it is durable, and never again once it completed.
+        let mut tally = 0u32;
+        for i in 0..6u32 {
+            let class = if i % 2 == 0 {
+                StepClass::Read
+            } else {
+                StepClass::Write
+            };
+            let step: u32 = ctx
+                .step(&format!("tally_{i}"))
+                .class(class)
+                .run(move |attempt| async move {
+                    if class == StepClass::Write {
+                        check_not_completed(&attempt.idempotency_key).await;
+                    }
+                    Ok(i)
+                })
+                .await?;
+            tally += step;
+        }
         Ok(
-            json!({ "found": found, "reserved": reserved, "go": go, "approved": approved, "charged": charged, "notified": notified?, "audited": audited? }),
+            json!({ "found": found, "reserved": reserved, "go": go, "approved": approved, "charged": charged, "notified": notified?, "audited": audited?, "tally": tally }),
         )
     }
 

@@ -23,6 +23,9 @@
 //!   and that loop with the event records alone (the ceiling of any layout with a start and
 //!   end record per run). The note gives each thread kind's CPU time per step during the
 //!   rounds (Linux).
+//! - `read_chain`: one run of 1000 sequential `Read` steps, `PowerSafe`: steps/s against the
+//!   same chain on a `Buffered` store (nothing synced; median of 3 alternating runs each); and
+//!   a chain alternating `Read` and `Write` steps with the group commits it took.
 //! - `replay`: resume a run with a 10,000-event history on a freshly opened engine: events/s
 //!   and time to resume (median of 7 copies of the store).
 //! - `recovery`: 10,000 runs parked on timers and approvals: time to open the engine, and
@@ -543,6 +546,94 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `steps` sequential steps, each `Read` or, when `every_write` divides its index plus one,
+/// `Write`; returns the sum of their outputs.
+async fn mixed_chain(ctx: Ctx, (steps, every_write): (u32, u32)) -> Result<u32, WorkflowError> {
+    let mut total = 0;
+    for i in 0..steps {
+        let class = if every_write > 0 && (i + 1) % every_write == 0 {
+            StepClass::Write
+        } else {
+            StepClass::Read
+        };
+        total += ctx
+            .step("step")
+            .class(class)
+            .run(move |_| async move { Ok(i % 7) })
+            .await?;
+    }
+    Ok(total)
+}
+
+/// One run of `steps` steps on a store in `durability`; returns steps/s and group commits.
+async fn read_chain_on(durability: Durability, steps: u32, every_write: u32) -> (f64, u64) {
+    let dir = bench_dir();
+    let store = std::sync::Arc::new(
+        annal_storage::SledStore::open(
+            annal_storage::SledConfig::new(dir.path())
+                .durability(durability)
+                .cache_capacity_bytes(64 << 20),
+        )
+        .expect("store"),
+    );
+    let engine = Engine::builder()
+        .store(store.clone())
+        .register("mixed_chain", 1, mixed_chain)
+        .open()
+        .await
+        .unwrap();
+    let commits_before = store.commits();
+    let t = Instant::now();
+    engine
+        .start::<_, u32>("mixed_chain", &(steps, every_write))
+        .await
+        .unwrap()
+        .result()
+        .await
+        .unwrap();
+    let elapsed = t.elapsed();
+    let commits = store.commits() - commits_before;
+    engine.shutdown().await;
+    (f64::from(steps) / elapsed.as_secs_f64(), commits)
+}
+
+async fn bench_read_chain(rows: &mut Vec<Row>) {
+    let steps = scaled(1000) as u32;
+    // Alternating runs, so that the disk's and the machine's moods hit both alike.
+    let (mut safe, mut buffered) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        safe.push(read_chain_on(Durability::PowerSafe, steps, 0).await.0);
+        buffered.push(read_chain_on(Durability::Buffered, steps, 0).await.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (safe, buffered) = (median(&mut safe), median(&mut buffered));
+    rows.push(Row {
+        workload: "read_chain",
+        metric: "Read steps/s, PowerSafe",
+        value: safe,
+        unit: "/s",
+        limit: Some(buffered),
+        note: format!(
+            "one run of {steps} Read steps (median of 3); limit = the same chain on a Buffered store (nothing synced)"
+        ),
+    });
+    let (mixed, commits) = read_chain_on(Durability::PowerSafe, steps, 2).await;
+    rows.push(Row {
+        workload: "read_chain",
+        metric: "Read+Write steps/s",
+        value: mixed,
+        unit: "/s",
+        limit: None,
+        note: format!(
+            "one run of {steps} steps alternating Read and Write, PowerSafe: {commits} group commits for {} Write steps (a Write body waits for one commit; Reads ride along)",
+            steps / 2
+        ),
+    });
+}
+
 async fn reads(ctx: Ctx, steps: u32) -> Result<u32, WorkflowError> {
     let mut total = 0;
     for i in 0..steps {
@@ -665,6 +756,9 @@ fn main() {
     runtime.block_on(async {
         if wanted("chain") {
             bench_chain(&mut rows).await;
+        }
+        if wanted("read_chain") {
+            bench_read_chain(&mut rows).await;
         }
         if wanted("fan_in") {
             bench_fan_in(&mut rows).await;

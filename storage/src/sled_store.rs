@@ -156,9 +156,7 @@ impl Shared {
 /// thousand appends a second. So every write goes through one dedicated committer thread,
 /// which loops:
 ///
-/// 1. It blocks for the first request, then drains whatever else is queued (up to 1024). If
-///    the store is busy, it also waits briefly for the writers the last commit acknowledged
-///    (see `gather` in the source: at most half a sync, at most 2 ms).
+/// 1. It blocks for the first request, then drains whatever else is queued (up to 1024).
 /// 2. It plans each append with [`plan_append`](crate::plan_append), reading current values
 ///    from the tree as the group's earlier appends have changed it (and skipping the seq
 ///    check's reads for runs whose log end it remembers). A failed plan (conflict, taken dedupe key) is answered at
@@ -167,10 +165,16 @@ impl Shared {
 ///    is atomic) and answered, so sled's work overlaps the gathering.
 /// 3. It applies the rest of the group with one `apply_batch` and answers those appends with
 ///    their [`Position`]s: the appends are now visible to reads, not yet durable.
-/// 4. It makes the group durable at once (`PowerSafe`: flush, then fsync of the `db` file,
-///    of new blob files, and of the directory when its entries changed; `ProcessSafe`:
-///    flush; `Buffered`: nothing) and publishes the position, which wakes every
-///    [`LogStore::wait_durable`] caller at or below it.
+/// 4. It hands the group's last position to the syncer thread and goes on with the next
+///    group. The syncer makes durable everything applied when it starts (`PowerSafe`: flush,
+///    then fsync of the `db` file, of new blob files, and of the directory when its entries
+///    changed; `ProcessSafe`: flush; `Buffered` has no syncer: the committer publishes at
+///    once) and publishes that position, which wakes every [`LogStore::wait_durable`]
+///    caller at or below it. If the store is busy, it first waits briefly for the writers
+///    its last sync acknowledged (see `gather` in the source: at most half a sync, at most
+///    2 ms). Applying and syncing overlap, so an append nobody waits on (a `Read` step's)
+///    is applied at once even while a sync runs, and a sync covers every group applied
+///    while the one before it ran.
 ///
 /// One `apply_batch` per group rather than per append because sled 0.34 seals and writes its
 /// IO buffer on every `apply_batch` (`PageCache::pin_log`): 256 single-append batches cost 256
@@ -239,12 +243,30 @@ impl SledStore {
             Durability::ProcessSafe | Durability::Buffered => None,
         };
         let (requests, inbox) = mpsc::channel();
+        let syncs = Arc::new(SyncQueue::default());
+        let syncer = match config.durability {
+            Durability::Buffered => None,
+            Durability::PowerSafe | Durability::ProcessSafe => {
+                let syncer = Syncer {
+                    db: db.clone(),
+                    shared: Arc::clone(&shared),
+                    handles,
+                    queue: Arc::clone(&syncs),
+                };
+                Some(
+                    std::thread::Builder::new()
+                        .name("annal-syncer".into())
+                        .spawn(move || syncer.run())?,
+                )
+            }
+        };
         let committer = Committer {
             db: db.clone(),
             inbox,
             shared: Arc::clone(&shared),
             durability: config.durability,
-            handles,
+            syncs,
+            syncer,
             applied: 0,
             log_ends: HashMap::new(),
         };
@@ -380,14 +402,17 @@ struct Group {
     waiting_runs: HashSet<RunId>,
 }
 
-/// The single writer: plans, applies and makes durable groups of requests.
+/// The single writer: plans and applies groups of requests, and hands what it applied to the
+/// syncer, which makes it durable while the next groups are applied.
 struct Committer {
     db: sled::Db,
     inbox: mpsc::Receiver<Request>,
     shared: Arc<Shared>,
     durability: Durability,
-    /// What to fsync; `Some` in `PowerSafe` mode only.
-    handles: Option<SyncHandles>,
+    /// Where applied positions go to be made durable (`PowerSafe` and `ProcessSafe`).
+    syncs: Arc<SyncQueue>,
+    /// The syncer thread, joined once it has made the last groups durable.
+    syncer: Option<JoinHandle<()>>,
     /// Position of the last planned append or purge.
     applied: u64,
     /// Where the logs this committer appended to end (the seq of their next event) and the
@@ -403,13 +428,7 @@ const LOG_ENDS_MAX: usize = 4096;
 
 impl Committer {
     fn run(mut self) {
-        // How many appends the last commit acknowledged, and when it ended and how long it
-        // took; see `gather`.
-        let mut acknowledged = 0;
-        let mut last_commit_end = Instant::now();
-        let mut last_sync = Duration::ZERO;
         while let Ok(first) = self.inbox.recv() {
-            let group_start = self.applied;
             let mut group = Group::default();
             self.take(&mut group, first);
             while group.taken < MAX_GROUP_APPENDS {
@@ -418,47 +437,15 @@ impl Committer {
                 };
                 self.take(&mut group, next);
             }
-            if last_commit_end.elapsed() < last_sync {
-                self.gather(&mut group, acknowledged, last_sync / 2);
-            }
             self.apply_group(&mut group);
-            acknowledged = usize::try_from(self.applied - group_start).unwrap_or(usize::MAX);
-            if acknowledged > 0 {
-                let began = Instant::now();
-                self.commit();
-                last_commit_end = Instant::now();
-                last_sync = (last_commit_end - began).min(MAX_GATHER * 2);
-            }
+            self.commit();
         }
-    }
-
-    /// Waits up to `patience` for the writers the last commit acknowledged to come back, so
-    /// that they share this group's sync instead of starting a second one right after it.
-    ///
-    /// Without this, writers that each wait for their append to be durable before making the
-    /// next split into two cohorts that alternate syncs: those that were quick to come back
-    /// after a commit, and the rest, which arrive during the next sync and must wait for the
-    /// one after. Each sync then carries half the writers. Only called when requests arrived
-    /// within one sync's time of the last commit (a busy store); `patience` is half a sync,
-    /// so an idle writer never waits more than half of what a second sync would cost.
-    fn gather(&mut self, group: &mut Group, acknowledged: usize, patience: Duration) {
-        let deadline = Instant::now() + patience;
-        let target = acknowledged.min(MAX_GROUP_APPENDS);
-        // Short naps, then take whatever came: blocking in `recv_timeout` instead would have
-        // every arriving writer wake this thread, one context switch per append.
-        let nap = (patience / 8).max(Duration::from_micros(50));
-        while group.taken < target {
-            while group.taken < MAX_GROUP_APPENDS {
-                let Ok(request) = self.inbox.try_recv() else {
-                    break;
-                };
-                self.take(group, request);
+        // The inbox closed: the syncer makes the last groups durable, then stops.
+        self.syncs.close();
+        if let Some(syncer) = self.syncer.take() {
+            if syncer.join().is_err() {
+                tracing::error!("annal syncer thread panicked");
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if group.taken >= target || left.is_zero() {
-                break;
-            }
-            std::thread::sleep(nap.min(left));
         }
     }
 
@@ -610,23 +597,137 @@ impl Committer {
         })
     }
 
-    /// Makes everything applied so far durable and publishes it, or poisons the store.
+    /// Makes everything applied so far durable: at once in `Buffered` mode (nothing to sync),
+    /// else by handing the position to the syncer, so that the next group is applied while
+    /// this one's flush and fsync run.
     fn commit(&mut self) {
         if self.shared.poisoned().is_some() {
             return;
         }
-        match self.sync() {
-            Ok(()) => self.shared.publish_durable(self.applied),
-            Err(cause) => self.shared.poison(cause),
+        if self.durability == Durability::Buffered {
+            match self.shared.take_injected_failure() {
+                None => self.shared.publish_durable(self.applied),
+                Some(cause) => self.shared.poison(cause),
+            }
+            return;
+        }
+        self.syncs.request(self.applied);
+    }
+}
+
+/// Positions applied and waiting to be made durable: the committer raises `applied`, the
+/// syncer takes whatever is there when it starts a sync (the latest covers all before it).
+#[derive(Default)]
+struct SyncQueue {
+    state: Mutex<SyncWanted>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SyncWanted {
+    applied: u64,
+    closed: bool,
+}
+
+impl SyncQueue {
+    fn request(&self, applied: u64) {
+        let mut state = lock(&self.state);
+        state.applied = state.applied.max(applied);
+        self.changed.notify_one();
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.changed.notify_one();
+    }
+
+    /// Waits until a position past `synced` was applied (or the queue closed); returns the
+    /// latest applied position and whether the queue is closed.
+    fn wait_past(&self, synced: u64) -> (u64, bool) {
+        let mut state = lock(&self.state);
+        while state.applied <= synced && !state.closed {
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        (state.applied, state.closed)
+    }
+
+    fn applied(&self) -> u64 {
+        lock(&self.state).applied
+    }
+}
+
+/// The durable half of the committer: one flush (and fsync) at a time, each covering every
+/// append applied when it starts, while the committer applies the next ones. A `Read` step's
+/// append, which nobody waits to be durable, is therefore never held up by a sync.
+struct Syncer {
+    db: sled::Db,
+    shared: Arc<Shared>,
+    /// What to fsync; `Some` in `PowerSafe` mode only (`ProcessSafe` flushes only).
+    handles: Option<SyncHandles>,
+    queue: Arc<SyncQueue>,
+}
+
+impl Syncer {
+    fn run(mut self) {
+        let mut synced = 0;
+        // How many appends the last sync covered, when it ended and how long it took; see
+        // `gather`.
+        let (mut covered, mut last_end, mut last_sync) = (0, Instant::now(), Duration::ZERO);
+        loop {
+            let (applied, closed) = self.queue.wait_past(synced);
+            if applied <= synced {
+                debug_assert!(closed);
+                return;
+            }
+            if last_end.elapsed() < last_sync && !closed {
+                self.gather(synced + covered, last_sync / 2);
+            }
+            if self.shared.poisoned().is_some() {
+                return;
+            }
+            let target = self.queue.applied();
+            let began = Instant::now();
+            match self.sync() {
+                Ok(()) => self.shared.publish_durable(target),
+                Err(cause) => {
+                    self.shared.poison(cause);
+                    return;
+                }
+            }
+            last_end = Instant::now();
+            last_sync = (last_end - began).min(MAX_GATHER * 2);
+            covered = target - synced;
+            synced = target;
+        }
+    }
+
+    /// Waits up to `patience` for the writers the last sync acknowledged to come back (until
+    /// `target` was applied), so that they share this sync instead of starting another right
+    /// after it.
+    ///
+    /// Without this, writers that each wait for their append to be durable before making the
+    /// next split into two cohorts that alternate syncs: those that were quick to come back
+    /// after a sync, and the rest, which arrive during the next sync and must wait for the
+    /// one after. Each sync then carries half the writers. Only done when appends arrived
+    /// within one sync's time of the last (a busy store); `patience` is half a sync, so an
+    /// idle writer never waits more than half of what a second sync would cost.
+    fn gather(&self, target: u64, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        // Short naps: a condition variable would have every arriving writer wake this
+        // thread, one context switch per append.
+        let nap = (patience / 8).max(Duration::from_micros(50));
+        while self.queue.applied() < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            std::thread::sleep(nap.min(left));
         }
     }
 
     fn sync(&mut self) -> std::result::Result<(), String> {
         if let Some(cause) = self.shared.take_injected_failure() {
             return Err(cause);
-        }
-        if self.durability == Durability::Buffered {
-            return Ok(());
         }
         self.db
             .flush()
