@@ -46,14 +46,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use annal_storage::{
-    check_record, decode_checkpoint, decode_meta, encode_meta, frame, keys, meta_with_log_end,
-    AppendBatch, Durability, Error, GateId, Hint, IndexOp, LogStore, Position, Record, Request,
-    Result, RunId, RunMeta, TimerEntry,
+    chain, check_record, decode_checkpoint, decode_meta, encode_meta, frame, keys,
+    meta_with_log_end, AppendBatch, Durability, Error, GateId, Hint, IndexOp, LogStore, Position,
+    Record, Request, Result, RunId, RunMeta, TimerEntry,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
+
+use annal_storage::chain::Link;
 
 pub use schema::VERSION as SCHEMA_VERSION;
 
@@ -79,12 +81,14 @@ pub struct PgConfig {
     pub group_max: usize,
     /// Group committers, each with its own connection and its share of the runs: the
     /// server executes one connection's statements one at a time, so more than one lets it
-    /// use more than one core.
+    /// use more than one core. With one (the default) every append is ordered after those
+    /// queued before it; with more, only a run's own appends are ordered, and of two runs
+    /// claiming one dedupe key at once either may win.
     pub committers: usize,
 }
 
 impl PgConfig {
-    /// Defaults: schema `annal`, 5 s leases, 250 ms polls, 8 connections, 2 committers.
+    /// Defaults: schema `annal`, 5 s leases, 250 ms polls, 8 connections, 1 committer.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -93,7 +97,7 @@ impl PgConfig {
             poll_ms: 250,
             pool_size: 8,
             group_max: 512,
-            committers: 2,
+            committers: 1,
         }
     }
 
@@ -185,8 +189,20 @@ impl Encoded {
             && self.answer_id.is_empty()
     }
 
-    fn new(batch: AppendBatch, epoch: i64) -> Self {
+    /// Encodes an append whose first record links to `link` (see `annal_storage::chain`);
+    /// also returns the run's head after it (`None`: no events).
+    fn new(batch: AppendBatch, epoch: i64, link: Link) -> (Self, Option<Link>) {
         let expected = batch.expected_next_seq;
+        let mut head = None;
+        let mut events = Vec::with_capacity(batch.events.len());
+        if !batch.events.is_empty() {
+            let mut link = link;
+            for (i, payload) in batch.events.iter().enumerate() {
+                events.push(frame::encode_linked(&link, payload));
+                link = chain::record_hash(batch.run, expected + i as u64, Some(&link), payload);
+            }
+            head = Some(link);
+        }
         let next_seq = expected + batch.events.len() as u64;
         let (meta, status) = match batch.meta {
             Some(mut meta) => {
@@ -200,7 +216,7 @@ impl Encoded {
             epoch,
             leases_new_run: false,
             expected: i64::try_from(expected).unwrap_or(i64::MAX),
-            events: batch.events.iter().map(|e| frame::encode(e)).collect(),
+            events,
             meta,
             status,
             timer_put_at: Vec::new(),
@@ -242,7 +258,7 @@ impl Encoded {
                 other => unreachable!("index change {other:?} has no PostgreSQL form"),
             }
         }
-        out
+        (out, head)
     }
 }
 
@@ -369,6 +385,10 @@ struct Shared {
     /// took the lease: no other writer can have moved it, so a step's append needs no check
     /// for a hole before it.
     ends: Mutex<HashMap<RunId, i64>>,
+    /// The seq after each run's last record this process appended, and that record's hash:
+    /// what its next append links to. Set when an append is queued (so pipelined appends
+    /// link up), dropped when one fails.
+    heads: Mutex<HashMap<RunId, (u64, Link)>>,
     /// One queue per group committer; a run's jobs always go to the same one, so that they
     /// stay in order.
     commits: Vec<mpsc::UnboundedSender<Job>>,
@@ -439,6 +459,7 @@ impl PgStore {
             worker: Uuid::new_v4(),
             held: Mutex::new(HashMap::new()),
             ends: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
             commits,
             positions: AtomicU64::new(0),
             hints,
@@ -487,6 +508,23 @@ impl PgStore {
         drop(client);
         let _ = driver.await;
         result
+    }
+
+    /// What the record at `expected` links to: the head this process gave the run (its own
+    /// last append, possibly still in flight), else the hash of the stored record before it.
+    async fn link_before(&self, run: RunId, expected: u64) -> Result<Link> {
+        if let Some((end, head)) = lock(&self.shared.heads).get(&run).copied() {
+            if end == expected {
+                return Ok(head);
+            }
+        }
+        let previous = self.read(run, expected - 1, 1).await?;
+        match previous.first() {
+            Some(record) if record.seq == expected - 1 => Ok(record.hash(run)),
+            // No record before the expected seq: the append is refused as a conflict (its
+            // link does not matter).
+            _ => Ok([0; 32]),
+        }
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -810,6 +848,7 @@ impl Shared {
         if held.get(&run) == Some(&epoch) {
             held.remove(&run);
             lock(&self.ends).remove(&run);
+            lock(&self.heads).remove(&run);
         }
     }
 
@@ -1052,12 +1091,30 @@ impl LogStore for PgStore {
                 None => (0, false),
             }
         };
+        let expected = batch.expected_next_seq;
+        let link = if batch.events.is_empty() {
+            [0; 32]
+        } else if expected == 0 {
+            chain::genesis(run)
+        } else {
+            self.link_before(run, expected).await?
+        };
         let (reply, answer) = oneshot::channel();
-        let mut append = Box::new(Encoded::new(batch, epoch));
+        let (append, head) = Encoded::new(batch, epoch, link);
+        let mut append = Box::new(append);
         append.leases_new_run = took_lease;
+        if let Some(head) = head {
+            // Taken as the run's head at once, for appends pipelined behind this one; dropped
+            // if this one fails.
+            lock(&self.shared.heads).insert(run, (expected + append.events.len() as u64, head));
+        }
         let job = Job::Append { append, reply };
         self.shared.commit(run, job)?;
-        answer.await.map_err(|_| Error::Closed)?
+        let result = answer.await.map_err(|_| Error::Closed)?;
+        if result.is_err() {
+            lock(&self.shared.heads).remove(&run);
+        }
+        result
     }
 
     async fn wait_durable(&self, _position: Position) -> Result<()> {
@@ -1265,7 +1322,69 @@ impl LogStore for PgStore {
         answer.await.map_err(|_| Error::Closed)??;
         lock(&self.shared.held).remove(&run);
         lock(&self.shared.ends).remove(&run);
+        lock(&self.shared.heads).remove(&run);
         Ok(())
+    }
+
+    async fn put_tree_head(&self, body: Vec<u8>) -> Result<u64> {
+        let framed = frame::encode(&body);
+        let client = self.client().await?;
+        let sql = format!(
+            "INSERT INTO {s}.tree_heads (n, body)
+             SELECT COALESCE(max(n) + 1, 0), $1 FROM {s}.tree_heads RETURNING n",
+            s = self.shared.sql.s
+        );
+        // Two workers writing at once pick the same index: the second tries again.
+        for _ in 0..8 {
+            match client.query_one(&sql, &[&framed]).await {
+                Ok(row) => return Ok(u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)),
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Err(unavailable("tree head: too many concurrent writers"))
+    }
+
+    async fn tree_heads(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT n, body FROM {}.tree_heads WHERE n >= $1 ORDER BY n LIMIT $2",
+                    self.shared.sql.s
+                ),
+                &[
+                    &i64::try_from(from).unwrap_or(i64::MAX),
+                    &i64::try_from(max).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.iter()
+            .map(|r| {
+                let n = u64::try_from(r.get::<_, i64>(0)).unwrap_or(0);
+                Ok((n, decode_checkpoint(r.get::<_, &[u8]>(1))?))
+            })
+            .collect()
+    }
+
+    async fn latest_tree_head(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT n, body FROM {}.tree_heads ORDER BY n DESC LIMIT 1",
+                    self.shared.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(|r| {
+            let n = u64::try_from(r.get::<_, i64>(0)).unwrap_or(0);
+            Ok((n, decode_checkpoint(r.get::<_, &[u8]>(1))?))
+        })
+        .transpose()
     }
 
     fn durability(&self) -> Durability {
@@ -1300,6 +1419,7 @@ impl LogStore for PgStore {
             lock(&self.shared.held).insert(run, row.get(0));
             // Whatever this process knew of the log's end is from an earlier lease.
             lock(&self.shared.ends).remove(&run);
+            lock(&self.shared.heads).remove(&run);
             return Ok(());
         }
         let owner = client
@@ -1337,6 +1457,7 @@ impl LogStore for PgStore {
     fn release(&self, run: RunId) {
         let epoch = lock(&self.shared.held).remove(&run);
         lock(&self.shared.ends).remove(&run);
+        lock(&self.shared.heads).remove(&run);
         if let Some(epoch) = epoch {
             let _ = self.shared.commit(
                 run,
@@ -1351,6 +1472,7 @@ impl LogStore for PgStore {
     async fn release_all(&self) -> Result<()> {
         let held: Vec<(RunId, i64)> = lock(&self.shared.held).drain().collect();
         lock(&self.shared.ends).clear();
+        lock(&self.shared.heads).clear();
         if held.is_empty() {
             return Ok(());
         }

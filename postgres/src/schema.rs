@@ -8,7 +8,7 @@
 use annal_storage::{Error, Result};
 
 /// The newest schema version this code knows.
-pub const VERSION: i32 = 1;
+pub const VERSION: i32 = 2;
 
 /// Quotes a schema name as an SQL identifier.
 pub fn quote(schema: &str) -> String {
@@ -160,6 +160,17 @@ EXCEPTION
         RETURN 'dedupe:' || SQLERRM;
 END
 $fn$;
+"#
+        )),
+        // Store-wide checkpoints of history (signed tree heads; the engine's encoding),
+        // framed like every record.
+        2 => Some(format!(
+            r#"
+CREATE TABLE {s}.tree_heads (
+    n bigint PRIMARY KEY,
+    body bytea NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now()
+);
 "#
         )),
         _ => None,

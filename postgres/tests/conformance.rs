@@ -171,6 +171,10 @@ impl annal_storage::conformance::Backend for Pg {
             {
                 out.insert(keys::checkpoint(run_of(row.get(0))), row.get(1));
             }
+            for row in q(format!("SELECT n, body FROM {}", self.table("tree_heads"))).await {
+                let n: i64 = row.get(0);
+                out.insert(keys::tree_head(n as u64), row.get(1));
+            }
             out
         })
     }
@@ -214,4 +218,6 @@ conformance!(
     pipelined_appends_to_one_run_see_each_other,
     pipelined_claims_of_one_key_see_each_other,
     pipelined_purge_sees_the_appends_before_it,
+    records_link_into_a_hash_chain,
+    tree_heads_are_numbered_kept_and_read_back,
 );

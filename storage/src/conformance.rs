@@ -1245,3 +1245,64 @@ pub async fn pipelined_purge_sees_the_appends_before_it(b: impl Backend) {
     assert_eq!(s.meta(run).await.unwrap().unwrap().next_seq, 1);
     assert_eq!(s.dedupe(b"k").await.unwrap(), Some(run));
 }
+
+/// Every event record links to the one before it in its run (record 0 to the run's
+/// genesis), whether the records came in one append or many, with index changes between
+/// them, and whatever the backend remembers of the run.
+pub async fn records_link_into_a_hash_chain(b: impl Backend) {
+    let s = b.store();
+    let (run, other) = (run_id(1), run_id(2));
+    create(s, run, 1, 3).await;
+    create(s, other, 1, 2).await;
+    extend(s, run, 3, 1).await;
+    index(
+        s,
+        run,
+        vec![IndexOp::PutTimer {
+            fire_at_ms: 5,
+            id: 1,
+        }],
+    )
+    .await
+    .unwrap();
+    extend(s, run, 4, 4).await;
+    for (run, len) in [(run, 8), (other, 2)] {
+        let records = read_all(s, run).await.unwrap();
+        assert_eq!(records.len(), len);
+        let mut expected = crate::chain::genesis(run);
+        for record in &records {
+            assert_eq!(record.link, Some(expected), "run {run} seq {}", record.seq);
+            expected = record.hash(run);
+        }
+    }
+}
+
+/// Tree heads are kept in order, durably, numbered from 0, read back whole, and counted
+/// apart from everything else the store holds.
+pub async fn tree_heads_are_numbered_kept_and_read_back(b: impl Backend) {
+    let s = b.store();
+    assert_eq!(s.latest_tree_head().await.unwrap(), None);
+    assert!(s.tree_heads(0, 10).await.unwrap().is_empty());
+    create(s, run_id(1), 1, 2).await;
+    for i in 0..5u8 {
+        let index = s
+            .put_tree_head(vec![i; 1 + usize::from(i) * 100])
+            .await
+            .unwrap();
+        assert_eq!(index, u64::from(i));
+    }
+    let all = s.tree_heads(0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [0, 1, 2, 3, 4]
+    );
+    assert_eq!(all[3].1, vec![3; 301]);
+    assert_eq!(s.tree_heads(2, 2).await.unwrap().len(), 2);
+    assert_eq!(s.latest_tree_head().await.unwrap(), Some((4, vec![4; 401])));
+    assert!(
+        b.raw().contains_key(&keys::tree_head(4)),
+        "durable once put_tree_head returned"
+    );
+    // Runs are untouched by them.
+    assert_eq!(s.runs().await.unwrap().len(), 1);
+}

@@ -11,6 +11,7 @@
 //! | `D` dedupe key bytes                  | run(16)                  |
 //! | `A` gate(16)                          | run(16) step(u32)        |
 //! | `C` run(16)                           | framed fold checkpoint   |
+//! | `H` index(u64)                        | framed tree head         |
 
 use crate::{GateId, RunId};
 
@@ -28,6 +29,25 @@ pub const DEDUPE: u8 = b'D';
 pub const GATE: u8 = b'A';
 /// Keyspace tag of fold checkpoints (the engine's, opaque to storage).
 pub const CHECKPOINT: u8 = b'C';
+/// Keyspace tag of tree heads (store-wide checkpoints of history; the engine's, opaque to
+/// storage).
+pub const TREE_HEAD: u8 = b'H';
+
+/// `H index`.
+pub fn tree_head(index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.push(TREE_HEAD);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The index of a tree head key; `None` if it is not one.
+pub fn parse_tree_head(key: &[u8]) -> Option<u64> {
+    if key.len() != 9 || key[0] != TREE_HEAD {
+        return None;
+    }
+    Some(u64::from_be_bytes(key[1..9].try_into().ok()?))
+}
 
 /// `E run seq`.
 pub fn event(run: RunId, seq: u64) -> Vec<u8> {

@@ -412,6 +412,57 @@ impl LogStore for SimStore {
         self.wait_durable(position).await
     }
 
+    async fn put_tree_head(&self, body: Vec<u8>) -> Result<u64> {
+        let position = {
+            let mut inner = self.lock();
+            inner.check_usable()?;
+            let index = inner
+                .live
+                .range(keys::tree_head(0)..=keys::tree_head(u64::MAX))
+                .next_back()
+                .and_then(|(k, _)| keys::parse_tree_head(k))
+                .map_or(0, |i| i + 1);
+            let write = (keys::tree_head(index), Some(frame::encode(&body)));
+            inner.live.insert(write.0.clone(), frame::encode(&body));
+            inner.applied += 1;
+            let position = inner.applied;
+            inner.pending.push_back((position, write));
+            (index, Position(position))
+        };
+        self.wait_durable(position.1).await?;
+        Ok(position.0)
+    }
+
+    async fn tree_heads(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let inner = self.lock();
+        inner
+            .live
+            .range(keys::tree_head(from)..=keys::tree_head(u64::MAX))
+            .take(max)
+            .map(|(k, v)| {
+                let index = keys::parse_tree_head(k).ok_or(crate::Error::CorruptIndex {
+                    reason: crate::CorruptReason::BadKey(k.clone()),
+                })?;
+                Ok((index, decode_checkpoint(v)?))
+            })
+            .collect()
+    }
+
+    async fn latest_tree_head(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let last = {
+            let inner = self.lock();
+            inner
+                .live
+                .range(keys::tree_head(0)..=keys::tree_head(u64::MAX))
+                .next_back()
+                .and_then(|(k, _)| keys::parse_tree_head(k))
+        };
+        match last {
+            Some(index) => Ok(self.tree_heads(index, 1).await?.into_iter().next()),
+            None => Ok(None),
+        }
+    }
+
     fn durability(&self) -> Durability {
         Durability::PowerSafe
     }

@@ -16,9 +16,9 @@ use tokio::sync::{oneshot, watch};
 use crate::error::{CorruptReason, Error, Result};
 use crate::keys;
 use crate::store::{
-    check_payload, check_record, decode_checkpoint, decode_meta, log_end_from, plan_append_at,
-    plan_purge, AppendBatch, Durability, GateId, KnownLog, LogStore, Position, Record, RunId,
-    RunMeta, TimerEntry,
+    check_payload, check_record, decode_checkpoint, decode_meta, log_end_from, plan_append_linked,
+    plan_purge, AppendBatch, Durability, GateId, KnownLog, LogStore, Planned, Position, Record,
+    RunId, RunMeta, TimerEntry,
 };
 
 /// Default size of sled's page cache: 64 MiB. sled's own default (1 GiB) is far more than an
@@ -102,6 +102,10 @@ enum Request {
     Purge {
         run: RunId,
         reply: oneshot::Sender<Result<Position>>,
+    },
+    TreeHead {
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<(u64, Position)>>,
     },
 }
 
@@ -461,7 +465,39 @@ impl Committer {
                 let result = self.purge(run);
                 let _ = reply.send(result);
             }
+            Request::TreeHead { body, reply } => {
+                let _ = reply.send(self.plan_tree_head(group, body));
+            }
         }
+    }
+
+    /// Adds a tree head after the last one, in the group's batch.
+    fn plan_tree_head(&mut self, group: &mut Group, body: Vec<u8>) -> Result<(u64, Position)> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        let last = group
+            .writes
+            .keys()
+            .rev()
+            .find_map(|k| keys::parse_tree_head(k))
+            .map(Ok)
+            .or_else(|| {
+                self.db
+                    .scan_prefix([keys::TREE_HEAD])
+                    .keys()
+                    .next_back()
+                    .map(|k| {
+                        let k = k.map_err(sled_error)?;
+                        keys::parse_tree_head(&k).ok_or_else(|| bad_key(&k))
+                    })
+            })
+            .transpose()?;
+        let index = last.map_or(0, |i| i + 1);
+        group
+            .writes
+            .insert(keys::tree_head(index), Some(crate::frame::encode(&body)));
+        Ok((index, self.next_position()))
     }
 
     /// Plans one append against the tree as the group has changed it so far, and adds its
@@ -480,7 +516,7 @@ impl Committer {
         let end = batch.expected_next_seq + batch.events.len() as u64;
         let known = self.log_ends.get(&run).copied();
         let status = batch.meta.as_ref().map(|meta| meta.status);
-        let planned = plan_append_at(
+        let planned = plan_append_linked(
             batch,
             &|key| match group.writes.get(key) {
                 Some(pending) => Ok(pending.clone()),
@@ -489,8 +525,10 @@ impl Committer {
             known,
         );
         match planned {
-            Ok(writes) => {
+            Ok(Planned { writes, head }) => {
                 let status = status.or(known.and_then(|k| k.status));
+                // The head moves with the events; an append of index changes alone keeps it.
+                let head = head.or(known.filter(|k| k.end == end).and_then(|k| k.head));
                 if status.is_some_and(|s| !keys::status_is_indexed(s)) {
                     // Ended: the run appends nothing more, so it gives its place up.
                     self.log_ends.remove(&run);
@@ -498,7 +536,7 @@ impl Committer {
                     if self.log_ends.len() >= LOG_ENDS_MAX {
                         self.log_ends.clear();
                     }
-                    self.log_ends.insert(run, KnownLog { end, status });
+                    self.log_ends.insert(run, KnownLog { end, status, head });
                 }
                 if !group.waiting_runs.contains(&run) && writes.len() == 1 {
                     if let [(key, Some(value))] = writes.as_slice() {
@@ -1065,6 +1103,42 @@ impl LogStore for SledStore {
     async fn purge(&self, run: RunId) -> Result<()> {
         let position = self.submit(|reply| Request::Purge { run, reply }).await?;
         self.wait_durable(position).await
+    }
+
+    async fn put_tree_head(&self, body: Vec<u8>) -> Result<u64> {
+        if let Some(cause) = self.shared.poisoned() {
+            return Err(Error::Poisoned { cause });
+        }
+        let (reply, answer) = oneshot::channel();
+        let requests = self.requests.as_ref().ok_or(Error::Closed)?;
+        requests
+            .send(Request::TreeHead { body, reply })
+            .map_err(|_| Error::Closed)?;
+        let (index, position) = answer.await.map_err(|_| Error::Closed)??;
+        self.wait_durable(position).await?;
+        Ok(index)
+    }
+
+    async fn tree_heads(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.db
+            .range(keys::tree_head(from)..=keys::tree_head(u64::MAX))
+            .take(max)
+            .map(|item| {
+                let (key, value) = item.map_err(sled_error)?;
+                let index = keys::parse_tree_head(&key).ok_or_else(|| bad_key(&key))?;
+                Ok((index, decode_checkpoint(&value)?))
+            })
+            .collect()
+    }
+
+    async fn latest_tree_head(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let last = self.db.scan_prefix([keys::TREE_HEAD]).next_back();
+        last.map(|item| {
+            let (key, value) = item.map_err(sled_error)?;
+            let index = keys::parse_tree_head(&key).ok_or_else(|| bad_key(&key))?;
+            Ok((index, decode_checkpoint(&value)?))
+        })
+        .transpose()
     }
 
     fn durability(&self) -> Durability {

@@ -197,6 +197,16 @@ pub struct Record {
     pub seq: u64,
     /// The event payload (frame removed).
     pub payload: Vec<u8>,
+    /// The hash of the run's previous record this one links to (`None`: written before
+    /// chaining). See [`crate::chain`].
+    pub link: Option<crate::chain::Link>,
+}
+
+impl Record {
+    /// This record's hash: what the next record of its run links to.
+    pub fn hash(&self, run: RunId) -> crate::chain::Link {
+        crate::chain::record_hash(run, self.seq, self.link.as_ref(), &self.payload)
+    }
 }
 
 /// A due-time index entry.
@@ -307,6 +317,17 @@ pub trait LogStore: Send + Sync + 'static {
 
     /// The store's durability mode.
     fn durability(&self) -> Durability;
+
+    /// Adds a tree head (a store-wide checkpoint of history: the engine's encoding, opaque
+    /// here) to the store's list of them, durably; returns its index, counting from 0.
+    async fn put_tree_head(&self, body: Vec<u8>) -> Result<u64>;
+
+    /// Up to `max` tree heads from index `from` on, oldest first, each frame-checked
+    /// ([`Error::CorruptIndex`] if damaged).
+    async fn tree_heads(&self, from: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>>;
+
+    /// The newest tree head, if any.
+    async fn latest_tree_head(&self) -> Result<Option<(u64, Vec<u8>)>>;
 
     // Several processes on one store. A store that one process owns (sled, which locks its
     // directory, and the simulator) has nothing to share, and the defaults say so.
@@ -419,9 +440,18 @@ pub fn decode_meta(run: RunId, bytes: &[u8]) -> Result<RunMeta> {
 /// Checks one stored event record: its key must carry `expected_seq` and its frame must be
 /// intact.
 pub fn check_record(run: RunId, expected_seq: u64, found_seq: u64, bytes: &[u8]) -> Result<Record> {
+    if found_seq != expected_seq {
+        check_payload(run, expected_seq, found_seq, bytes)?;
+    }
+    let (link, payload) = frame::decode_linked(bytes).map_err(|e| Error::Corrupt {
+        run,
+        seq: found_seq,
+        reason: CorruptReason::Frame(e),
+    })?;
     Ok(Record {
         seq: found_seq,
-        payload: check_payload(run, expected_seq, found_seq, bytes)?.to_vec(),
+        payload: payload.to_vec(),
+        link: link.copied(),
     })
 }
 
@@ -467,6 +497,19 @@ pub struct KnownLog {
     pub end: u64,
     /// The status its metadata holds, if the backend wrote it.
     pub status: Option<u8>,
+    /// The hash of the run's last record (what the next one links to), if the backend
+    /// knows it.
+    pub head: Option<crate::chain::Link>,
+}
+
+/// The writes of a planned append, and the hash of the run's last record after it (what the
+/// next append's first record links to; `None` when the append adds no events).
+#[derive(Debug)]
+pub struct Planned {
+    /// The key writes, applied atomically.
+    pub writes: Vec<Write>,
+    /// The run's head after the append, if it added events.
+    pub head: Option<crate::chain::Link>,
 }
 
 /// [`plan_append`] for a backend that remembers what it wrote: with `known.end ==
@@ -478,6 +521,17 @@ pub fn plan_append_at(
     get: Get<'_>,
     known: Option<KnownLog>,
 ) -> Result<Vec<Write>> {
+    plan_append_linked(batch, get, known).map(|planned| planned.writes)
+}
+
+/// [`plan_append_at`], also returning the run's head after the append. Each event record is
+/// framed with the link to the record before it ([`crate::chain`]): the genesis for record 0,
+/// `known.head` when the backend remembers it, else the hash of the stored previous record.
+pub fn plan_append_linked(
+    batch: AppendBatch,
+    get: Get<'_>,
+    known: Option<KnownLog>,
+) -> Result<Planned> {
     let run = batch.run;
     let expected = batch.expected_next_seq;
     let known = known.filter(|k| k.end == expected);
@@ -530,11 +584,22 @@ pub fn plan_append_at(
         None => None,
     };
     let mut writes: Vec<Write> = Vec::with_capacity(batch.events.len() + batch.index.len() + 3);
-    for (i, payload) in batch.events.iter().enumerate() {
-        writes.push((
-            keys::event(run, expected + i as u64),
-            Some(frame::encode(payload)),
-        ));
+    let mut head = None;
+    if !batch.events.is_empty() {
+        let mut link = match (expected, known.and_then(|k| k.head)) {
+            (0, _) => crate::chain::genesis(run),
+            (_, Some(head)) => head,
+            _ => previous_hash(run, expected - 1, get)?,
+        };
+        for (i, payload) in batch.events.iter().enumerate() {
+            let seq = expected + i as u64;
+            writes.push((
+                keys::event(run, seq),
+                Some(frame::encode_linked(&link, payload)),
+            ));
+            link = crate::chain::record_hash(run, seq, Some(&link), payload);
+        }
+        head = Some(link);
     }
     if let Some(meta) = &meta {
         if stored_status != Some(meta.status) {
@@ -581,7 +646,25 @@ pub fn plan_append_at(
             IndexOp::AnswerRequest { .. } => {}
         }
     }
-    Ok(writes)
+    Ok(Planned { writes, head })
+}
+
+/// The hash of the stored record `seq` of `run`, which the seq check found present.
+fn previous_hash(run: RunId, seq: u64, get: Get<'_>) -> Result<crate::chain::Link> {
+    let bytes = get(&keys::event(run, seq))?.ok_or(Error::Conflict {
+        run,
+        expected: seq + 1,
+        found: seq,
+    })?;
+    crate::chain::frame_hash(run, seq, &bytes).ok_or_else(|| Error::Corrupt {
+        run,
+        seq,
+        reason: CorruptReason::Frame(
+            frame::decode(&bytes)
+                .err()
+                .unwrap_or(frame::FrameError::UnknownFormat(0)),
+        ),
+    })
 }
 
 /// The seq after a run's last event, found with point reads (a gallop, then a binary search):
@@ -741,7 +824,13 @@ mod tests {
                 .map(|(k, v)| (k[1], v.is_some()))
                 .collect()
         };
-        let known = |end, status| Some(KnownLog { end, status });
+        let known = |end, status| {
+            Some(KnownLog {
+                end,
+                status,
+                head: Some([5; 32]),
+            })
+        };
 
         let writes = plan_append_at(batch(3, None), &get, known(3, Some(1))).unwrap();
         assert_eq!((writes.len(), reads.get()), (1, 0));

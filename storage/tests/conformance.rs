@@ -156,6 +156,8 @@ conformance!(
     pipelined_appends_to_one_run_see_each_other,
     pipelined_claims_of_one_key_see_each_other,
     pipelined_purge_sees_the_appends_before_it,
+    records_link_into_a_hash_chain,
+    tree_heads_are_numbered_kept_and_read_back,
 );
 
 // ---------------------------------------------------------------------------------------------

@@ -209,6 +209,19 @@ impl annal_storage::LogStore for HeldStore {
     async fn purge(&self, run: annal::RunId) -> annal_storage::Result<()> {
         self.inner.purge(run).await
     }
+    async fn put_tree_head(&self, body: Vec<u8>) -> annal_storage::Result<u64> {
+        self.inner.put_tree_head(body).await
+    }
+    async fn tree_heads(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> annal_storage::Result<Vec<(u64, Vec<u8>)>> {
+        self.inner.tree_heads(from, max).await
+    }
+    async fn latest_tree_head(&self) -> annal_storage::Result<Option<(u64, Vec<u8>)>> {
+        self.inner.latest_tree_head().await
+    }
     fn durability(&self) -> annal_storage::Durability {
         self.inner.durability()
     }
