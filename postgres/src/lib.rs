@@ -114,6 +114,38 @@ impl PgConfig {
         self.poll_ms = poll_ms;
         self
     }
+
+    /// Where the database is, for people and logs: hosts, ports and database name, never
+    /// the user or password the URL may carry (`db.internal:5432/annal`).
+    pub fn target(&self) -> String {
+        let Ok(pg) = tokio_postgres::Config::from_str(&self.url) else {
+            return "(unparseable PostgreSQL URL)".into();
+        };
+        let ports = pg.get_ports();
+        let hosts: Vec<String> = pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let host = match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                // One port for all hosts, or one each; libpq's default otherwise.
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect();
+        let hosts = if hosts.is_empty() {
+            "localhost:5432".to_string()
+        } else {
+            hosts.join(",")
+        };
+        // libpq connects to the database named like the user when none is given.
+        let db = pg.get_dbname().or(pg.get_user()).unwrap_or("postgres");
+        format!("{hosts}/{db}")
+    }
 }
 
 /// Maps a driver or pool error: the database is unreachable or the statement's outcome is
@@ -474,6 +506,105 @@ impl PgStore {
         drop(client);
         let _ = driver.await;
         result
+    }
+
+    /// The version of the schema `config.schema` holds, or `None` if there is no annal
+    /// schema of that name; creates and changes nothing (unlike [`PgStore::connect`]), so a
+    /// tool can refuse a mistyped schema instead of creating an empty one.
+    pub async fn schema_version(config: &PgConfig) -> Result<Option<i32>> {
+        let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+            .await
+            .map_err(unavailable)?;
+        let driver = tokio::spawn(connection);
+        let result = async {
+            let table = format!("{}.schema_version", schema::quote(&config.schema));
+            let exists = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await
+                .map_err(unavailable)?;
+            if !exists.get::<_, bool>(0) {
+                return Ok(None);
+            }
+            let row = client
+                .query_one(&format!("SELECT max(version) FROM {table}"), &[])
+                .await
+                .map_err(unavailable)?;
+            Ok(row.get::<_, Option<i32>>(0))
+        }
+        .await;
+        drop(client);
+        let _ = driver.await;
+        result
+    }
+
+    /// Every run that has metadata or events, in id order, without decoding anything. For
+    /// auditors: [`LogStore::runs`] fails at the first damaged metadata record and knows
+    /// nothing of events whose metadata row is gone, while an audit must name both.
+    pub async fn run_ids(&self) -> Result<Vec<RunId>> {
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        // The runs of the log found by skipping from one run to the next along the primary
+        // key, instead of reading every event.
+        let rows = client
+            .query(
+                &format!(
+                    "WITH RECURSIVE logs(run) AS (
+                         (SELECT run FROM {s}.events ORDER BY run LIMIT 1)
+                         UNION ALL
+                         SELECT (SELECT e.run FROM {s}.events e WHERE e.run > logs.run ORDER BY e.run LIMIT 1)
+                         FROM logs WHERE logs.run IS NOT NULL
+                     )
+                     SELECT run FROM logs WHERE run IS NOT NULL
+                     UNION
+                     SELECT run FROM {s}.runs
+                     ORDER BY 1"
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| run_id(r.get(0))).collect())
+    }
+
+    /// Every due-time entry, earliest first, whichever worker holds its run, and entries
+    /// whose run does not exist. For auditors: [`LogStore::due_timers`] lists only what
+    /// this worker may wake.
+    pub async fn due_entries(&self) -> Result<Vec<TimerEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT fire_at_ms, run, id FROM {}.due ORDER BY fire_at_ms, run, id",
+                    self.shared.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| TimerEntry {
+                fire_at_ms: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
+                run: run_id(r.get(1)),
+                id: r.get::<_, i32>(2) as u32,
+            })
+            .collect())
+    }
+
+    /// Every start-dedupe key with the run holding it, in key order. For auditors.
+    pub async fn dedupe_entries(&self) -> Result<Vec<(Vec<u8>, RunId)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT key, run FROM {}.dedupe ORDER BY key",
+                    self.shared.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| (r.get(0), run_id(r.get(1)))).collect())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -1497,5 +1628,37 @@ pub mod testing {
             .schema(schema)
             .lease_ms(2_000)
             .poll_ms(50)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgConfig;
+
+    #[test]
+    fn a_target_names_hosts_and_database_and_never_the_password() {
+        let target = |url: &str| PgConfig::new(url).target();
+        assert_eq!(
+            target("postgresql://annal:s3cret-pw@db.internal:6543/ledger"),
+            "db.internal:6543/ledger"
+        );
+        assert_eq!(
+            target("postgresql://annal@127.0.0.1/annal"),
+            "127.0.0.1:5432/annal"
+        );
+        assert_eq!(
+            target("host=a,b port=1,2 user=ops password=s3cret-pw"),
+            "a:1,b:2/ops"
+        );
+        assert_eq!(
+            target("postgresql://annal:s3cret-pw@[::1"),
+            "(unparseable PostgreSQL URL)"
+        );
+        for url in [
+            "postgresql://annal:s3cret-pw@db/x",
+            "user=u password=s3cret-pw host=h",
+        ] {
+            assert!(!target(url).contains("s3cret"), "{url}");
+        }
     }
 }

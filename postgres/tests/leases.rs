@@ -241,3 +241,79 @@ async fn a_dead_workers_running_run_is_offered_for_takeover() {
     assert!(offered.is_ok(), "no takeover hint");
     b.claim(r).await.unwrap();
 }
+
+/// What an auditor reads: the schema's version without creating it, every run (also one
+/// whose metadata is damaged or gone), and every due-time and dedupe entry whichever worker
+/// holds its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditor_reads_see_every_run_and_entry_whoever_holds_it() {
+    let Some(url) = testing::url_from_env() else {
+        return;
+    };
+    let config = testing::fresh(&url).lease_ms(5_000);
+    assert_eq!(PgStore::schema_version(&config).await.unwrap(), None);
+    assert_eq!(
+        PgStore::schema_version(&config).await.unwrap(),
+        None,
+        "asking created nothing"
+    );
+    let a = PgStore::connect(config.clone()).await.unwrap();
+    let b = PgStore::connect(config.clone()).await.unwrap();
+    assert_eq!(
+        PgStore::schema_version(&config).await.unwrap(),
+        Some(annal_postgres::SCHEMA_VERSION)
+    );
+    // a holds run 1 with a due time and a dedupe key; runs 2 and 3 lose their metadata.
+    let mut first = batch(run(1), 0, Some(meta(2)));
+    first.index = vec![
+        IndexOp::PutTimer {
+            fire_at_ms: 42,
+            id: 7,
+        },
+        IndexOp::ClaimDedupe {
+            key: b"order-1".to_vec(),
+        },
+    ];
+    a.append(first).await.unwrap();
+    for n in [2, 3] {
+        a.append(batch(run(n), 0, Some(meta(1)))).await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let s = format!("\"{}\"", config.schema);
+    client
+        .execute(
+            &format!("DELETE FROM {s}.runs WHERE run = $1"),
+            &[&uuid::Uuid::from_bytes(run(2).0)],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("UPDATE {s}.runs SET meta = '\\x00'::bytea WHERE run = $1"),
+            &[&uuid::Uuid::from_bytes(run(3).0)],
+        )
+        .await
+        .unwrap();
+    assert!(b.runs().await.is_err(), "runs() stops at the damaged row");
+    assert_eq!(b.run_ids().await.unwrap(), vec![run(1), run(2), run(3)]);
+    assert!(
+        b.due_timers(u64::MAX, 10).await.unwrap().is_empty(),
+        "a live worker holds run 1"
+    );
+    let due = b.due_entries().await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|t| (t.fire_at_ms, t.run, t.id))
+            .collect::<Vec<_>>(),
+        vec![(42, run(1), 7)]
+    );
+    assert_eq!(
+        b.dedupe_entries().await.unwrap(),
+        vec![(b"order-1".to_vec(), run(1))]
+    );
+    drop((a, b));
+    PgStore::drop_schema(&config).await.unwrap();
+}
