@@ -153,12 +153,16 @@ impl PgConfig {
 /// SQLSTATE in the cause (`tokio_postgres::Error`'s own text is only "db error").
 pub(crate) fn unavailable(e: impl std::fmt::Display + 'static) -> Error {
     let any: &dyn std::any::Any = &e;
-    let cause = match any
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::as_db_error)
-    {
-        Some(db) => format!("{}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
-        None => e.to_string(),
+    let pg = any.downcast_ref::<tokio_postgres::Error>();
+    // A failed connection says why only in its source ("connection refused"); other
+    // sources are left out, since a URL parse error may quote a character of it.
+    let io = pg
+        .and_then(std::error::Error::source)
+        .and_then(|source| source.downcast_ref::<std::io::Error>());
+    let cause = match (pg.and_then(tokio_postgres::Error::as_db_error), io) {
+        (Some(db), _) => format!("{}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
+        (None, Some(io)) => format!("{e}: {io}"),
+        (None, None) => e.to_string(),
     };
     Error::Unavailable { cause }
 }
