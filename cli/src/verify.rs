@@ -301,7 +301,8 @@ fn verify_indexes(
         }
         checked += 1;
         let index = |reason: String| Problem::index(reason, points_at);
-        let missing = |run: RunId| -> anyhow::Result<bool> { Ok(matches!(db.meta(run)?, Ok(None))) };
+        let missing =
+            |run: RunId| -> anyhow::Result<bool> { Ok(matches!(db.meta(run)?, Ok(None))) };
         match entry {
             IndexEntry::Malformed(reason) => problems.push(index(reason)),
             IndexEntry::Status { code, run } => {

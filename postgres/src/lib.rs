@@ -1458,21 +1458,19 @@ impl LogStore for PgStore {
     }
 
     async fn release_all(&self) -> Result<()> {
-        let held: Vec<(RunId, i64)> = lock(&self.shared.held).drain().collect();
-        if held.is_empty() {
-            return Ok(());
-        }
+        // Every run this worker owns in the database, not only those it holds in memory: a
+        // release still queued for the committer (a run that just parked, or an operator
+        // engine's run) would be lost when the process exits, and a release that did not
+        // land would leave the run owned until the heartbeat expires.
+        lock(&self.shared.held).clear();
         let client = self.client().await?;
-        let runs: Vec<Uuid> = held.iter().map(|(r, _)| uuid(*r)).collect();
-        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
         client
             .execute(
                 &format!(
-                    "UPDATE {s}.runs r SET owner = NULL FROM unnest($1::uuid[], $2::bigint[]) AS t(run, epoch)
-                     WHERE r.run = t.run AND r.owner = $3 AND r.epoch = t.epoch",
-                    s = self.shared.sql.s
+                    "UPDATE {}.runs SET owner = NULL WHERE owner = $1",
+                    self.shared.sql.s
                 ),
-                &[&runs, &epochs, &self.shared.worker],
+                &[&self.shared.worker],
             )
             .await
             .map_err(unavailable)?;

@@ -317,3 +317,35 @@ async fn auditor_reads_see_every_run_and_entry_whoever_holds_it() {
     drop((a, b));
     PgStore::drop_schema(&config).await.unwrap();
 }
+
+/// Shutting down gives up every run the worker owns in the database, also one whose
+/// release had not landed (still queued when the process exits, or lost with a commit):
+/// another worker claims it at once instead of after the heartbeat expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_frees_every_run_the_worker_owns() {
+    let Some((config, a, b)) = two_workers().await else {
+        return;
+    };
+    let (held, lost) = (run(7), run(8));
+    a.append(batch(held, 0, Some(meta(1)))).await.unwrap();
+    b.append(batch(lost, 0, Some(meta(1)))).await.unwrap();
+    // a owns `lost` in the database without holding it in memory.
+    let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            &format!(
+                "UPDATE \"{}\".runs SET owner = $1 WHERE run = $2",
+                config.schema
+            ),
+            &[&a.worker(), &uuid::Uuid::from_bytes(lost.0)],
+        )
+        .await
+        .unwrap();
+    a.release_all().await.unwrap();
+    // a's heartbeat is still fresh: only the release lets b in.
+    b.claim(held).await.unwrap();
+    b.claim(lost).await.unwrap();
+}

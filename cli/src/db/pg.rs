@@ -50,7 +50,11 @@ struct Indexes {
 impl PgView {
     /// Connects to the schema `schema`, which must exist: a mistyped `--pg-schema` must not
     /// create an empty one (`PgStore::connect` would).
-    pub fn open(runtime: &tokio::runtime::Runtime, url: &str, schema: &str) -> anyhow::Result<Self> {
+    pub fn open(
+        runtime: &tokio::runtime::Runtime,
+        url: &str,
+        schema: &str,
+    ) -> anyhow::Result<Self> {
         let config = PgConfig::new(url).schema(schema);
         let target = config.target();
         let location = format!("PostgreSQL {target} (schema {schema})");
@@ -125,8 +129,7 @@ impl PgView {
     /// intact, else run by run, so that one damaged record is reported for its run alone.
     pub async fn metas(&self) -> anyhow::Result<Vec<(RunId, Result<Option<RunMeta>, Problem>)>> {
         let ids = self.run_ids().await?;
-        let mut listed: std::collections::HashMap<RunId, RunMeta> = match self.store.runs().await
-        {
+        let mut listed: std::collections::HashMap<RunId, RunMeta> = match self.store.runs().await {
             Ok(runs) => runs.into_iter().collect(),
             Err(Error::CorruptMeta { .. }) => std::collections::HashMap::new(),
             Err(e) => return Err(self.error(e)),
@@ -229,7 +232,9 @@ impl PgView {
                                 scan.found(run, at, Err(format!("corrupt frame: {e}")));
                                 seq = at + 1;
                             }
-                            Err(Error::Corrupt { seq: at, reason, .. }) => {
+                            Err(Error::Corrupt {
+                                seq: at, reason, ..
+                            }) => {
                                 scan.found(run, at, Err(reason.to_string()));
                                 seq = at + 1;
                             }

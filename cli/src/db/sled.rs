@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use annal_storage::{frame, keys, Durability, GateId, LogStore, RunId, RunMeta, SledConfig, SledStore};
+use annal_storage::{
+    frame, keys, Durability, GateId, LogStore, RunId, RunMeta, SledConfig, SledStore,
+};
 use anyhow::{bail, Context as _};
 
 use super::{corrupt_meta, hex_bytes, Access, GateEntry, IndexEntry, Problem, RunScan};
