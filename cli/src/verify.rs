@@ -92,7 +92,12 @@ fn confirm(
     for (run, found) in by_run {
         let with_indexes = indexes && found.iter().any(|p| p.subject == Subject::Index);
         let mut settled = None;
-        for _ in 0..CONFIRM_ROUNDS {
+        for round in 0..CONFIRM_ROUNDS {
+            // A run a service executes changes in bursts (a wake-up, a step, parking):
+            // later rounds wait a little longer for a quiet moment.
+            if round > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(10 << round));
+            }
             let before = db.meta(run)?;
             db.refresh();
             let mut again = Vec::new();
