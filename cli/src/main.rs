@@ -105,7 +105,9 @@ enum Command {
     /// Check the stored data; exits 1 and names run, seq and reason for each problem.
     ///
     /// Checks every record's CRC, seq continuity, metadata and indexes, and that each
-    /// history replays without contradiction.
+    /// history replays without contradiction. On PostgreSQL it runs while services write:
+    /// each run a problem names is checked again until it holds still, and only what that
+    /// check finds is reported.
     Verify {
         /// Only this run (id or unique prefix); default: the whole database.
         run: Option<String>,

@@ -350,7 +350,11 @@ fn decisions_reach_the_service_that_executes_the_run() {
         assert!(Instant::now() < deadline, "the run never asked");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert_eq!(service.engine.runs_in_memory(), 1, "the service holds the run");
+    assert_eq!(
+        service.engine.runs_in_memory(),
+        1,
+        "the service holds the run"
+    );
     let gate = gate_of(&config, run);
     let before = service.history(run).len();
 
@@ -388,10 +392,10 @@ fn decisions_reach_the_service_that_executes_the_run() {
         "{approved}"
     );
     // Durable when the CLI exited: the service's store reads it back at once.
-    assert!(service.history(run).iter().any(|e| e
-        .kind
-        .decision()
-        .is_some_and(|d| d.actor == "dana")));
+    assert!(service
+        .history(run)
+        .iter()
+        .any(|e| e.kind.decision().is_some_and(|d| d.actor == "dana")));
     assert_eq!(service.result(run), "refunded 4200 by dana");
     // Both decisions went to the service as requests, and both were answered.
     let sql = Sql::connect(&config);
@@ -459,8 +463,7 @@ fn operate_acts_on_an_escalated_run_while_the_service_runs() {
     let (_, misfit) = expect(
         &config,
         &[
-            "operate", &id, "resolve", "done", "--output", "\"x\"", "--by", "olga", "--reason",
-            "x",
+            "operate", &id, "resolve", "done", "--output", "\"x\"", "--by", "olga", "--reason", "x",
         ],
         1,
     );
@@ -636,7 +639,10 @@ fn verify_names_damaged_rows_holes_and_lost_wake_ups() {
     let (runs, warning) = expect(&config, &["runs"], 0);
     assert_eq!(runs.lines().count(), 5, "{runs}");
     assert!(!runs.contains(&meta_damaged.to_string()), "{runs}");
-    assert!(warning.contains("1 runs have missing or corrupt metadata"), "{warning}");
+    assert!(
+        warning.contains("1 runs have missing or corrupt metadata"),
+        "{warning}"
+    );
     // Verifying one run checks that run only.
     let (one, _) = expect(&config, &["verify", &holed.to_string()], 1);
     assert!(
@@ -699,7 +705,11 @@ fn connection_problems_are_explained_without_the_password() {
     };
     // Port 1 on loopback: nothing listens.
     let unreachable = "postgresql://annal:s3cret@127.0.0.1:1/annal";
-    for command in [&["runs"][..], &["verify"], &["approve", "00", "--by", "x", "--reason", "y"]] {
+    for command in [
+        &["runs"][..],
+        &["verify"],
+        &["approve", "00", "--by", "x", "--reason", "y"],
+    ] {
         let (code, err) = run(&[&["--pg", unreachable][..], command].concat());
         assert_eq!(code, Some(2), "{err}");
         assert!(

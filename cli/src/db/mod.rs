@@ -150,6 +150,9 @@ impl fmt::Display for Problem {
     }
 }
 
+/// A run's metadata as read: present, absent (`Ok(None)`), or damaged (the problem).
+pub type MetaRead = Result<Option<RunMeta>, Problem>;
+
 /// The metadata problem a damaged metadata record is reported as.
 fn corrupt_meta(run: RunId, e: annal_storage::Error) -> Problem {
     Problem::meta(
@@ -408,7 +411,7 @@ impl Database {
     }
 
     /// Every run with its metadata, checked (`Ok(None)`: it has none), in id order.
-    pub fn metas(&self) -> anyhow::Result<Vec<(RunId, Result<Option<RunMeta>, Problem>)>> {
+    pub fn metas(&self) -> anyhow::Result<Vec<(RunId, MetaRead)>> {
         match &self.backend {
             Backend::Sled(db) => db
                 .run_ids()?
@@ -451,7 +454,7 @@ impl Database {
     }
 
     /// The run's metadata, checked: `Ok(None)` if it has none.
-    pub fn meta(&self, run: RunId) -> anyhow::Result<Result<Option<RunMeta>, Problem>> {
+    pub fn meta(&self, run: RunId) -> anyhow::Result<MetaRead> {
         match &self.backend {
             Backend::Sled(db) => db.meta(run),
             Backend::Pg(db) => self.runtime.block_on(db.meta(run)),

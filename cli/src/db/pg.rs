@@ -19,7 +19,7 @@ use annal_postgres::{PgConfig, PgStore};
 use annal_storage::{keys, CorruptReason, Error, LogStore, RunId, RunMeta};
 use anyhow::bail;
 
-use super::{corrupt_meta, hex_bytes, GateEntry, IndexEntry, Problem, RunScan, Unreachable};
+use super::{corrupt_meta, hex_bytes, GateEntry, IndexEntry, MetaRead, RunScan, Unreachable};
 
 /// Events asked for per read while nothing is wrong.
 const BATCH: u64 = 512;
@@ -127,7 +127,7 @@ impl PgView {
 
     /// Every run with its metadata, in id order: in one read when every metadata record is
     /// intact, else run by run, so that one damaged record is reported for its run alone.
-    pub async fn metas(&self) -> anyhow::Result<Vec<(RunId, Result<Option<RunMeta>, Problem>)>> {
+    pub async fn metas(&self) -> anyhow::Result<Vec<(RunId, MetaRead)>> {
         let ids = self.run_ids().await?;
         let mut listed: std::collections::HashMap<RunId, RunMeta> = match self.store.runs().await {
             Ok(runs) => runs.into_iter().collect(),
@@ -160,7 +160,7 @@ impl PgView {
     }
 
     /// The run's metadata, checked: `Ok(None)` if it has none.
-    pub async fn meta(&self, run: RunId) -> anyhow::Result<Result<Option<RunMeta>, Problem>> {
+    pub async fn meta(&self, run: RunId) -> anyhow::Result<MetaRead> {
         match self.store.meta(run).await {
             Ok(meta) => Ok(Ok(meta)),
             Err(e @ Error::CorruptMeta { .. }) => Ok(Err(corrupt_meta(run, e))),

@@ -6,12 +6,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use annal_storage::{
-    frame, keys, Durability, GateId, LogStore, RunId, RunMeta, SledConfig, SledStore,
-};
+use annal_storage::{frame, keys, Durability, GateId, LogStore, RunId, SledConfig, SledStore};
 use anyhow::{bail, Context as _};
 
-use super::{corrupt_meta, hex_bytes, Access, GateEntry, IndexEntry, Problem, RunScan};
+use super::{corrupt_meta, hex_bytes, Access, GateEntry, IndexEntry, MetaRead, Problem, RunScan};
 
 /// The file sled keeps its log in; its presence tells a database directory from any other.
 const SLED_DATA_FILE: &str = "db";
@@ -99,7 +97,7 @@ impl SledView {
     }
 
     /// The run's metadata, checked: `Ok(None)` if it has none.
-    pub fn meta(&self, run: RunId) -> anyhow::Result<Result<Option<RunMeta>, Problem>> {
+    pub fn meta(&self, run: RunId) -> anyhow::Result<MetaRead> {
         let Some(bytes) = self
             .tree()
             .get(keys::meta(run))
