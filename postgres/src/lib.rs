@@ -585,14 +585,7 @@ impl PgStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| TimerEntry {
-                fire_at_ms: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                run: run_id(r.get(1)),
-                id: r.get::<_, i32>(2) as u32,
-            })
-            .collect())
+        Ok(rows.iter().map(timer_entry).collect())
     }
 
     /// Every start-dedupe key with the run holding it, in key order. For auditors.
@@ -1135,6 +1128,15 @@ fn dedupe_taken(run: RunId, code: &str) -> Result<Position> {
     }
 }
 
+/// A due-time row: `(fire_at_ms, run, id)`.
+fn timer_entry(row: &tokio_postgres::Row) -> TimerEntry {
+    TimerEntry {
+        fire_at_ms: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        run: run_id(row.get(1)),
+        id: row.get::<_, i32>(2) as u32,
+    }
+}
+
 fn record_run(row: &tokio_postgres::Row) -> Result<(RunId, RunMeta)> {
     let run = run_id(row.get(0));
     let bytes: Vec<u8> = row.get(1);
@@ -1279,14 +1281,7 @@ impl LogStore for PgStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| TimerEntry {
-                fire_at_ms: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                run: run_id(r.get(1)),
-                id: r.get::<_, i32>(2) as u32,
-            })
-            .collect())
+        Ok(rows.iter().map(timer_entry).collect())
     }
 
     async fn next_timer(&self) -> Result<Option<TimerEntry>> {
