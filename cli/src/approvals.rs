@@ -29,14 +29,9 @@ pub enum Verdict {
 /// Printed when the gate index is empty.
 const NO_GATES: &str = "no approval gates in this database";
 
-/// Every gate of the index, in gate id order.
-fn gates(db: &Database) -> anyhow::Result<Vec<GateEntry>> {
-    db.gates()
-}
-
 /// `annal approvals`: one line per gate.
 pub fn list(db: &Database, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let gates = gates(db)?;
+    let gates = db.gates()?;
     if gates.is_empty() {
         writeln!(out, "{NO_GATES}")?;
         return Ok(0);
@@ -94,7 +89,7 @@ pub fn decide(
     reason: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let known = gates(db)?;
+    let known = db.gates()?;
     if known.is_empty() {
         eprintln!("{NO_GATES}; nothing to {}", verb(&verdict));
         return Ok(1);

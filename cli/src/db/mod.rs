@@ -397,7 +397,7 @@ impl Database {
             () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
         }
         eprintln!(
-            "waiting for the worker that executes run {run} to carry this out (interrupting leaves the request posted: whoever holds the run next carries it out)"
+            "still waiting for run {run}: the worker that executes it carries this out and answers (if interrupted, a request already posted stays: whoever holds the run next carries it out)"
         );
         act.await
     }
