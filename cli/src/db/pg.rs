@@ -40,6 +40,15 @@ pub struct PgView {
 /// may have changed status since, and would be re-checked for nothing.
 const INDEXES_KEPT: Duration = Duration::from_secs(1);
 
+/// What connecting found.
+enum Opened {
+    Store(PgStore),
+    /// No annal schema of that name.
+    Missing,
+    /// An annal schema of this older version.
+    Older(i32),
+}
+
 /// The status and due-time indexes as read at one moment.
 struct Indexes {
     read_at: std::time::Instant,
@@ -48,8 +57,9 @@ struct Indexes {
 }
 
 impl PgView {
-    /// Connects to the schema `schema`, which must exist: a mistyped `--pg-schema` must not
-    /// create an empty one (`PgStore::connect` would).
+    /// Connects to the schema `schema`, which must exist at this code's version: a mistyped
+    /// `--pg-schema` must not create an empty one, nor an older schema be migrated under
+    /// the services that use it (`PgStore::connect` would do either).
     pub fn open(
         runtime: &tokio::runtime::Runtime,
         url: &str,
@@ -65,11 +75,15 @@ impl PgView {
         };
         let connected = runtime.block_on(async {
             tokio::time::timeout(CONNECT_TIMEOUT, async {
-                let version = PgStore::schema_version(&config).await?;
-                if version.is_none() {
-                    return Ok(None);
+                match PgStore::schema_version(&config).await? {
+                    // Connecting would migrate it, and the services' older code would then
+                    // refuse the schema: a tool must not upgrade it behind their back.
+                    Some(version) if version < annal_postgres::SCHEMA_VERSION => {
+                        Ok(Opened::Older(version))
+                    }
+                    Some(_) => PgStore::connect(config).await.map(Opened::Store),
+                    None => Ok(Opened::Missing),
                 }
-                PgStore::connect(config).await.map(Some)
             })
             .await
         });
@@ -82,10 +96,14 @@ impl PgView {
             }
             Ok(Err(Error::Unavailable { cause })) => return Err(unreachable(cause)),
             Ok(Err(e)) => return Err(e.into()),
-            Ok(Ok(None)) => bail!(
+            Ok(Ok(Opened::Older(version))) => bail!(
+                "the annal schema '{schema}' at {target} is version {version}, older than this CLI's ({}); upgrade the services first (they migrate it at start), or use the CLI of their annal version",
+                annal_postgres::SCHEMA_VERSION
+            ),
+            Ok(Ok(Opened::Missing)) => bail!(
                 "no annal schema '{schema}' in the PostgreSQL database at {target}; pass --pg-schema with the schema the services use (default: annal)"
             ),
-            Ok(Ok(Some(store))) => store,
+            Ok(Ok(Opened::Store(store))) => store,
         };
         // Nothing here acts on hints of work to take over: dropping the receiver lets the
         // store's poller drop them instead of queueing them.
