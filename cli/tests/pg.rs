@@ -225,14 +225,18 @@ impl Sql {
         }
     }
 
-    /// Runs `sql` with `{s}` standing for the schema and `$1` for `run`; returns the rows
-    /// changed.
-    fn run(&self, sql: &str, run: RunId) -> u64 {
+    /// Runs `sql`, with `{s}` standing for the schema; returns the rows changed (or
+    /// returned).
+    fn exec(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> u64 {
         let sql = sql.replace("{s}", &self.schema);
-        let run = uuid::Uuid::from_bytes(run.0);
         self.runtime
-            .block_on(self.client.execute(&sql, &[&run]))
+            .block_on(self.client.execute(&sql, params))
             .unwrap()
+    }
+
+    /// [`Sql::exec`] with `$1` standing for `run`.
+    fn run(&self, sql: &str, run: RunId) -> u64 {
+        self.exec(sql, &[&uuid::Uuid::from_bytes(run.0)])
     }
 }
 
@@ -594,19 +598,14 @@ fn verify_names_damaged_rows_holes_and_lost_wake_ups() {
         },
     };
     let record = annal_storage::frame::encode(&annal::codec::encode_event(&decided));
-    sql.runtime
-        .block_on(sql.client.execute(
-            &format!(
-                "INSERT INTO {}.events (run, seq, record) VALUES ($1, $2, $3)",
-                sql.schema
-            ),
-            &[
-                &uuid::Uuid::from_bytes(gated.0),
-                &i64::try_from(seq).unwrap(),
-                &record,
-            ],
-        ))
-        .unwrap();
+    sql.exec(
+        "INSERT INTO {s}.events (run, seq, record) VALUES ($1, $2, $3)",
+        &[
+            &uuid::Uuid::from_bytes(gated.0),
+            &i64::try_from(seq).unwrap(),
+            &record,
+        ],
+    );
     assert_eq!(
         sql.run("UPDATE {s}.runs SET status = 3 WHERE run = $1", napping),
         1
@@ -759,12 +758,10 @@ fn connection_problems_are_explained_without_the_password() {
     drop(runtime.block_on(PgStore::connect(config.clone())).unwrap());
     let sql = Sql::connect(&config);
     let latest = annal_postgres::SCHEMA_VERSION;
-    sql.runtime
-        .block_on(sql.client.execute(
-            &format!("DELETE FROM {}.schema_version WHERE version = $1", sql.schema),
-            &[&latest],
-        ))
-        .unwrap();
+    sql.exec(
+        "DELETE FROM {s}.schema_version WHERE version = $1",
+        &[&latest],
+    );
     let (code, err) = run(&["--pg", &config.url, "--pg-schema", &config.schema, "runs"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(
