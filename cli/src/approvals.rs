@@ -8,11 +8,11 @@
 
 use std::io::Write;
 
-use annal_storage::{keys, GateId, LogStore as _, RunId};
+use annal_storage::{GateId, RunId};
 use anyhow::bail;
 
 use crate::commands::write_table;
-use crate::db::Database;
+use crate::db::{Database, GateEntry};
 
 /// What an operator decides about a gate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,32 +29,9 @@ pub enum Verdict {
 /// Printed when the gate index is empty.
 const NO_GATES: &str = "no approval gates in this database";
 
-/// One entry of the gate index.
-struct GateEntry {
-    gate: GateId,
-    /// The run and command position it belongs to; `None` if the entry is malformed.
-    target: Option<(RunId, u32)>,
-}
-
-/// Every gate of the index, in gate id order.
-fn gates(db: &Database) -> anyhow::Result<Vec<GateEntry>> {
-    let mut gates = Vec::new();
-    for item in db.scan_prefix(&[keys::GATE]) {
-        let (key, value) = item?;
-        let Some(id) = key.get(1..).and_then(|id| <[u8; 16]>::try_from(id).ok()) else {
-            continue;
-        };
-        gates.push(GateEntry {
-            gate: GateId(id),
-            target: keys::parse_gate_value(&value),
-        });
-    }
-    Ok(gates)
-}
-
 /// `annal approvals`: one line per gate.
 pub fn list(db: &Database, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let gates = gates(db)?;
+    let gates = db.gates()?;
     if gates.is_empty() {
         writeln!(out, "{NO_GATES}")?;
         return Ok(0);
@@ -112,7 +89,7 @@ pub fn decide(
     reason: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
-    let known = gates(db)?;
+    let known = db.gates()?;
     if known.is_empty() {
         eprintln!("{NO_GATES}; nothing to {}", verb(&verdict));
         return Ok(1);
@@ -141,7 +118,7 @@ pub fn decide(
             return Ok(1);
         }
     };
-    let Some((run, position)) = runtime.block_on(db.store().gate(gate_id))? else {
+    let Some((run, position)) = db.gate(gate_id)? else {
         eprintln!("unknown approval gate '{gate}'");
         return Ok(1);
     };
@@ -182,8 +159,9 @@ fn verb(verdict: &Verdict) -> &'static str {
 /// Records the decision through an operator-only engine: it checks the gate (still open,
 /// deadline not passed, actor allowed, a reason to reject, edits only where declared) under
 /// the run's writer lock, appends the decision with the role it was taken under durably and
-/// marks the run `Running`, so the service resumes it when it next opens the database.
-/// Refusals write nothing.
+/// marks the run `Running`, so the service resumes it when it next opens the database. On
+/// PostgreSQL, a run a live worker executes gets the decision from that worker (forwarded,
+/// same checks), which resumes it at once. Refusals write nothing.
 #[allow(clippy::too_many_arguments)]
 fn decide_in_store(
     db: &Database,
@@ -207,15 +185,23 @@ fn decide_in_store(
     };
     let decided = runtime.block_on(async {
         let engine = db.operator_engine().await?;
-        let result = engine.decide_bound(gate, &actor, &request).await;
+        let result = db
+            .acting(run, engine.decide_bound(gate, &actor, &request))
+            .await;
         engine.shutdown().await;
+        drop(engine);
         result
     });
     match decided {
         Ok(decided) => Ok(format!(
-            "gate {gate} (run {run}): {verb}d by {} as {} ({reason}); the service resumes the run when it next opens the database",
-            decided.actor, decided.role
+            "gate {gate} (run {run}): {verb}d by {} as {} ({reason}); the service resumes the run {}",
+            decided.actor,
+            decided.role,
+            db.resumes()
         )),
-        Err(e) => bail!("cannot {verb} gate {gate} (run {run}): {e}; nothing was written"),
+        Err(e) => match db.unconfirmed(&format!("cannot {verb} gate {gate} (run {run})"), run, &e) {
+            Some(unknown) => Err(unknown),
+            None => bail!("cannot {verb} gate {gate} (run {run}): {e}; nothing was written"),
+        },
     }
 }

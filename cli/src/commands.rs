@@ -5,7 +5,7 @@ use std::io::Write;
 
 use annal::audit::{timeline, utc, Report};
 use annal::{Event, RunStatus};
-use annal_storage::{LogStore as _, RunId};
+use annal_storage::RunId;
 use serde::Serialize;
 
 use crate::db::Database;
@@ -27,8 +27,8 @@ pub fn runs(db: &Database, filter: &RunFilter, out: &mut dyn Write) -> anyhow::R
     let since_ms = filter.since.map(|w| w.resolve(now_ms()));
     let mut rows: Vec<(u64, RunId, [String; 7])> = Vec::new();
     let mut unreadable = 0;
-    for run in db.run_ids()? {
-        let meta = match db.meta(run)? {
+    for (run, meta) in db.metas()? {
+        let meta = match meta {
             Ok(Some(meta)) => meta,
             // Without metadata there is no status or workflow to filter or show.
             Ok(None) | Err(_) => {
@@ -255,7 +255,6 @@ pub fn export(db: &Database, run: Option<&str>, out: &mut dyn Write) -> anyhow::
 /// in one atomic batch.
 pub fn purge(
     db: &Database,
-    runtime: &tokio::runtime::Runtime,
     older_than_ms: u64,
     dry_run: bool,
     out: &mut dyn Write,
@@ -263,8 +262,8 @@ pub fn purge(
     let cutoff_ms = now_ms().saturating_sub(older_than_ms);
     let mut purged = 0u64;
     let mut events = 0u64;
-    for run in db.run_ids()? {
-        let Ok(Some(meta)) = db.meta(run)? else {
+    for (run, meta) in db.metas()? {
+        let Ok(Some(meta)) = meta else {
             continue;
         };
         let Some(status) = RunStatus::from_code(meta.status).filter(|s| s.is_terminal()) else {
@@ -283,7 +282,7 @@ pub fn purge(
         if dry_run {
             writeln!(out, "would purge {what}")?;
         } else {
-            runtime.block_on(db.store().purge(run))?;
+            db.purge(run)?;
             writeln!(out, "purged {what}")?;
         }
         purged += 1;

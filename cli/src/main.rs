@@ -1,16 +1,19 @@
 //! `annal`: the auditor's and operator's view of an annal database.
 //!
-//! It opens the engine's sled directory directly, so it works on a database no process holds
-//! (a stopped service, or a copy). Everything it shows is computed from the stored events by
-//! the engine's pure audit functions (`annal::audit`).
+//! It opens the engine's sled directory directly (`--db`), so it works on a database no
+//! process holds (a stopped service, or a copy), or a PostgreSQL database (`--pg URL`)
+//! while services run on it: decisions and operator actions on a run a service executes
+//! are forwarded to that service. Everything it shows is computed from the stored events by
+//! the engine's pure audit functions (`annal::audit`); `db/` hides where they are stored.
 //!
 //! With `--url URL --token-file FILE` the commands `runs`, `history`, `report`, `approvals`,
 //! `approve`, `reject` and `operate` talk to a running service through its admin API
 //! (`remote.rs`) instead; the token says who decides, under which roles.
 //!
 //! Exit codes: 0 success; 1 a problem was found (verify), the input named nothing (unknown
-//! run or gate) or an error occurred; 2 the database is locked by another process (or the
-//! command line was malformed).
+//! run or gate, no such schema) or an error occurred; 2 the database is locked by another
+//! process (sled), cannot be reached or refused the login (PostgreSQL), or the command line
+//! was malformed.
 
 mod approvals;
 mod commands;
@@ -27,16 +30,41 @@ use std::process::ExitCode;
 use annal::RunStatus;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
-use crate::db::{Access, Database};
+use crate::db::{Access, Database, Target};
 use crate::when::When;
 
 /// Inspect, verify and maintain an annal database.
+///
+/// A sled directory (--db) must be free: stop the service that embeds it, or point at a
+/// copy. A PostgreSQL database (--pg) can be used while services run on it: reads see a
+/// consistent view of each run, and a decision or operator action on a run a service
+/// executes is carried out by that service.
+///
+/// Exit codes: 0 success; 1 a problem was found (verify), nothing matched (run, gate,
+/// schema) or the command failed; 2 the database is locked (sled), cannot be reached or
+/// refused the login (PostgreSQL), or the command line is malformed.
 #[derive(Debug, Parser)]
-#[command(name = "annal", version, about)]
+#[command(name = "annal", version, about, long_about)]
 struct Cli {
-    /// The database directory (the engine's `path`).
+    /// The database directory (the engine's `path`). sled lets one process open it: it must
+    /// not be in use by a running service.
     #[arg(long, global = true, default_value = "annal-data", value_name = "PATH")]
     db: PathBuf,
+
+    /// Use the PostgreSQL database at this URL (postgresql://user@host:port/db) instead of
+    /// a directory. Works while services run on it. A password in the URL is never printed.
+    #[arg(long, global = true, value_name = "URL", conflicts_with_all = ["db", "url"])]
+    pg: Option<String>,
+
+    /// The schema annal's tables live in (with --pg; the services' `PgConfig::schema`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        default_value = "annal",
+        requires = "pg"
+    )]
+    pg_schema: String,
 
     /// Talk to a running service's admin API at this URL instead of a database directory
     /// (e.g. http://127.0.0.1:8417).
@@ -77,7 +105,9 @@ enum Command {
     /// Check the stored data; exits 1 and names run, seq and reason for each problem.
     ///
     /// Checks every record's CRC, seq continuity, metadata and indexes, and that each
-    /// history replays without contradiction.
+    /// history replays without contradiction. On PostgreSQL it runs while services write:
+    /// each run a problem names is checked again until it holds still, and only what that
+    /// check finds is reported.
     Verify {
         /// Only this run (id or unique prefix); default: the whole database.
         run: Option<String>,
@@ -280,11 +310,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         | Command::Purge { dry_run: false, .. } => Access::Write,
         _ => Access::Read,
     };
-    let db = Database::open(&cli.db, access)?;
-    // The store's API is async; one thread is plenty for a command-line tool.
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let target = match &cli.pg {
+        Some(url) => Target::Pg {
+            url,
+            schema: &cli.pg_schema,
+        },
+        None => Target::Sled(&cli.db),
+    };
+    let db = Database::open(target, access)?;
+    let runtime = db.runtime();
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let code = match cli.command {
@@ -320,7 +354,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let edits = edits.as_deref().map(parse_edits).transpose()?;
             approvals::decide(
                 &db,
-                &runtime,
+                runtime,
                 &gate,
                 approvals::Verdict::Approve { edits },
                 &required_by(by)?,
@@ -336,7 +370,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             reason,
         } => approvals::decide(
             &db,
-            &runtime,
+            runtime,
             &gate,
             approvals::Verdict::Reject,
             &required_by(by)?,
@@ -345,13 +379,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             &mut out,
         )?,
         Command::Operate { run, operation } => {
-            operate::operate(&db, &runtime, &run, &operation, &mut out)?
+            operate::operate(&db, runtime, &run, &operation, &mut out)?
         }
         Command::Admin(_) => unreachable!("handled before the database is opened"),
         Command::Purge {
             older_than,
             dry_run,
-        } => commands::purge(&db, &runtime, older_than, dry_run, &mut out)?,
+        } => commands::purge(&db, older_than, dry_run, &mut out)?,
     };
     out.flush()?;
     Ok(code)
@@ -405,7 +439,7 @@ fn run_remote(url: &str, token_file: &std::path::Path, command: Command) -> anyh
         } => remote.decide(&gate, false, by.as_deref(), &reason, None, &mut out)?,
         Command::Operate { run, operation } => remote.operate(&run, &operation, &mut out)?,
         Command::Verify { .. } | Command::Export { .. } | Command::Purge { .. } => {
-            anyhow::bail!("this command works on a database directory (--db), not with --url")
+            anyhow::bail!("this command works on a database directory (--db) or a PostgreSQL database (--pg), not with --url")
         }
         Command::Admin(_) => unreachable!("handled before"),
     };
@@ -453,6 +487,10 @@ fn report_error(e: &anyhow::Error) -> u8 {
         eprintln!("Either stop that service and run the command again, or copy the directory and point --db at the copy:");
         eprintln!("    cp -r {path} /tmp/annal-copy && annal --db /tmp/annal-copy <command>");
         eprintln!("(A copy taken while the service writes is like a crash image: sled recovers it; the newest writes may be missing.)");
+        return 2;
+    }
+    if e.chain().any(|cause| cause.is::<db::Unreachable>()) {
+        eprintln!("error: {e:#}");
         return 2;
     }
     // `annal export --all | head` closes the pipe early: not an error.

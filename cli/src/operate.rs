@@ -1,7 +1,9 @@
-//! `annal operate RUN retry|skip|resolve|abort`: operator actions on an escalated run of a
-//! database no process holds, through an operator-only engine (the same checks and the same
-//! event as `Engine::operate` in the service). The service resumes the run when it next
-//! opens the database.
+//! `annal operate RUN retry|skip|resolve|abort`: operator actions on an escalated run,
+//! through an operator-only engine (the same checks and the same event as
+//! `Engine::operate` in the service). On a sled directory no process holds, the service
+//! resumes the run when it next opens the database; on PostgreSQL the act is carried out by
+//! the worker that executes the run (or here, if none holds it), and a running service
+//! resumes the run at once.
 
 use std::io::Write;
 
@@ -31,20 +33,29 @@ pub fn operate(
         annal_admin::wire::operator_action(name, value.as_ref()).map_err(|e| anyhow!(e))?;
     let done = runtime.block_on(async {
         let engine = db.operator_engine().await?;
-        let result = engine.operate(run, by, action, &why.reason).await;
+        let result = db
+            .acting(run, engine.operate(run, by, action, &why.reason))
+            .await;
         let status = engine.status(run).await.map(|info| info.status);
         engine.shutdown().await;
-        result.and(status)
+        drop(engine);
+        result.map(|()| status)
     });
     match done {
         Ok(status) => {
+            // The action is recorded; the status is only what the store says now.
+            let status = status.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
             writeln!(
                 out,
-                "run {run}: {name} by {by} ({}); the run is {status}; the service resumes it when it next opens the database",
-                why.reason
+                "run {run}: {name} by {by} ({}); the run is {status}; the service resumes it {}",
+                why.reason,
+                db.resumes()
             )?;
             Ok(0)
         }
-        Err(e) => bail!("cannot {name} run {run}: {e}; nothing was written"),
+        Err(e) => match db.unconfirmed(&format!("cannot {name} run {run}"), run, &e) {
+            Some(unknown) => Err(unknown),
+            None => bail!("cannot {name} run {run}: {e}; nothing was written"),
+        },
     }
 }

@@ -10,14 +10,21 @@
 //! (`ReplayState::from_events`), which finds contradictions such as an outcome without its
 //! command; and the run's checkpoint, if any, against the fold of the events it covers. Over the whole database (when no run is named): status, due-time, gate and
 //! dedupe index entries that point at runs that do not exist or disagree with them.
+//!
+//! On a database services write while it is verified (PostgreSQL), a check that compares
+//! two reads (metadata and an index, a gate and its run) could see a run half-way through a
+//! change. Every run a problem names is therefore checked again, between two reads of its
+//! metadata, until the run held still in between: what that pass finds is reported
+//! ([`confirm`]).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 
 use annal::replay::ReplayState;
 use annal::{EventKind, RunStatus};
 use annal_storage::{keys, RunId};
 
-use crate::db::{Database, Problem, Subject};
+use crate::db::{Database, IndexEntry, Problem, Subject};
 
 /// What a verification covered.
 #[derive(Debug, Default)]
@@ -30,6 +37,9 @@ pub struct Summary {
     pub index_entries: u64,
     /// Everything found wrong, in run and seq order.
     pub problems: Vec<Problem>,
+    /// Runs that services changed during every re-check of a problem (a shared database):
+    /// only their damaged records are reported.
+    pub unsettled: u64,
 }
 
 /// Checks the named run, or all of them and the indexes.
@@ -41,23 +51,89 @@ pub fn verify(db: &Database, run: Option<RunId>) -> anyhow::Result<Summary> {
     };
     for run in runs {
         summary.runs += 1;
-        verify_run(db, run, &mut summary)?;
+        summary.records += verify_run(db, run, &mut summary.problems)?;
     }
     if run.is_none() {
-        verify_indexes(db, &mut summary)?;
+        summary.index_entries = verify_indexes(db, None, &mut summary.problems)?;
+    }
+    if db.shared() {
+        let found = std::mem::take(&mut summary.problems);
+        summary.problems = confirm(db, found, run.is_none(), &mut summary)?;
     }
     summary.problems.sort();
     Ok(summary)
 }
 
-fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Result<()> {
-    let scan = db.scan_events(run)?;
-    summary.records += scan.records;
-    let problems = &mut summary.problems;
-    let meta_problem = |reason: String| Problem {
-        subject: Subject::Meta { run },
-        reason,
-    };
+/// Re-checks of one run in [`confirm`] before it counts as moving.
+const CONFIRM_ROUNDS: usize = 5;
+
+/// Checks every run a problem names again, on its own — its records, metadata and
+/// checkpoint, with fresh index reads, and the index entries that point at it if one of its
+/// problems came from them — between two reads of its metadata. If the metadata did not
+/// change in between, the run held still (every append moves its metadata's log end, every
+/// status change its status): that check's problems are its problems. A run that moved
+/// during every re-check is being executed as it is read; of its problems, only damaged
+/// records stand (they do not depend on when they were read), and it is counted as
+/// unsettled.
+fn confirm(
+    db: &Database,
+    first: Vec<Problem>,
+    indexes: bool,
+    summary: &mut Summary,
+) -> anyhow::Result<Vec<Problem>> {
+    let (mut confirmed, suspects): (Vec<Problem>, Vec<Problem>) =
+        first.into_iter().partition(|p| p.concerns().is_none());
+    let mut by_run: BTreeMap<RunId, Vec<Problem>> = BTreeMap::new();
+    for problem in suspects {
+        if let Some(run) = problem.concerns() {
+            by_run.entry(run).or_default().push(problem);
+        }
+    }
+    for (run, found) in by_run {
+        let with_indexes = indexes && found.iter().any(|p| p.subject == Subject::Index);
+        let mut settled = None;
+        for round in 0..CONFIRM_ROUNDS {
+            // A run a service executes changes in bursts (a wake-up, a step, parking):
+            // later rounds wait a little longer for a quiet moment.
+            if round > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(10 << round));
+            }
+            let before = db.meta(run)?;
+            db.refresh();
+            let mut again = Vec::new();
+            verify_run(db, run, &mut again)?;
+            if with_indexes {
+                verify_indexes(db, Some(run), &mut again)?;
+            }
+            if db.meta(run)? == before {
+                settled = Some(again);
+                break;
+            }
+        }
+        match settled {
+            Some(again) => confirmed.extend(again),
+            None => {
+                summary.unsettled += 1;
+                confirmed.extend(
+                    found
+                        .into_iter()
+                        .filter(|p| matches!(p.subject, Subject::Event { .. })),
+                );
+            }
+        }
+    }
+    Ok(confirmed)
+}
+
+/// Checks one run; returns how many event records it has.
+fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow::Result<u64> {
+    // Read before the metadata: the log then holds at least what the checkpoint covers,
+    // even on a database a service writes meanwhile.
+    let checkpoint = db.checkpoint(run)?;
+    let meta = db.meta(run)?;
+    let scan = db.scan_events(run, meta.as_ref().ok().and_then(Option::as_ref))?;
+    let records = scan.records;
+    let meta_problem = |reason: String| Problem::meta(run, reason);
     let intact = scan.problems.is_empty();
     problems.extend(scan.problems.iter().cloned());
 
@@ -65,26 +141,26 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
     let folded = match ReplayState::from_events(&scan.events) {
         Ok(state) => Some(state),
         Err(c) => {
-            problems.push(Problem {
-                subject: Subject::Event { run, seq: c.seq },
-                reason: format!("history contradicts itself: {}", c.reason),
-            });
+            problems.push(Problem::event(
+                run,
+                c.seq,
+                format!("history contradicts itself: {}", c.reason),
+            ));
             None
         }
     };
 
-    let meta = match db.meta(run)? {
+    let meta = match meta {
         Ok(Some(meta)) => meta,
+        // Purged since it was listed (a database services write): nothing left to check.
+        Ok(None) if db.shared() && scan.records == 0 && intact => return Ok(records),
         Ok(None) => {
-            problems.push(Problem {
-                subject: Subject::Run { run },
-                reason: "events without metadata".into(),
-            });
-            return Ok(());
+            problems.push(Problem::run(run, "events without metadata"));
+            return Ok(records);
         }
         Err(problem) => {
             problems.push(problem);
-            return Ok(());
+            return Ok(records);
         }
     };
     let stored_next = scan.last_seq.map_or(0, |s| s.saturating_add(1));
@@ -100,23 +176,19 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
     }
     let Some(status) = RunStatus::from_code(meta.status) else {
         problems.push(meta_problem(format!("unknown status code {}", meta.status)));
-        return Ok(());
+        return Ok(records);
     };
     // Final statuses are not indexed (`keys::FINAL_STATUS_MIN`).
-    if keys::status_is_indexed(meta.status)
-        && !db
-            .scan_prefix(&keys::status(meta.status, run))
-            .any(|item| item.is_ok())
-    {
+    if keys::status_is_indexed(meta.status) && !db.status_indexed(meta.status, run)? {
         problems.push(meta_problem(format!(
             "status is {status} but the status index has no entry for the run"
         )));
     }
     // History-level agreement needs the whole history.
     let (true, Some(folded)) = (intact, folded) else {
-        return Ok(());
+        return Ok(records);
     };
-    verify_checkpoint(db, run, &scan.events, problems)?;
+    verify_checkpoint(run, checkpoint, &scan.events, problems);
     if let Some((workflow, version, _)) = folded.started() {
         if *workflow != meta.workflow || *version != meta.version {
             problems.push(meta_problem(format!(
@@ -140,24 +212,20 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
         .and_then(|from| scan.events.get(from..))
         .unwrap_or_default();
     if let Some(why) = annal::overdue(status, meta.status_seq, arrived, meta.wake_ms, None) {
-        problems.push(Problem {
-            subject: Subject::Run { run },
-            reason: format!(
-                "{why}; nothing wakes it until an engine opens the store and resumes it"
-            ),
-        });
+        problems.push(Problem::run(
+            run,
+            format!("{why}; nothing wakes it until an engine opens the store and resumes it"),
+        ));
     }
     if let (RunStatus::Parked, Some(wake_ms)) = (status, meta.wake_ms) {
-        let mut due = keys::timer(wake_ms, run, 0);
-        due.truncate(due.len() - 4);
-        if !db.scan_prefix(&due).any(|item| item.is_ok()) {
-            problems.push(Problem {
-                subject: Subject::Run { run },
-                reason: format!(
+        if !db.due_indexed(wake_ms, run)? {
+            problems.push(Problem::run(
+                run,
+                format!(
                     "parked until {} but the due-time index has no entry for it: the timer service will not wake it (the engine's sweep does)",
                     annal::audit::utc(wake_ms)
                 ),
-            });
+            ));
         }
     }
     match ended_as {
@@ -174,26 +242,22 @@ fn verify_run(db: &Database, run: RunId, summary: &mut Summary) -> anyhow::Resul
         }
         _ => {}
     }
-    Ok(())
+    Ok(records)
 }
 
 /// A run's checkpoint is what the engine replays from when it wakes the run, instead of the
 /// events it covers: it must be exactly the fold of the log's first events.
 fn verify_checkpoint(
-    db: &Database,
     run: RunId,
+    checkpoint: Option<Result<Vec<u8>, String>>,
     events: &[annal::Event],
     problems: &mut Vec<Problem>,
-) -> anyhow::Result<()> {
-    let Some(raw) = db.checkpoint(run)? else {
-        return Ok(());
+) {
+    let Some(bytes) = checkpoint else {
+        return;
     };
-    let problem = |reason: String| Problem {
-        subject: Subject::Run { run },
-        reason,
-    };
-    let state = match annal_storage::decode_checkpoint(&raw)
-        .map_err(|e| e.to_string())
+    let problem = |reason: String| Problem::run(run, reason);
+    let state = match bytes
         .and_then(|bytes| annal::codec::decode_checkpoint(&bytes).map_err(|e| e.to_string()))
     {
         Ok(state) => state,
@@ -201,7 +265,7 @@ fn verify_checkpoint(
             problems.push(problem(format!(
                 "checkpoint unreadable (the engine folds the whole log instead): {e}"
             )));
-            return Ok(());
+            return;
         }
     };
     let covered = state.next_seq();
@@ -210,7 +274,7 @@ fn verify_checkpoint(
             "checkpoint covers {covered} events but the log holds {}",
             events.len()
         )));
-        return Ok(());
+        return;
     };
     let agrees = ReplayState::from_events(prefix)
         .is_ok_and(|fold| format!("{fold:?}") == format!("{state:?}"));
@@ -219,92 +283,70 @@ fn verify_checkpoint(
             "checkpoint disagrees with the fold of the log's first {covered} events"
         )));
     }
-    Ok(())
 }
 
-fn verify_indexes(db: &Database, summary: &mut Summary) -> anyhow::Result<()> {
-    let index = |reason: String| Problem {
-        subject: Subject::Index,
-        reason,
-    };
-    for item in db.scan_prefix(&[keys::STATUS]) {
-        let (key, _) = item?;
-        summary.index_entries += 1;
-        let Some((code, run)) = keys::parse_status(&key) else {
-            summary.problems.push(index(format!(
-                "malformed status key {}",
-                crate::db::hex_bytes(&key)
-            )));
-            continue;
+/// Checks every index entry (with `only`, those that point at that run) against the run it
+/// points at; returns how many entries were checked.
+fn verify_indexes(
+    db: &Database,
+    only: Option<RunId>,
+    problems: &mut Vec<Problem>,
+) -> anyhow::Result<u64> {
+    let mut checked = 0;
+    for entry in db.index_entries()? {
+        let points_at = match &entry {
+            IndexEntry::Status { run, .. }
+            | IndexEntry::Gate { run, .. }
+            | IndexEntry::Dedupe { run, .. } => Some(*run),
+            IndexEntry::Due(timer) => Some(timer.run),
+            IndexEntry::Malformed(_) => None,
         };
-        let name =
-            RunStatus::from_code(code).map_or_else(|| format!("code {code}"), |s| s.to_string());
-        match db.meta(run)? {
-            Ok(Some(meta)) if meta.status == code => {}
-            Ok(Some(meta)) => {
-                let actual = RunStatus::from_code(meta.status)
-                    .map_or_else(|| format!("code {}", meta.status), |s| s.to_string());
-                summary.problems.push(index(format!(
-                    "status index lists run {run} as {name}, its metadata says {actual}"
-                )));
-            }
-            Ok(None) => summary.problems.push(index(format!(
-                "status index lists run {run} ({name}), which does not exist"
-            ))),
-            // Already reported with the run.
-            Err(_) => {}
+        if only.is_some_and(|only| points_at != Some(only)) {
+            continue;
         }
-    }
-    for item in db.scan_prefix(&[keys::TIMER]) {
-        let (key, _) = item?;
-        summary.index_entries += 1;
-        match keys::parse_timer(&key) {
-            None => summary.problems.push(index(format!(
-                "malformed timer key {}",
-                crate::db::hex_bytes(&key)
-            ))),
+        checked += 1;
+        let index = |reason: String| Problem::index(reason, points_at);
+        let missing =
+            |run: RunId| -> anyhow::Result<bool> { Ok(matches!(db.meta(run)?, Ok(None))) };
+        match entry {
+            IndexEntry::Malformed(reason) => problems.push(index(reason)),
+            IndexEntry::Status { code, run } => {
+                let name = RunStatus::from_code(code)
+                    .map_or_else(|| format!("code {code}"), |s| s.to_string());
+                match db.meta(run)? {
+                    Ok(Some(meta)) if meta.status == code => {}
+                    Ok(Some(meta)) => {
+                        let actual = RunStatus::from_code(meta.status)
+                            .map_or_else(|| format!("code {}", meta.status), |s| s.to_string());
+                        problems.push(index(format!(
+                            "status index lists run {run} as {name}, its metadata says {actual}"
+                        )));
+                    }
+                    Ok(None) => problems.push(index(format!(
+                        "status index lists run {run} ({name}), which does not exist"
+                    ))),
+                    // Already reported with the run.
+                    Err(_) => {}
+                }
+            }
             // A due time left behind by an ended run is harmless (waking an ended run does
             // nothing); one for a run that does not exist means a purge went wrong.
-            Some(timer) if matches!(db.meta(timer.run)?, Ok(None)) => {
-                summary.problems.push(index(format!(
-                    "due time {} (id {}) points at run {}, which does not exist",
-                    annal::audit::utc(timer.fire_at_ms),
-                    timer.id,
-                    timer.run
-                )))
-            }
-            Some(_) => {}
+            IndexEntry::Due(timer) if missing(timer.run)? => problems.push(index(format!(
+                "due time {} (id {}) points at run {}, which does not exist",
+                annal::audit::utc(timer.fire_at_ms),
+                timer.id,
+                timer.run
+            ))),
+            IndexEntry::Gate { gate, run } if missing(run)? => problems.push(index(format!(
+                "approval gate {gate} points at run {run}, which does not exist"
+            ))),
+            IndexEntry::Dedupe { key, run } if missing(run)? => problems.push(index(format!(
+                "dedupe key {key:?} points at run {run}, which does not exist"
+            ))),
+            IndexEntry::Due(_) | IndexEntry::Gate { .. } | IndexEntry::Dedupe { .. } => {}
         }
     }
-    for item in db.scan_prefix(&[keys::GATE]) {
-        let (key, value) = item?;
-        summary.index_entries += 1;
-        let gate = crate::db::hex_bytes(key.get(1..).unwrap_or_default());
-        match keys::parse_gate_value(&value) {
-            None => summary
-                .problems
-                .push(index(format!("approval gate {gate}: malformed entry"))),
-            Some((run, _)) if matches!(db.meta(run)?, Ok(None)) => summary.problems.push(index(
-                format!("approval gate {gate} points at run {run}, which does not exist"),
-            )),
-            Some(_) => {}
-        }
-    }
-    for item in db.scan_prefix(&[keys::DEDUPE]) {
-        let (key, value) = item?;
-        summary.index_entries += 1;
-        let dedupe = String::from_utf8_lossy(key.get(1..).unwrap_or_default()).into_owned();
-        match keys::parse_run_value(&value) {
-            None => summary
-                .problems
-                .push(index(format!("dedupe key {dedupe:?}: malformed entry"))),
-            Some(run) if matches!(db.meta(run)?, Ok(None)) => summary.problems.push(index(
-                format!("dedupe key {dedupe:?} points at run {run}, which does not exist"),
-            )),
-            Some(_) => {}
-        }
-    }
-    Ok(())
+    Ok(checked)
 }
 
 /// Prints the problems, one line each, then a summary line; the exit code is 1 if anything
@@ -312,6 +354,13 @@ fn verify_indexes(db: &Database, summary: &mut Summary) -> anyhow::Result<()> {
 pub fn print(summary: &Summary, out: &mut dyn Write) -> anyhow::Result<u8> {
     for problem in &summary.problems {
         writeln!(out, "{problem}")?;
+    }
+    if summary.unsettled > 0 {
+        writeln!(
+            out,
+            "note: {} runs changed during every re-check (services are executing them); only their damaged records are reported: verify again",
+            summary.unsettled
+        )?;
     }
     let what = format!(
         "{} runs, {} event records, {} index entries",

@@ -118,6 +118,38 @@ impl PgConfig {
         self.poll_ms = poll_ms;
         self
     }
+
+    /// Where the database is, for people and logs: hosts, ports and database name, never
+    /// the user or password the URL may carry (`db.internal:5432/annal`).
+    pub fn target(&self) -> String {
+        let Ok(pg) = tokio_postgres::Config::from_str(&self.url) else {
+            return "(unparseable PostgreSQL URL)".into();
+        };
+        let ports = pg.get_ports();
+        let hosts: Vec<String> = pg
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let host = match host {
+                    tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                    #[cfg(unix)]
+                    tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+                };
+                // One port for all hosts, or one each; libpq's default otherwise.
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{host}:{port}")
+            })
+            .collect();
+        let hosts = if hosts.is_empty() {
+            "localhost:5432".to_string()
+        } else {
+            hosts.join(",")
+        };
+        // libpq connects to the database named like the user when none is given.
+        let db = pg.get_dbname().or(pg.get_user()).unwrap_or("postgres");
+        format!("{hosts}/{db}")
+    }
 }
 
 /// Maps a driver or pool error: the database is unreachable or the statement's outcome is
@@ -125,12 +157,16 @@ impl PgConfig {
 /// SQLSTATE in the cause (`tokio_postgres::Error`'s own text is only "db error").
 pub(crate) fn unavailable(e: impl std::fmt::Display + 'static) -> Error {
     let any: &dyn std::any::Any = &e;
-    let cause = match any
-        .downcast_ref::<tokio_postgres::Error>()
-        .and_then(tokio_postgres::Error::as_db_error)
-    {
-        Some(db) => format!("{}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
-        None => e.to_string(),
+    let pg = any.downcast_ref::<tokio_postgres::Error>();
+    // A failed connection says why only in its source ("connection refused"); other
+    // sources are left out, since a URL parse error may quote a character of it.
+    let io = pg
+        .and_then(std::error::Error::source)
+        .and_then(|source| source.downcast_ref::<std::io::Error>());
+    let cause = match (pg.and_then(tokio_postgres::Error::as_db_error), io) {
+        (Some(db), _) => format!("{}: {} (SQLSTATE {})", e, db.message(), db.code().code()),
+        (None, Some(io)) => format!("{e}: {io}"),
+        (None, None) => e.to_string(),
     };
     Error::Unavailable { cause }
 }
@@ -525,6 +561,98 @@ impl PgStore {
             // link does not matter).
             _ => Ok([0; 32]),
         }
+    }
+
+    /// The version of the schema `config.schema` holds, or `None` if there is no annal
+    /// schema of that name; creates and changes nothing (unlike [`PgStore::connect`]), so a
+    /// tool can refuse a mistyped schema instead of creating an empty one.
+    pub async fn schema_version(config: &PgConfig) -> Result<Option<i32>> {
+        let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+            .await
+            .map_err(unavailable)?;
+        let driver = tokio::spawn(connection);
+        let result = async {
+            let table = format!("{}.schema_version", schema::quote(&config.schema));
+            let exists = client
+                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+                .await
+                .map_err(unavailable)?;
+            if !exists.get::<_, bool>(0) {
+                return Ok(None);
+            }
+            let row = client
+                .query_one(&format!("SELECT max(version) FROM {table}"), &[])
+                .await
+                .map_err(unavailable)?;
+            Ok(row.get::<_, Option<i32>>(0))
+        }
+        .await;
+        drop(client);
+        let _ = driver.await;
+        result
+    }
+
+    /// Every run that has metadata or events, in id order, without decoding anything. For
+    /// auditors: [`LogStore::runs`] fails at the first damaged metadata record and knows
+    /// nothing of events whose metadata row is gone, while an audit must name both.
+    pub async fn run_ids(&self) -> Result<Vec<RunId>> {
+        let client = self.client().await?;
+        let s = &self.shared.sql.s;
+        // The runs of the log found by skipping from one run to the next along the primary
+        // key, instead of reading every event.
+        let rows = client
+            .query(
+                &format!(
+                    "WITH RECURSIVE logs(run) AS (
+                         (SELECT run FROM {s}.events ORDER BY run LIMIT 1)
+                         UNION ALL
+                         SELECT (SELECT e.run FROM {s}.events e WHERE e.run > logs.run ORDER BY e.run LIMIT 1)
+                         FROM logs WHERE logs.run IS NOT NULL
+                     )
+                     SELECT run FROM logs WHERE run IS NOT NULL
+                     UNION
+                     SELECT run FROM {s}.runs
+                     ORDER BY 1"
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| run_id(r.get(0))).collect())
+    }
+
+    /// Every due-time entry, earliest first, whichever worker holds its run, and entries
+    /// whose run does not exist. For auditors: [`LogStore::due_timers`] lists only what
+    /// this worker may wake.
+    pub async fn due_entries(&self) -> Result<Vec<TimerEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT fire_at_ms, run, id FROM {}.due ORDER BY fire_at_ms, run, id",
+                    self.shared.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(timer_entry).collect())
+    }
+
+    /// Every start-dedupe key with the run holding it, in key order. For auditors.
+    pub async fn dedupe_entries(&self) -> Result<Vec<(Vec<u8>, RunId)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT key, run FROM {}.dedupe ORDER BY key",
+                    self.shared.sql.s
+                ),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(|r| (r.get(0), run_id(r.get(1)))).collect())
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -1061,6 +1189,15 @@ fn dedupe_taken(run: RunId, code: &str) -> Result<Position> {
     }
 }
 
+/// A due-time row: `(fire_at_ms, run, id)`.
+fn timer_entry(row: &tokio_postgres::Row) -> TimerEntry {
+    TimerEntry {
+        fire_at_ms: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        run: run_id(row.get(1)),
+        id: row.get::<_, i32>(2) as u32,
+    }
+}
+
 fn record_run(row: &tokio_postgres::Row) -> Result<(RunId, RunMeta)> {
     let run = run_id(row.get(0));
     let bytes: Vec<u8> = row.get(1);
@@ -1223,14 +1360,7 @@ impl LogStore for PgStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| TimerEntry {
-                fire_at_ms: u64::try_from(r.get::<_, i64>(0)).unwrap_or(0),
-                run: run_id(r.get(1)),
-                id: r.get::<_, i32>(2) as u32,
-            })
-            .collect())
+        Ok(rows.iter().map(timer_entry).collect())
     }
 
     async fn next_timer(&self) -> Result<Option<TimerEntry>> {
@@ -1470,23 +1600,21 @@ impl LogStore for PgStore {
     }
 
     async fn release_all(&self) -> Result<()> {
-        let held: Vec<(RunId, i64)> = lock(&self.shared.held).drain().collect();
+        // Every run this worker owns in the database, not only those it holds in memory: a
+        // release still queued for the committer (a run that just parked, or an operator
+        // engine's run) would be lost when the process exits, and a release that did not
+        // land would leave the run owned until the heartbeat expires.
+        lock(&self.shared.held).clear();
         lock(&self.shared.ends).clear();
         lock(&self.shared.heads).clear();
-        if held.is_empty() {
-            return Ok(());
-        }
         let client = self.client().await?;
-        let runs: Vec<Uuid> = held.iter().map(|(r, _)| uuid(*r)).collect();
-        let epochs: Vec<i64> = held.iter().map(|(_, e)| *e).collect();
         client
             .execute(
                 &format!(
-                    "UPDATE {s}.runs r SET owner = NULL FROM unnest($1::uuid[], $2::bigint[]) AS t(run, epoch)
-                     WHERE r.run = t.run AND r.owner = $3 AND r.epoch = t.epoch",
-                    s = self.shared.sql.s
+                    "UPDATE {}.runs SET owner = NULL WHERE owner = $1",
+                    self.shared.sql.s
                 ),
-                &[&runs, &epochs, &self.shared.worker],
+                &[&self.shared.worker],
             )
             .await
             .map_err(unavailable)?;
@@ -1646,5 +1774,37 @@ pub mod testing {
             .schema(schema)
             .lease_ms(2_000)
             .poll_ms(50)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgConfig;
+
+    #[test]
+    fn a_target_names_hosts_and_database_and_never_the_password() {
+        let target = |url: &str| PgConfig::new(url).target();
+        assert_eq!(
+            target("postgresql://annal:s3cret-pw@db.internal:6543/ledger"),
+            "db.internal:6543/ledger"
+        );
+        assert_eq!(
+            target("postgresql://annal@127.0.0.1/annal"),
+            "127.0.0.1:5432/annal"
+        );
+        assert_eq!(
+            target("host=a,b port=1,2 user=ops password=s3cret-pw"),
+            "a:1,b:2/ops"
+        );
+        assert_eq!(
+            target("postgresql://annal:s3cret-pw@[::1"),
+            "(unparseable PostgreSQL URL)"
+        );
+        for url in [
+            "postgresql://annal:s3cret-pw@db/x",
+            "user=u password=s3cret-pw host=h",
+        ] {
+            assert!(!target(url).contains("s3cret"), "{url}");
+        }
     }
 }

@@ -8,7 +8,7 @@
 use annal_storage::{Error, Result};
 
 /// The newest schema version this code knows.
-pub const VERSION: i32 = 2;
+pub const VERSION: i32 = 3;
 
 /// Quotes a schema name as an SQL identifier.
 pub fn quote(schema: &str) -> String {
@@ -18,8 +18,9 @@ pub fn quote(schema: &str) -> String {
 /// Migration `n` (from 1) for schema `s` (quoted).
 fn migration(n: i32, s: &str) -> Option<String> {
     match n {
-        1 => Some(format!(
-            r#"
+        1 => Some(
+            format!(
+                r#"
 CREATE TABLE {s}.workers (
     id uuid PRIMARY KEY,
     expires_at timestamptz NOT NULL,
@@ -66,10 +67,36 @@ CREATE TABLE {s}.requests (
 );
 CREATE INDEX requests_open ON {s}.requests (run) WHERE answer IS NULL;
 
+"#
+            ) + &append_function(s),
+        ),
+        // Version 1's append function accepted an append without events at a stale seq (a
+        // status change made after an event it had not seen): it checked only that the
+        // event before the expected seq was there.
+        2 => Some(append_function(s)),
+        // Store-wide checkpoints of history (signed tree heads; the engine's encoding),
+        // framed like every record.
+        3 => Some(format!(
+            r#"
+CREATE TABLE {s}.tree_heads (
+    n bigint PRIMARY KEY,
+    body bytea NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now()
+);
+"#
+        )),
+        _ => None,
+    }
+}
+
+/// The schema's `append` function (created by version 1, replaced by version 2).
+fn append_function(s: &str) -> String {
+    format!(
+        r#"
 -- One fenced, seq-checked append with its index changes, all or nothing. Returns 'ok',
 -- 'fenced' (the caller's lease is gone), 'conflict' (the log does not end where expected),
 -- 'unknown' (no such run) or 'dedupe:<run>' (the key is another run's).
-CREATE FUNCTION {s}.append(
+CREATE OR REPLACE FUNCTION {s}.append(
     p_run uuid, p_worker uuid, p_epoch bigint, p_expected bigint,
     p_events bytea[], p_meta bytea, p_status smallint,
     p_timer_put_at bigint[], p_timer_put_id integer[],
@@ -108,6 +135,13 @@ BEGIN
             RETURN 'conflict';
         END IF;
         IF p_expected = 0 AND EXISTS (SELECT 1 FROM {s}.events WHERE run = p_run) THEN
+            RETURN 'conflict';
+        END IF;
+        -- The primary key refuses an event at p_expected, but an append without events
+        -- inserts none: it checks that the log does not go on past p_expected.
+        IF cardinality(p_events) = 0 AND EXISTS (
+            SELECT 1 FROM {s}.events WHERE run = p_run AND seq = p_expected
+        ) THEN
             RETURN 'conflict';
         END IF;
         IF p_meta IS NOT NULL THEN
@@ -161,20 +195,7 @@ EXCEPTION
 END
 $fn$;
 "#
-        )),
-        // Store-wide checkpoints of history (signed tree heads; the engine's encoding),
-        // framed like every record.
-        2 => Some(format!(
-            r#"
-CREATE TABLE {s}.tree_heads (
-    n bigint PRIMARY KEY,
-    body bytea NOT NULL,
-    written_at timestamptz NOT NULL DEFAULT now()
-);
-"#
-        )),
-        _ => None,
-    }
+    )
 }
 
 /// Creates the schema or brings it up to [`VERSION`], in one transaction under an advisory

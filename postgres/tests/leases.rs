@@ -61,11 +61,8 @@ async fn a_schema_newer_than_the_code_is_refused() {
         let sql = format!("SELECT count(*) FROM {versions}");
         client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
     }
-    assert_eq!(
-        count(&client, &versions).await,
-        i64::from(annal_postgres::SCHEMA_VERSION),
-        "each migration applied once"
-    );
+    let migrations = i64::from(annal_postgres::SCHEMA_VERSION);
+    assert_eq!(count(&client, &versions).await, migrations, "migrated once");
     client
         .execute(
             &format!("INSERT INTO {versions} (version) VALUES ($1)"),
@@ -80,7 +77,7 @@ async fn a_schema_newer_than_the_code_is_refused() {
     );
     assert_eq!(
         count(&client, &versions).await,
-        i64::from(annal_postgres::SCHEMA_VERSION) + 1,
+        migrations + 1,
         "nothing changed"
     );
     PgStore::drop_schema(&config).await.unwrap();
@@ -248,4 +245,112 @@ async fn a_dead_workers_running_run_is_offered_for_takeover() {
     .await;
     assert!(offered.is_ok(), "no takeover hint");
     b.claim(r).await.unwrap();
+}
+
+/// What an auditor reads: the schema's version without creating it, every run (also one
+/// whose metadata is damaged or gone), and every due-time and dedupe entry whichever worker
+/// holds its run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditor_reads_see_every_run_and_entry_whoever_holds_it() {
+    let Some(url) = testing::url_from_env() else {
+        return;
+    };
+    let config = testing::fresh(&url).lease_ms(5_000);
+    assert_eq!(PgStore::schema_version(&config).await.unwrap(), None);
+    assert_eq!(
+        PgStore::schema_version(&config).await.unwrap(),
+        None,
+        "asking created nothing"
+    );
+    let a = PgStore::connect(config.clone()).await.unwrap();
+    let b = PgStore::connect(config.clone()).await.unwrap();
+    assert_eq!(
+        PgStore::schema_version(&config).await.unwrap(),
+        Some(annal_postgres::SCHEMA_VERSION)
+    );
+    // a holds run 1 with a due time and a dedupe key; runs 2 and 3 lose their metadata.
+    let mut first = batch(run(1), 0, Some(meta(2)));
+    first.index = vec![
+        IndexOp::PutTimer {
+            fire_at_ms: 42,
+            id: 7,
+        },
+        IndexOp::ClaimDedupe {
+            key: b"order-1".to_vec(),
+        },
+    ];
+    a.append(first).await.unwrap();
+    for n in [2, 3] {
+        a.append(batch(run(n), 0, Some(meta(1)))).await.unwrap();
+    }
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let s = format!("\"{}\"", config.schema);
+    client
+        .execute(
+            &format!("DELETE FROM {s}.runs WHERE run = $1"),
+            &[&uuid::Uuid::from_bytes(run(2).0)],
+        )
+        .await
+        .unwrap();
+    client
+        .execute(
+            &format!("UPDATE {s}.runs SET meta = '\\x00'::bytea WHERE run = $1"),
+            &[&uuid::Uuid::from_bytes(run(3).0)],
+        )
+        .await
+        .unwrap();
+    assert!(b.runs().await.is_err(), "runs() stops at the damaged row");
+    assert_eq!(b.run_ids().await.unwrap(), vec![run(1), run(2), run(3)]);
+    assert!(
+        b.due_timers(u64::MAX, 10).await.unwrap().is_empty(),
+        "a live worker holds run 1"
+    );
+    let due = b.due_entries().await.unwrap();
+    assert_eq!(
+        due.iter()
+            .map(|t| (t.fire_at_ms, t.run, t.id))
+            .collect::<Vec<_>>(),
+        vec![(42, run(1), 7)]
+    );
+    assert_eq!(
+        b.dedupe_entries().await.unwrap(),
+        vec![(b"order-1".to_vec(), run(1))]
+    );
+    drop((a, b));
+    PgStore::drop_schema(&config).await.unwrap();
+}
+
+/// Shutting down gives up every run the worker owns in the database, also one whose
+/// release had not landed (still queued when the process exits, or lost with a commit):
+/// another worker claims it at once instead of after the heartbeat expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_all_frees_every_run_the_worker_owns() {
+    let Some((config, a, b)) = two_workers().await else {
+        return;
+    };
+    let (held, lost) = (run(7), run(8));
+    a.append(batch(held, 0, Some(meta(1)))).await.unwrap();
+    b.append(batch(lost, 0, Some(meta(1)))).await.unwrap();
+    // a owns `lost` in the database without holding it in memory.
+    let (client, connection) = tokio_postgres::connect(&config.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .execute(
+            &format!(
+                "UPDATE \"{}\".runs SET owner = $1 WHERE run = $2",
+                config.schema
+            ),
+            &[&a.worker(), &uuid::Uuid::from_bytes(lost.0)],
+        )
+        .await
+        .unwrap();
+    a.release_all().await.unwrap();
+    // a's heartbeat is still fresh: only the release lets b in.
+    b.claim(held).await.unwrap();
+    b.claim(lost).await.unwrap();
 }

@@ -314,6 +314,22 @@ pub async fn wrong_expected_seq_is_a_conflict_and_writes_nothing(b: impl Backend
             "{err:?}"
         );
     }
+    // A status change alone (no events) at a seq the log has passed: a writer that has
+    // not seen the latest event must not record a status behind it.
+    let err = s
+        .append(AppendBatch {
+            run,
+            expected_next_seq: 2,
+            events: Vec::new(),
+            meta: Some(meta(2)),
+            index: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Conflict { run: r, expected: 2, found: 3 } if r == run),
+        "{err:?}"
+    );
     assert_eq!(b.raw(), before);
     assert_eq!(s.meta(run).await.unwrap().unwrap().status, 1);
     // The right seq still works afterwards.
