@@ -1,6 +1,7 @@
 //! annal integration tests: one binary, one module per area.
 
 mod approval;
+mod ceilings;
 mod core;
 mod crash;
 mod histories;

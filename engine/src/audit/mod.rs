@@ -32,8 +32,8 @@ use crate::event::{OperatorActionKind, Payload};
 use crate::policy::OnExhaust;
 
 pub use record::{
-    ApprovalRecord, BudgetExhaustion, CheckRecord, EscalationRecord, FailureRecord, OperatorAction,
-    Outcome, RunRecord, StepEnd, StepRecord, StepRef,
+    ApprovalRecord, BudgetExhaustion, CeilingRecord, CheckRecord, EscalationRecord, FailureRecord,
+    OperatorAction, Outcome, RunRecord, StepEnd, StepRecord, StepRef,
 };
 pub use report::{ApprovalStats, Exhaustion, Report, ToolStats};
 pub use timeline::timeline;

@@ -275,6 +275,31 @@ pub fn timeline(events: &[Event]) -> String {
                     quote(reason)
                 )
             }
+            EventKind::AttemptCost {
+                position,
+                attempt,
+                cost,
+            } => format!("{} attempt {attempt} cost {cost}", step(position)),
+            EventKind::RunCeilingReached {
+                position,
+                ceiling,
+                limit,
+                spent,
+                top_tool,
+                action,
+            } => {
+                let hit = crate::policy::CeilingHit {
+                    ceiling: *ceiling,
+                    limit: *limit,
+                    spent: *spent,
+                    top_tool: top_tool.clone(),
+                };
+                let action = match action {
+                    crate::policy::OnCeiling::Escalate => "escalate",
+                    crate::policy::OnCeiling::Fail => "fail the run",
+                };
+                format!("{} {hit}: {} -> {action}", step(position), hit.spent_text())
+            }
             // Everything else, including kinds added to the schema after this was written.
             other => generic_detail(other, &names),
         };

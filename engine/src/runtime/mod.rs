@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+pub(crate) use self::driver::timer_deletes;
 use self::inner::{EngineInner, Settled};
 pub use self::operator::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
 use self::registry::Registry;
