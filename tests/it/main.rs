@@ -7,5 +7,6 @@ mod crash;
 mod histories;
 mod policy;
 mod props;
+mod report;
 mod support;
 mod wakeup;
