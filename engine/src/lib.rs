@@ -19,6 +19,7 @@ mod runtime;
 pub mod secret;
 mod status;
 mod step;
+pub mod workflow;
 
 pub use annal_storage::{Durability, GateId, RunId};
 pub use approval::{
@@ -29,7 +30,8 @@ pub use context::Ctx;
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
 pub use event::{DecisionRef, Event, EventKind, OperatorActionKind, Payload};
 pub use policy::{
-    Backoff, FailureClass, OnExhaust, Policy, RetryPolicy, StepClass, StepFailure, ToolPolicy,
+    Backoff, Ceiling, FailureClass, OnCeiling, OnExhaust, Policy, RetryPolicy, StepClass,
+    StepFailure, ToolPolicy,
 };
 pub use runtime::{
     read_history, ApprovalFilter, AttemptObserver, DecideRequest, Decided, Engine, EngineBuilder,
@@ -38,6 +40,7 @@ pub use runtime::{
 pub use secret::Secret;
 pub use status::{overdue, Overdue, RunStatus};
 pub use step::{Attempt, Reconciled, StepBuilder};
+pub use workflow::Workflow;
 #[cfg(feature = "testing")]
 pub mod testing;
 

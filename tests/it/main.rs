@@ -9,4 +9,5 @@ mod policy;
 mod props;
 mod report;
 mod support;
+mod typed;
 mod wakeup;

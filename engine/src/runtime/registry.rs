@@ -16,10 +16,22 @@ use crate::event::Payload;
 pub(crate) type ErasedWorkflow =
     Arc<dyn Fn(Ctx, Payload) -> BoxFuture<'static, Result<Payload, WorkflowError>> + Send + Sync>;
 
+/// Whether an encoded input decodes into a workflow's input type (`Err` says why not).
+type InputCheck = Arc<dyn Fn(&Payload) -> Result<(), String> + Send + Sync>;
+
+/// One registered version of a workflow.
+#[derive(Clone)]
+struct Registered {
+    workflow: ErasedWorkflow,
+    check_input: InputCheck,
+    input_type: &'static str,
+    output_type: &'static str,
+}
+
 /// Workflows by name, then version.
 #[derive(Default, Clone)]
 pub(crate) struct Registry {
-    workflows: HashMap<String, BTreeMap<u32, ErasedWorkflow>>,
+    workflows: HashMap<String, BTreeMap<u32, Registered>>,
 }
 
 impl Registry {
@@ -58,14 +70,40 @@ impl Registry {
                 })
             })
         });
+        let check_input: InputCheck =
+            Arc::new(|input: &Payload| input.decode::<In>().map(drop).map_err(|e| e.to_string()));
+        let registered = Registered {
+            workflow: erased,
+            check_input,
+            input_type: std::any::type_name::<In>(),
+            output_type: std::any::type_name::<Out>(),
+        };
         self.workflows
             .entry(name.to_string())
             .or_default()
-            .insert(version, erased);
+            .insert(version, registered);
     }
 
     pub(crate) fn get(&self, name: &str, version: u32) -> Option<ErasedWorkflow> {
-        self.workflows.get(name)?.get(&version).cloned()
+        let registered = self.workflows.get(name)?.get(&version)?;
+        Some(Arc::clone(&registered.workflow))
+    }
+
+    /// Whether `input` decodes into the input type of `name` at `version` (`Err` says why
+    /// not, naming the type), or `None` if no such workflow is registered.
+    pub(crate) fn check_input(
+        &self,
+        name: &str,
+        version: u32,
+        input: &Payload,
+    ) -> Option<Result<(), (&'static str, String)>> {
+        let registered = self.workflows.get(name)?.get(&version)?;
+        Some((registered.check_input)(input).map_err(|why| (registered.input_type, why)))
+    }
+
+    /// The output type `name` was registered with at `version`, for error hints.
+    pub(crate) fn output_type(&self, name: &str, version: u32) -> Option<&'static str> {
+        Some(self.workflows.get(name)?.get(&version)?.output_type)
     }
 
     pub(crate) fn latest(&self, name: &str) -> Option<u32> {
