@@ -19,6 +19,7 @@ mod runtime;
 pub mod secret;
 mod status;
 mod step;
+mod telemetry;
 pub mod workflow;
 
 pub use annal_storage::{Durability, GateId, RunId};

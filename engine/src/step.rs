@@ -34,6 +34,7 @@ use crate::policy::{
 };
 use crate::replay::{Command, Recorded, StepOutcome, StepRecord};
 use crate::runtime::inner::AppendReq;
+use crate::telemetry::{self, AttemptRef};
 
 /// What an operator can do with a step that gave up.
 const FIX_THEN_RETRY: &str = "fix the cause, then retry the step, or skip it with a value";
@@ -478,6 +479,16 @@ impl<'c> StepBuilder<'c> {
                     };
                     ctx.append(AppendReq::events(events).index(index.drain(..)))
                         .await;
+                    telemetry::step_completed(
+                        &AttemptRef {
+                            run: ctx.slot.run,
+                            step: &self.name,
+                            tool: tool.as_deref(),
+                            attempt,
+                        },
+                        cost,
+                        engine.clock.now_ms().saturating_sub(live.scheduled_ms),
+                    );
                     return Ok(output);
                 }
                 Err(failure) => failure,
@@ -504,7 +515,6 @@ impl<'c> StepBuilder<'c> {
                 }
                 Err(failure) => failure,
             };
-            tracing::info!(attempt, class = failure.class.label(), message = %failure.message, "attempt failed");
             let now_ms = engine.clock.now_ms();
             let mut decision = match forced_retry_at {
                 Some(_) if live.alternative_attempts >= retry.max_attempts => {
@@ -540,6 +550,21 @@ impl<'c> StepBuilder<'c> {
                     tool.as_deref().unwrap_or_default()
                 ));
             }
+            let retry_at_ms = match &decision {
+                RetryDecision::RetryAt(at) => Some(*at),
+                RetryDecision::GiveUp(_) => None,
+            };
+            telemetry::attempt_failed(
+                &AttemptRef {
+                    run: ctx.slot.run,
+                    step: &self.name,
+                    tool: tool.as_deref(),
+                    attempt,
+                },
+                &failure.class,
+                &failure.message,
+                retry_at_ms,
+            );
             match decision {
                 RetryDecision::RetryAt(at) => {
                     events.push(EventKind::AttemptFailed {
@@ -647,6 +672,23 @@ impl<'c> StepBuilder<'c> {
             });
         }
         let cost = Arc::new(AtomicU64::new(0));
+        let span = tracing::info_span!(
+            "attempt",
+            run = %ctx.slot.run,
+            step = %self.name,
+            tool = tool.as_deref().unwrap_or(""),
+            attempt,
+            class = ?self.class
+        );
+        telemetry::attempt_started(
+            &AttemptRef {
+                run: ctx.slot.run,
+                step: &self.name,
+                tool: tool.as_deref(),
+                attempt,
+            },
+            self.class,
+        );
         let info = Attempt {
             number: attempt,
             idempotency_key: idem_key.to_string(),
@@ -657,7 +699,7 @@ impl<'c> StepBuilder<'c> {
         };
         ctx.slot.state().active_steps += 1;
         let _active = ActiveStep(&ctx.slot);
-        let running = body(info).instrument(tracing::info_span!("attempt", attempt));
+        let running = body(info).instrument(span);
         let result = match retry.attempt_timeout_ms {
             Some(ms) => tokio::time::timeout(Duration::from_millis(ms), running)
                 .await
@@ -695,6 +737,7 @@ impl<'c> StepBuilder<'c> {
                 .durable(),
         )
         .await;
+        self.report_exhausted(position, &budget, &action);
         if action == OnExhaust::Escalate {
             let reason = gave_up(&self.name, &budget, &message);
             ctx.escalate(Some(position), reason, FIX_THEN_RETRY).await
@@ -741,6 +784,23 @@ impl<'c> StepBuilder<'c> {
             action,
         });
         let reason = gave_up(&self.name, &budget, &message);
+        let exhausted = match action {
+            OnCeiling::Escalate => OnExhaust::Escalate,
+            OnCeiling::Fail => OnExhaust::Fail,
+        };
+        let report = |this: &Self| {
+            this.report_exhausted(position, &budget, &exhausted);
+            telemetry::ceiling_reached(
+                &AttemptRef {
+                    run: ctx.slot.run,
+                    step: &this.name,
+                    tool: this.tool.as_deref(),
+                    attempt: 0,
+                },
+                &hit,
+                action,
+            );
+        };
         match action {
             OnCeiling::Escalate => {
                 ctx.append(
@@ -749,6 +809,7 @@ impl<'c> StepBuilder<'c> {
                         .durable(),
                 )
                 .await;
+                report(self);
                 ctx.escalate(Some(position), reason, CEILING_REACHED).await
             }
             OnCeiling::Fail => {
@@ -764,9 +825,34 @@ impl<'c> StepBuilder<'c> {
                         .durable(),
                 )
                 .await;
+                report(self);
+                telemetry::run_ended(ctx.slot.run, &ctx.workflow_name(), crate::RunStatus::Failed);
                 ctx.halt(crate::runtime::slot::Halt::Terminated).await
             }
         }
+    }
+
+    /// Reports a recorded exhaustion of the step at `position` (tracing and metrics).
+    fn report_exhausted(&self, position: u32, budget: &str, action: &OnExhaust) {
+        let ctx = self.ctx;
+        let scheduled_ms = match ctx.slot.state().replay.command(position) {
+            Some(crate::replay::CommandRecord {
+                recorded: Recorded::Step(step),
+                ..
+            }) => step.scheduled_ms,
+            _ => ctx.engine.clock.now_ms(),
+        };
+        telemetry::step_exhausted(
+            &AttemptRef {
+                run: ctx.slot.run,
+                step: &self.name,
+                tool: self.tool.as_deref(),
+                attempt: 0,
+            },
+            budget,
+            action,
+            ctx.engine.clock.now_ms().saturating_sub(scheduled_ms),
+        );
     }
 
     /// After a crash with an irreversible attempt open: ask the reconcile hook, never run the

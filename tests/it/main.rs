@@ -9,5 +9,6 @@ mod policy;
 mod props;
 mod report;
 mod support;
+mod telemetry;
 mod typed;
 mod wakeup;

@@ -526,7 +526,7 @@ impl Engine {
             policy_version: inner.policy.version.clone(),
         };
         match inner.create_run(run, started, index).await {
-            Ok(()) => {}
+            Ok(()) => crate::telemetry::run_started(run, workflow, version),
             Err(Error::Storage(annal_storage::Error::DedupeTaken { existing })) => {
                 // Claimed by a start still in flight: its handle is handed out once that start
                 // is durable, as this one's would have been.
@@ -618,8 +618,10 @@ impl Engine {
             actor: actor.into(),
             reason: reason.into(),
         })
-        .await
-        .map(drop)
+        .await?;
+        let workflow = self.inner.meta(run).await.map(|m| m.workflow);
+        crate::telemetry::run_ended(run, &workflow.unwrap_or_default(), RunStatus::Terminated);
+        Ok(())
     }
 
     /// Stops every run driver and the timer service and waits until they are gone. Runs stay

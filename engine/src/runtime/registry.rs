@@ -34,6 +34,51 @@ pub(crate) struct Registry {
     workflows: HashMap<String, BTreeMap<u32, Registered>>,
 }
 
+/// Telemetry of one drive of a run: resumed when it starts on a history, ended when the
+/// workflow returns (as the driver will record it).
+struct RunWatch {
+    workflow: String,
+}
+
+impl RunWatch {
+    fn begin(ctx: &Ctx) -> Self {
+        let (workflow, events) = {
+            let state = ctx.slot.state();
+            let workflow = state.replay.started().map(|(w, _, _)| w.clone());
+            (workflow.unwrap_or_default(), state.replay.next_seq())
+        };
+        // A new run's first drive has nothing but `RunStarted` behind it.
+        if events > 1 {
+            crate::telemetry::run_resumed(ctx.slot.run, &workflow, events);
+        }
+        Self { workflow }
+    }
+
+    fn ended(&self, ctx: &Ctx, result: &Result<Payload, WorkflowError>) {
+        use crate::status::RunStatus;
+        let status = {
+            let state = ctx.slot.state();
+            // Code that returned before reaching every recorded call drifted: blocked.
+            if state
+                .replay
+                .unvisited(|p| state.visited.contains(p))
+                .is_some()
+            {
+                return;
+            }
+            let cancelled =
+                state.replay.cancel_reason().is_some() && state.replay.pending_cancel().is_none();
+            match result {
+                Ok(_) => RunStatus::Completed,
+                Err(WorkflowError::ContinueAsNew(_)) => RunStatus::ContinuedAsNew,
+                Err(WorkflowError::Cancelled(_)) if cancelled => RunStatus::Cancelled,
+                Err(_) => RunStatus::Failed,
+            }
+        };
+        crate::telemetry::run_ended(ctx.slot.run, &self.workflow, status);
+    }
+}
+
 impl Registry {
     /// Names of the registered workflows ("name@version").
     pub(crate) fn names(&self) -> Vec<String> {
@@ -54,6 +99,7 @@ impl Registry {
         let erased: ErasedWorkflow = Arc::new(move |ctx: Ctx, input: Payload| {
             let f = Arc::clone(&f);
             Box::pin(async move {
+                let watch = (!ctx.engine.config.replay_only).then(|| RunWatch::begin(&ctx));
                 // An input that no longer decodes is a code change, not a run failure.
                 let input: In = match input.decode() {
                     Ok(input) => input,
@@ -64,10 +110,15 @@ impl Registry {
                         return std::future::pending().await;
                     }
                 };
-                let output = f(ctx, input).await?;
-                Payload::encode(&output).map_err(|e| {
-                    WorkflowError::failed(format!("workflow output does not encode: {e}"))
-                })
+                let result = f(ctx.clone(), input).await.and_then(|output| {
+                    Payload::encode(&output).map_err(|e| {
+                        WorkflowError::failed(format!("workflow output does not encode: {e}"))
+                    })
+                });
+                if let Some(watch) = watch {
+                    watch.ended(&ctx, &result);
+                }
+                result
             })
         });
         let check_input: InputCheck =
