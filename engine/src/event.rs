@@ -607,6 +607,31 @@ impl EventKind {
         }
     }
 
+    /// The run ceiling a `RunCeilingReached` records: the step's position, the ceiling with
+    /// what was spent, and what the run did about it.
+    pub fn ceiling(&self) -> Option<(u32, crate::policy::CeilingHit, crate::policy::OnCeiling)> {
+        match self {
+            EventKind::RunCeilingReached {
+                position,
+                ceiling,
+                limit,
+                spent,
+                top_tool,
+                action,
+            } => Some((
+                *position,
+                crate::policy::CeilingHit {
+                    ceiling: *ceiling,
+                    limit: *limit,
+                    spent: *spent,
+                    top_tool: top_tool.clone(),
+                },
+                *action,
+            )),
+            _ => None,
+        }
+    }
+
     /// Short name of the event, for timelines and logs. The forms of one fact share a name:
     /// both forms of a decision are `ApprovalDecided`, both forms of a request
     /// `ApprovalRequested` (the details say role and editable fields).

@@ -534,6 +534,16 @@ pub enum OnCeiling {
     Fail,
 }
 
+impl OnCeiling {
+    /// The policy file's word for it: `escalate` or `fail`.
+    pub fn label(self) -> &'static str {
+        match self {
+            OnCeiling::Escalate => "escalate",
+            OnCeiling::Fail => "fail",
+        }
+    }
+}
+
 /// Which run ceiling was reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Ceiling {

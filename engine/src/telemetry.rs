@@ -174,10 +174,7 @@ pub(crate) fn ceiling_reached(
     hit: &crate::policy::CeilingHit,
     action: crate::policy::OnCeiling,
 ) {
-    let action = match action {
-        crate::policy::OnCeiling::Escalate => "escalate",
-        crate::policy::OnCeiling::Fail => "fail",
-    };
+    let action = action.label();
     tracing::warn!(
         run = %a.run,
         step = a.step,

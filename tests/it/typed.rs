@@ -23,14 +23,26 @@ async fn refund(_ctx: Ctx, refund: Refund) -> Result<String, WorkflowError> {
     ))
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_wrong_input_type_is_refused_by_start_and_writes_no_run() {
+/// An engine with `refund` registered under the string API.
+async fn refund_engine() -> annal::Engine {
     let store = Arc::new(SimStore::new());
-    let engine = on(&store)
+    on(&store)
         .register("refund", 1, refund)
         .open()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+fn order(order: &str, amount_cents: u64) -> Refund {
+    Refund {
+        order: order.into(),
+        amount_cents,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_wrong_input_type_is_refused_by_start_and_writes_no_run() {
+    let engine = refund_engine().await;
     let wrong = engine.start::<_, String>("refund", &"A-1041").await;
     assert!(
         wrong.is_err(),
@@ -44,10 +56,7 @@ async fn a_wrong_input_type_is_refused_by_start_and_writes_no_run() {
     );
     assert!(engine.runs().await.unwrap().is_empty(), "no run written");
     // The right type starts as before.
-    let ok = Refund {
-        order: "A-1041".into(),
-        amount_cents: 4_200,
-    };
+    let ok = order("A-1041", 4_200);
     let run = engine.start::<_, String>("refund", &ok).await.unwrap();
     assert_eq!(run.result().await.unwrap(), "refunded 4200 on A-1041");
     engine.shutdown().await;
@@ -55,12 +64,7 @@ async fn a_wrong_input_type_is_refused_by_start_and_writes_no_run() {
 
 #[tokio::test(start_paused = true)]
 async fn the_input_refusal_is_a_typed_error() {
-    let store = Arc::new(SimStore::new());
-    let engine = on(&store)
-        .register("refund", 1, refund)
-        .open()
-        .await
-        .unwrap();
+    let engine = refund_engine().await;
     match engine.start::<_, String>("refund", &42u32).await {
         Err(Error::InputType {
             workflow,
@@ -78,16 +82,8 @@ async fn the_input_refusal_is_a_typed_error() {
 
 #[tokio::test(start_paused = true)]
 async fn a_wrong_output_type_names_the_run_and_the_registered_type() {
-    let store = Arc::new(SimStore::new());
-    let engine = on(&store)
-        .register("refund", 1, refund)
-        .open()
-        .await
-        .unwrap();
-    let input = Refund {
-        order: "A-7".into(),
-        amount_cents: 1,
-    };
+    let engine = refund_engine().await;
+    let input = order("A-7", 1);
     let handle = engine.start::<_, u64>("refund", &input).await.unwrap();
     let run = handle.run_id();
     let message = handle.result().await.unwrap_err().to_string();
@@ -135,10 +131,7 @@ impl annal::Workflow for RefundFlow {
 async fn a_typed_workflow_starts_and_ends_with_its_own_types() {
     let store = Arc::new(SimStore::new());
     let engine = on(&store).workflow(RefundFlow).open().await.unwrap();
-    let input = Refund {
-        order: "A-9".into(),
-        amount_cents: 100,
-    };
+    let input = order("A-9", 100);
     let handle: annal::RunHandle<String> =
         engine.start_workflow::<RefundFlow>(&input).await.unwrap();
     assert_eq!(handle.result().await.unwrap(), "receipt for A-9");

@@ -536,34 +536,19 @@ impl Fold {
                     failure.cost = failure.cost.saturating_add(*cost);
                 }
             }
-            EventKind::RunCeilingReached {
-                position,
-                ceiling,
-                limit,
-                spent,
-                top_tool,
-                action,
-            } => {
-                let hit = crate::policy::CeilingHit {
-                    ceiling: *ceiling,
-                    limit: *limit,
-                    spent: *spent,
-                    top_tool: top_tool.clone(),
-                };
-                let step = self.step_ref(*position);
-                self.ceilings.push(CeilingRecord {
-                    seq,
-                    at_ms,
-                    step,
-                    ceiling: hit.to_string(),
-                    spent: hit.spent_text(),
-                    top_tool: top_tool.clone(),
-                    action: match action {
-                        crate::policy::OnCeiling::Escalate => "escalate",
-                        crate::policy::OnCeiling::Fail => "fail",
-                    }
-                    .to_string(),
-                });
+            kind @ EventKind::RunCeilingReached { .. } => {
+                if let Some((position, hit, action)) = kind.ceiling() {
+                    let step = self.step_ref(position);
+                    self.ceilings.push(CeilingRecord {
+                        seq,
+                        at_ms,
+                        step,
+                        ceiling: hit.to_string(),
+                        spent: hit.spent_text(),
+                        top_tool: hit.top_tool,
+                        action: action.label().to_string(),
+                    });
+                }
             }
             EventKind::StepCompleted {
                 position,

@@ -280,26 +280,20 @@ pub fn timeline(events: &[Event]) -> String {
                 attempt,
                 cost,
             } => format!("{} attempt {attempt} cost {cost}", step(position)),
-            EventKind::RunCeilingReached {
-                position,
-                ceiling,
-                limit,
-                spent,
-                top_tool,
-                action,
-            } => {
-                let hit = crate::policy::CeilingHit {
-                    ceiling: *ceiling,
-                    limit: *limit,
-                    spent: *spent,
-                    top_tool: top_tool.clone(),
-                };
-                let action = match action {
-                    crate::policy::OnCeiling::Escalate => "escalate",
-                    crate::policy::OnCeiling::Fail => "fail the run",
-                };
-                format!("{} {hit}: {} -> {action}", step(position), hit.spent_text())
-            }
+            kind @ EventKind::RunCeilingReached { .. } => match kind.ceiling() {
+                Some((position, hit, action)) => {
+                    let action = match action {
+                        crate::policy::OnCeiling::Escalate => "escalate",
+                        crate::policy::OnCeiling::Fail => "fail the run",
+                    };
+                    format!(
+                        "{} {hit}: {} -> {action}",
+                        step(&position),
+                        hit.spent_text()
+                    )
+                }
+                None => generic_detail(kind, &names),
+            },
             // Everything else, including kinds added to the schema after this was written.
             other => generic_detail(other, &names),
         };
