@@ -33,8 +33,8 @@
 //! - **Audit.** [`audit`] computes run records, timelines and per-tool reports from
 //!   histories alone; the `annal` CLI prints them.
 //! - **Telemetry.** Lifecycle transitions are `tracing` events (target `annal::telemetry`)
-//!   and counters and histograms go through the [`metrics`](https://docs.rs/metrics) facade;
-//!   the tables of both are in the README's "Telemetry" section.
+//!   and counters and histograms go through the [`metrics`](https://docs.rs/metrics) facade:
+//!   [`telemetry`] lists every event and metric.
 //!
 //! # A complete example
 //!
@@ -124,7 +124,7 @@
 //! - [`event`]: the schema of the log and its evolution rules; [`replay`]: the pure fold
 //!   and matcher.
 //! - [`audit`]: run records, timelines, per-tool reports.
-//! - [`workflow`]: typed workflows.
+//! - [`workflow`]: typed workflows; [`telemetry`]: events and metrics.
 //! - `testing` (feature `testing`): the crash harness, the replayer and fake tools to test
 //!   your own workflows.
 //! - The repository's `examples/` (`cargo run --example tool_budgets`, `refund_agent`,
@@ -144,7 +144,7 @@ mod runtime;
 pub mod secret;
 mod status;
 mod step;
-mod telemetry;
+pub mod telemetry;
 pub mod workflow;
 
 pub use annal_storage::{Durability, GateId, RunId};

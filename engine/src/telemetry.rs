@@ -1,5 +1,6 @@
 //! Telemetry: a `tracing` event for every lifecycle transition and counters and histograms
-//! through the [`metrics`] facade.
+//! through the [`metrics`](https://docs.rs/metrics) facade. Nothing here is called by users:
+//! this page lists what the engine reports.
 //!
 //! annal depends on the facade only: nothing is recorded until the service installs a
 //! recorder (`metrics-exporter-prometheus`, an OpenTelemetry bridge, `metrics-util`'s
