@@ -14,6 +14,11 @@
 //! then degrades, the CRM write still gets the retry it needs, and the per-tool report shows
 //! which tool consumed the retries.
 //!
+//! Then an agent loop (`while !done`, seed 002's failure mode) fetches pages with a tool whose
+//! on-exhaust rule is `skip`: 20 steps against the policy's 12-iteration ceiling. The ceiling
+//! is a cap, not a skip: the step that would make the 13th attempt escalates the run, with
+//! what was spent and the tool that spent it, and an operator ends it.
+//!
 //! ```text
 //! cargo run --example tool_budgets
 //! ```
@@ -195,6 +200,35 @@ async fn handle_ticket(
     })
 }
 
+/// An agent that keeps fetching until it has `pages` pages: each fetch is one step of the
+/// `web_fetch` tool, whose policy skips a fetch that keeps failing. Left alone it would write
+/// events for as long as it is not done.
+async fn research_loop(
+    ctx: Ctx,
+    pages: u32,
+    fetches: Arc<AtomicU32>,
+) -> Result<u32, WorkflowError> {
+    let mut got = 0;
+    let mut i = 0;
+    while got < pages {
+        let page: Option<String> = ctx
+            .step(&format!("fetch_{i}"))
+            .tool("web_fetch")
+            .class(StepClass::Read)
+            .run(|_| {
+                let fetches = Arc::clone(&fetches);
+                async move {
+                    let n = fetches.fetch_add(1, Ordering::SeqCst);
+                    Ok(Some(format!("page {n}")))
+                }
+            })
+            .await?;
+        got += u32::from(page.is_some());
+        i += 1;
+    }
+    Ok(got)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     annal_examples::trace_from_env();
@@ -221,11 +255,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let tools = Arc::new(Tools::default());
     let t = Arc::clone(&tools);
+    let fetches = Arc::new(AtomicU32::new(0));
+    let f = Arc::clone(&fetches);
     let engine = Engine::builder()
         .path(dir.path())
         .policy(policy)
         .register("support_ticket", 1, move |ctx, ticket| {
             handle_ticket(ctx, ticket, Arc::clone(&t))
+        })
+        .register("research_loop", 1, move |ctx, pages| {
+            research_loop(ctx, pages, Arc::clone(&f))
         })
         .open()
         .await?;
@@ -381,6 +420,59 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     section("4. The first ticket's history");
     print_history(&engine, handles[0].run_id()).await?;
+
+    section("5. An agent loop meets the run ceiling: 20 steps against max_iterations = 12");
+    let agent = engine.start::<_, u32>("research_loop", &20u32).await?;
+    let run = agent.run_id();
+    match agent.result().await {
+        Err(annal::Error::Escalated { reason, .. }) => println!("  escalated: {reason}"),
+        other => panic!("the ceiling must stop the loop: {other:?}"),
+    }
+    assert_eq!(engine.status(run).await?.status, RunStatus::Escalated);
+    let rec = record(run, &engine.history(run).await?);
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        12,
+        "12 fetches ran, no more"
+    );
+    assert_eq!(rec.steps.len(), 13, "the 13th step met the ceiling");
+    let stopped = &rec.steps[12];
+    assert_eq!(stopped.name, "fetch_12");
+    assert!(matches!(
+        &stopped.outcome,
+        StepEnd::Exhausted { budget, action: OnExhaust::Escalate, .. } if budget == "run max_iterations (12)"
+    ));
+    let ceiling = &rec.ceilings[0];
+    println!(
+        "  step [{}] {}: {}: {} -> {}",
+        ceiling.step.position, ceiling.step.name, ceiling.ceiling, ceiling.spent, ceiling.action
+    );
+    assert_eq!(
+        ceiling.top_tool,
+        Some(("web_fetch".to_string(), 12)),
+        "the tool that spent the budget is named"
+    );
+    let escalation = &rec.escalations[0];
+    println!(
+        "  operator is told: {}; attempts per tool {:?}",
+        escalation.context.suggested_next, escalation.context.attempts_per_tool
+    );
+    println!(
+        "  (from the CLI: annal operate {run} abort --by olga --reason \"agent loop without end\")"
+    );
+    engine
+        .operate(
+            run,
+            "olga",
+            annal::OperatorActionKind::Abort,
+            "agent loop without end",
+        )
+        .await?;
+    assert_eq!(engine.status(run).await?.status, RunStatus::Failed);
+    println!(
+        "  run {run} aborted by olga: {}",
+        engine.status(run).await?.status
+    );
 
     drop(handles);
     engine.shutdown().await;

@@ -29,50 +29,143 @@ pub enum Verdict {
 /// Printed when the gate index is empty.
 const NO_GATES: &str = "no approval gates in this database";
 
-/// `annal approvals`: one line per gate.
+/// What the gate asks, from the latest request recorded for it (a reopened gate records
+/// one request and several rounds: the request holds for all of them).
+fn request_of(events: &[annal::Event], gate: GateId) -> Option<annal::ApprovalRequest> {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match e.kind.approval_request() {
+            Some((g, request, _)) if *g == gate.0 => Some(request.clone()),
+            _ => None,
+        })
+}
+
+/// Who may decide, as the gate lists it: `anyone` for an empty list.
+fn approvers_text(approvers: &[String]) -> String {
+    if approvers.is_empty() {
+        "anyone".into()
+    } else {
+        approvers.join(",")
+    }
+}
+
+/// The run's state as a reader of this database should understand it. On a directory the
+/// CLI holds the database, so no service runs anything in it now: a `running` run (one a
+/// decision or an operator action made runnable) waits for the service to open the database
+/// again. On PostgreSQL services run while the CLI reads, and `running` is what it says.
+fn true_state(db: &Database, status: annal::RunStatus) -> String {
+    match status {
+        annal::RunStatus::Running if !db.shared() => "waiting for the service".into(),
+        other => other.to_string(),
+    }
+}
+
+/// `annal approvals`: one line per gate, with what a reviewer decides on (risk, cost, who may
+/// decide, deadline, how long it has waited) and where its run stands.
 pub fn list(db: &Database, out: &mut dyn Write) -> anyhow::Result<u8> {
     let gates = db.gates()?;
     if gates.is_empty() {
         writeln!(out, "{NO_GATES}")?;
         return Ok(0);
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let mut rows = vec![[
-        "GATE", "RUN", "STEP", "WORKFLOW", "STATUS", "ACTION", "DECISION",
+        "GATE",
+        "RUN",
+        "STEP",
+        "WORKFLOW",
+        "STATUS",
+        "DECISION",
+        "RISK",
+        "COST",
+        "APPROVERS",
+        "DEADLINE",
+        "AGE",
+        "ACTION",
     ]
     .map(String::from)];
+    let mut waiting_for_service = false;
     for GateEntry { gate, target } in gates {
         let Some((run, position)) = target else {
-            rows.push([
-                gate.to_string(),
-                "?".into(),
-                "?".into(),
-                "".into(),
-                "malformed index entry".into(),
-                "".into(),
-                "".into(),
-            ]);
+            let mut row: [String; 12] = Default::default();
+            row[0] = gate.to_string();
+            row[1] = "?".into();
+            row[2] = "?".into();
+            row[4] = "malformed index entry".into();
+            rows.push(row);
             continue;
         };
-        let record = db.load(run)?.record();
+        let loaded = db.load(run)?;
+        let record = loaded.record();
+        let request = request_of(&loaded.scan.events, gate);
         // The latest round: an operator may have reopened an expired gate.
         let approval = record
             .approvals
             .iter()
             .rev()
             .find(|a| a.gate == gate.to_string());
+        let decision = match approval.and_then(|a| a.decision.as_ref().map(|d| (a, d))) {
+            Some((a, d)) => {
+                let mut text = d.clone();
+                if let Some(actor) = &a.actor {
+                    text.push_str(&format!(" by {actor}"));
+                }
+                if let Some(role) = &a.role {
+                    text.push_str(&format!(" as {role}"));
+                }
+                text
+            }
+            None => "pending".into(),
+        };
+        let requested_ms = approval.map(|a| a.requested_ms);
+        let deadline = match (request.as_ref().and_then(|r| r.deadline_ms), requested_ms) {
+            (Some(d), Some(at)) => annal::audit::utc(at.saturating_add(d)),
+            (Some(_), None) => "?".into(),
+            (None, _) => "none".into(),
+        };
+        // Pending: how long it has waited; decided: how long the decision took.
+        let age = match (approval, requested_ms) {
+            (Some(a), _) if a.decided_ms.is_some() => a.latency_ms().map_or_else(
+                || "-".into(),
+                |ms| format!("decided after {}", annal::audit::duration_ms(ms)),
+            ),
+            (_, Some(at)) => annal::audit::duration_ms(now_ms.saturating_sub(at)),
+            _ => "-".into(),
+        };
+        let status = true_state(db, record.status);
+        waiting_for_service |= record.status == annal::RunStatus::Running;
         rows.push([
             gate.to_string(),
             run.to_string(),
             position.to_string(),
             format!("{} v{}", record.workflow, record.version),
-            record.status.to_string(),
+            status,
+            decision,
+            request
+                .as_ref()
+                .map_or_else(|| "?".into(), |r| format!("{:?}", r.risk).to_lowercase()),
+            request
+                .as_ref()
+                .and_then(|r| r.cost)
+                .map_or_else(|| "-".into(), |c| c.to_string()),
+            request
+                .as_ref()
+                .map_or_else(|| "?".into(), |r| approvers_text(&r.approvers)),
+            deadline,
+            age,
             approval.and_then(|a| a.action.clone()).unwrap_or_default(),
-            approval
-                .and_then(|a| a.decision.clone())
-                .unwrap_or_else(|| "pending".into()),
         ]);
     }
     write_table(out, &rows)?;
+    if waiting_for_service {
+        writeln!(
+            out,
+            "\nwaiting for the service: the run can go on (a decision or an operator action was recorded), but no process holds this database; the service resumes it when it next opens the database"
+        )?;
+    }
     Ok(0)
 }
 
@@ -193,15 +286,74 @@ fn decide_in_store(
         result
     });
     match decided {
-        Ok(decided) => Ok(format!(
-            "gate {gate} (run {run}): {verb}d by {} as {} ({reason}); the service resumes the run {}",
-            decided.actor,
-            decided.role,
-            db.resumes()
+        Ok(decided) => Ok(decided_message(
+            gate,
+            run,
+            decided.approved,
+            &decided.actor,
+            &decided.role,
+            reason,
+            db.resumes(),
         )),
-        Err(e) => match db.unconfirmed(&format!("cannot {verb} gate {gate} (run {run})"), run, &e) {
-            Some(unknown) => Err(unknown),
-            None => bail!("cannot {verb} gate {gate} (run {run}): {e}; nothing was written"),
-        },
+        Err(annal::Error::NotAllowed { actor, .. }) => {
+            // Say what the gate requires, so the reviewer knows whom to ask.
+            let approvers = db
+                .load(run)
+                .ok()
+                .and_then(|loaded| request_of(&loaded.scan.events, gate))
+                .map_or_else(|| "?".into(), |r| approvers_text(&r.approvers));
+            let has = if roles.is_empty() {
+                "no role given (--role)".to_string()
+            } else {
+                format!("roles {}", roles.join(","))
+            };
+            bail!(
+                "cannot {verb} gate {gate} (run {run}): {actor} ({has}) may not decide it; it needs one of: {approvers}; nothing was written"
+            )
+        }
+        Err(e) => {
+            match db.unconfirmed(&format!("cannot {verb} gate {gate} (run {run})"), run, &e) {
+                Some(unknown) => Err(unknown),
+                None => bail!("cannot {verb} gate {gate} (run {run}): {e}; nothing was written"),
+            }
+        }
+    }
+}
+
+/// What `approve` / `reject` print once the decision is recorded.
+fn decided_message(
+    gate: GateId,
+    run: RunId,
+    approved: bool,
+    actor: &str,
+    role: &str,
+    reason: &str,
+    resumes: &str,
+) -> String {
+    let verb = if approved { "approved" } else { "rejected" };
+    format!(
+        "gate {gate} (run {run}): {verb} by {actor} as {role} ({reason}); the service resumes the run {resumes}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_spelled_in_the_past_tense() {
+        let (gate, run) = (GateId([1; 16]), RunId([2; 16]));
+        let later = "when it next opens the database";
+        let approved = decided_message(gate, run, true, "dana", "role:finance", "ok", later);
+        let rejected = decided_message(gate, run, false, "lee", "named", "no", later);
+        assert!(
+            approved.contains(": approved by dana as role:finance (ok);"),
+            "{approved}"
+        );
+        // It said "rejectd".
+        assert!(
+            rejected.contains(": rejected by lee as named (no);"),
+            "{rejected}"
+        );
     }
 }

@@ -238,7 +238,9 @@ impl Remote {
                 "WORKFLOW",
                 "RISK",
                 "COST",
+                "APPROVERS",
                 "EXPIRES",
+                "AGE",
                 "FLAGS",
                 "YOU DECIDE AS",
                 "ACTION",
@@ -251,7 +253,13 @@ impl Remote {
                     p.workflow.clone(),
                     format!("{:?}", p.risk),
                     p.cost.map_or_else(|| "-".into(), |c| c.to_string()),
+                    if p.approvers.is_empty() {
+                        "anyone".into()
+                    } else {
+                        p.approvers.join(",")
+                    },
                     p.deadline_ms.map_or_else(|| "never".into(), utc),
+                    duration_ms(p.age_ms),
                     if p.risk_flags.is_empty() {
                         "-".into()
                     } else {
@@ -328,7 +336,19 @@ impl Remote {
             edits,
         };
         let decided: DecisionView =
-            self.post(&format!("/api/v1/approvals/{gate}/decision"), &body)?;
+            match self.post(&format!("/api/v1/approvals/{gate}/decision"), &body) {
+                Ok(decided) => decided,
+                // Say what the gate requires, so the reviewer knows whom to ask.
+                Err(e) if format!("{e:#}").contains("not_allowed") => {
+                    let approvers = if pending.approvers.is_empty() {
+                        "anyone".to_string()
+                    } else {
+                        pending.approvers.join(",")
+                    };
+                    bail!("{e:#}; the gate needs one of: {approvers}")
+                }
+                Err(e) => return Err(e),
+            };
         writeln!(
             out,
             "{} by {} as {} at {}; the service resumes the run now",

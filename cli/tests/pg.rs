@@ -371,7 +371,8 @@ fn decisions_reach_the_service_that_executes_the_run() {
         1,
     );
     assert!(
-        refused.contains("sam may not decide") && refused.contains("nothing was written"),
+        refused.contains("sam (roles support) may not decide it; it needs one of: role:finance")
+            && refused.contains("nothing was written"),
         "{refused}"
     );
     assert_eq!(service.history(run).len(), before, "nothing written");

@@ -70,8 +70,9 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
 /// ignored and the fold rebuilt from the log, so bump it whenever a type the fold is made of
 /// (`replay::ReplayState` and what it holds) changes shape. 2: step records no longer carry
 /// their idempotency key (it is derived from run and position). 3: a decided gate keeps the
-/// role it was decided under, and an approval record its editable fields.
-pub const CHECKPOINT_FORMAT: u8 = 3;
+/// role it was decided under, and an approval record its editable fields. 4: budget use
+/// counts attempts and cost per tool, and the fold keeps the latest run ceiling reached.
+pub const CHECKPOINT_FORMAT: u8 = 4;
 
 /// Upper bound on one encoded checkpoint; decoding refuses anything claiming more.
 pub const MAX_CHECKPOINT_BYTES: u64 = 1 << 30;

@@ -67,6 +67,16 @@ impl Ctx {
         self.slot.run
     }
 
+    /// The workflow name the run recorded, for telemetry.
+    pub(crate) fn workflow_name(&self) -> String {
+        let state = self.slot.state();
+        state
+            .replay
+            .started()
+            .map(|(workflow, _, _)| workflow.clone())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn take_position(&self) -> u32 {
         let mut state = self.slot.state();
         let position = state.next_position;
@@ -134,10 +144,27 @@ impl Ctx {
                 .durable(),
         )
         .await;
+        let step = {
+            let state = self.slot.state();
+            match position
+                .and_then(|p| state.replay.command(p))
+                .map(|r| &r.recorded)
+            {
+                Some(Recorded::Step(step)) => Some(step.name.clone()),
+                _ => None,
+            }
+        };
+        crate::telemetry::run_escalated(
+            self.slot.run,
+            &self.workflow_name(),
+            step.as_deref(),
+            &reason,
+        );
         self.halt(Halt::Escalate(reason)).await
     }
 
     pub(crate) fn block(&self, reason: String) {
+        crate::telemetry::run_status(&self.workflow_name(), crate::RunStatus::Blocked);
         self.slot.halt(Halt::Blocked(reason));
     }
 
@@ -188,7 +215,12 @@ impl Ctx {
         // The rare paths are boxed so that this future, which every step's future holds
         // inline, stays small (see `StepBuilder::run`).
         match matched {
-            Err(mismatch) => Box::pin(self.halt(Halt::Drift(mismatch))).await,
+            Err(mismatch) => {
+                if !self.engine.config.replay_only {
+                    crate::telemetry::run_status(&self.workflow_name(), crate::RunStatus::Blocked);
+                }
+                Box::pin(self.halt(Halt::Drift(mismatch))).await
+            }
             Ok(Some(None)) => {
                 let reason = self
                     .slot
@@ -265,6 +297,7 @@ impl Ctx {
         if state.active_steps == 0 && state.halt.is_none() {
             state.park_requested_at_len = state.replay.next_seq();
             drop(state);
+            crate::telemetry::run_parking(self.slot.run, &self.workflow_name());
             self.slot.halt(Halt::Park);
         }
     }
@@ -611,6 +644,7 @@ impl Ctx {
                         fire_at_ms: at,
                         id: position,
                     }));
+                    let (action, risk) = (request.action.clone(), format!("{:?}", request.risk));
                     let event = match editable {
                         None => EventKind::ApprovalRequested {
                             position,
@@ -626,6 +660,7 @@ impl Ctx {
                     };
                     self.append(AppendReq::events(vec![event]).index(index).durable())
                         .await;
+                    crate::telemetry::approval_requested(self.slot.run, gate, &action, &risk);
                     self.engine.timers_changed.notify_one();
                 }
             }
@@ -733,6 +768,7 @@ impl Ctx {
                             let event = EventKind::ApprovalExpired { gate };
                             self.append(AppendReq::events(vec![event]).index(done_timer).durable())
                                 .await;
+                            crate::telemetry::approval_expired(self.slot.run, gate, &action);
                             if request.on_expiry != crate::approval::OnExpiry::Reject {
                                 let reason =
                                     format!("approval '{action}' expired without a decision");

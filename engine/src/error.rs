@@ -117,6 +117,34 @@ pub enum Error {
     /// A value could not be encoded or decoded as JSON (input, output, signal payload).
     #[error("payload error: {0}")]
     Payload(String),
+    /// `start` was given an input that does not decode into the type the workflow was
+    /// registered with; no run was written.
+    #[error("input for workflow '{workflow}' version {version} does not decode into its input type {expected}: {reason}; no run was started")]
+    InputType {
+        /// The workflow.
+        workflow: String,
+        /// The version that would have run.
+        version: u32,
+        /// The input type it was registered with.
+        expected: &'static str,
+        /// What serde said.
+        reason: String,
+    },
+    /// A run's recorded output does not decode into the type its `RunHandle` asks for. The
+    /// run itself completed; its output stays in its history.
+    #[error("run {run} completed, but its output does not decode into {requested}: {reason}{}", registered.map(|t| format!(" (workflow '{workflow}' is registered with output type {t}: ask the handle for that type, or define the workflow with `Workflow` so the compiler checks it)")).unwrap_or_default())]
+    OutputType {
+        /// The run.
+        run: RunId,
+        /// Its workflow (empty if it could not be read).
+        workflow: String,
+        /// The type the handle asked for.
+        requested: &'static str,
+        /// The output type the workflow is registered with in this engine, if it is.
+        registered: Option<&'static str>,
+        /// What serde said.
+        reason: String,
+    },
     /// No approval gate with this id exists.
     #[error("unknown approval gate {0}")]
     UnknownGate(annal_storage::GateId),

@@ -428,6 +428,35 @@ pub enum EventKind {
         /// A JSON object: field -> proposed value, the fields a reviewer may edit.
         editable: Payload,
     },
+    /// Cost units a failed attempt reported, written right after its `AttemptFailed` (only
+    /// when it reported any): counted against the run's `max_cost_units` and in reports, like
+    /// the cost a successful attempt records in its `StepCompleted`.
+    AttemptCost {
+        /// Command position of the step.
+        position: u32,
+        /// The failed attempt.
+        attempt: u32,
+        /// Cost units it reported.
+        cost: u64,
+    },
+    /// A run ceiling stopped the run at a step (after that step's `StepExhausted`): the run
+    /// escalates (an `Escalated` event follows) or fails (`RunFailed` follows), whatever the
+    /// step's own on-exhaust rule, so that a loop cannot go on past the cap.
+    RunCeilingReached {
+        /// Command position of the step that would have gone past the ceiling.
+        position: u32,
+        /// Which ceiling.
+        ceiling: crate::policy::Ceiling,
+        /// Its limit (attempts, seconds, calls or cost units).
+        limit: u64,
+        /// What the run had spent of it (for the duration ceiling: ms since it started).
+        spent: u64,
+        /// The tool that spent most of it and how much (attempts; cost units for the cost
+        /// ceiling).
+        top_tool: Option<(String, u64)>,
+        /// What the run does about it.
+        action: crate::policy::OnCeiling,
+    },
 }
 
 /// A decision as either form of the event records it (see [`EventKind::decision`]).
@@ -578,6 +607,31 @@ impl EventKind {
         }
     }
 
+    /// The run ceiling a `RunCeilingReached` records: the step's position, the ceiling with
+    /// what was spent, and what the run did about it.
+    pub fn ceiling(&self) -> Option<(u32, crate::policy::CeilingHit, crate::policy::OnCeiling)> {
+        match self {
+            EventKind::RunCeilingReached {
+                position,
+                ceiling,
+                limit,
+                spent,
+                top_tool,
+                action,
+            } => Some((
+                *position,
+                crate::policy::CeilingHit {
+                    ceiling: *ceiling,
+                    limit: *limit,
+                    spent: *spent,
+                    top_tool: top_tool.clone(),
+                },
+                *action,
+            )),
+            _ => None,
+        }
+    }
+
     /// Short name of the event, for timelines and logs. The forms of one fact share a name:
     /// both forms of a decision are `ApprovalDecided`, both forms of a request
     /// `ApprovalRequested` (the details say role and editable fields).
@@ -615,6 +669,8 @@ impl EventKind {
             EventKind::StepRan { .. } => "StepRan",
             EventKind::ApprovalDecidedAs { .. } => "ApprovalDecided",
             EventKind::ApprovalRequestedEditable { .. } => "ApprovalRequested",
+            EventKind::AttemptCost { .. } => "AttemptCost",
+            EventKind::RunCeilingReached { .. } => "RunCeilingReached",
         }
     }
 }

@@ -502,7 +502,11 @@ pub struct ToolPolicy {
     pub breaker: Option<crate::breaker::BreakerConfig>,
 }
 
-/// Ceilings for a whole run.
+/// Ceilings for a whole run: the final cap behind the per-tool budgets. Reaching one ends
+/// the run's progress whatever the step's own on-exhaust rule says: the step that would
+/// have made one attempt too many escalates the run (`on_ceiling = "escalate"`, the
+/// default) or fails it (`"fail"`), so a loop that degrades or skips its steps cannot go on
+/// writing events for ever.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunCeilings {
@@ -512,8 +516,99 @@ pub struct RunCeilings {
     pub max_duration_seconds: Option<u64>,
     /// Calls to named tools.
     pub max_tool_calls: Option<u32>,
-    /// Cost units reported by steps.
+    /// Cost units reported by attempts (failed ones included).
     pub max_cost_units: Option<u64>,
+    /// What reaching a ceiling does to the run (default: escalate).
+    pub on_ceiling: Option<OnCeiling>,
+}
+
+/// What a run does when it reaches one of its ceilings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnCeiling {
+    /// Stop the run in `Escalated` for an operator, with the spent budget and the tool that
+    /// spent most of it.
+    #[default]
+    Escalate,
+    /// End the run as `Failed`, without handing control back to the workflow.
+    Fail,
+}
+
+impl OnCeiling {
+    /// The policy file's word for it: `escalate` or `fail`.
+    pub fn label(self) -> &'static str {
+        match self {
+            OnCeiling::Escalate => "escalate",
+            OnCeiling::Fail => "fail",
+        }
+    }
+}
+
+/// Which run ceiling was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Ceiling {
+    /// `max_iterations`: attempts of all steps.
+    Iterations,
+    /// `max_duration_seconds`: wall time since the run started.
+    Duration,
+    /// `max_tool_calls`: calls to named tools.
+    ToolCalls,
+    /// `max_cost_units`: reported cost.
+    Cost,
+}
+
+impl Ceiling {
+    /// The policy file's name for it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Ceiling::Iterations => "max_iterations",
+            Ceiling::Duration => "max_duration_seconds",
+            Ceiling::ToolCalls => "max_tool_calls",
+            Ceiling::Cost => "max_cost_units",
+        }
+    }
+}
+
+/// A run ceiling that forbids another attempt, with what the run had spent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CeilingHit {
+    /// Which ceiling.
+    pub ceiling: Ceiling,
+    /// Its limit as the policy sets it (attempts, seconds, calls or cost units).
+    pub limit: u64,
+    /// What the run had spent of it.
+    pub spent: u64,
+    /// The tool that spent most of it, and how much: attempts for the iteration, call and
+    /// duration ceilings, cost units for the cost ceiling. `None` if no named tool spent any.
+    pub top_tool: Option<(String, u64)>,
+}
+
+impl std::fmt::Display for CeilingHit {
+    /// `run max_iterations (12)`: the budget name histories record.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "run {} ({})", self.ceiling.key(), self.limit)
+    }
+}
+
+impl CeilingHit {
+    /// What was spent, in words, for the history and the operator: `12 attempts spent, 8 of
+    /// them by tool search_api`.
+    pub fn spent_text(&self) -> String {
+        let (unit, of_it) = match self.ceiling {
+            Ceiling::Iterations => ("attempts", "of them"),
+            Ceiling::ToolCalls => ("tool calls", "of them"),
+            Ceiling::Cost => ("cost units", "of them"),
+            Ceiling::Duration => ("ms since the run started", "attempts"),
+        };
+        let mut text = format!("{} {unit} spent", self.spent);
+        if let Some((tool, n)) = &self.top_tool {
+            text.push_str(&format!(", {n} {of_it} by tool {tool}"));
+            if self.ceiling == Ceiling::Duration {
+                text.push_str(" (the most)");
+            }
+        }
+        text
+    }
 }
 
 /// The reliability policy of an engine: run ceilings and per-tool rules. Serde data, so it
@@ -658,40 +753,94 @@ pub struct BudgetUse {
     pub tool_calls: u32,
     /// Retries per tool.
     pub tool_retries: std::collections::BTreeMap<String, u32>,
-    /// Cost units reported.
+    /// Cost units reported (by failed attempts too).
     pub cost_units: u64,
     /// When the run started.
     pub started_ms: u64,
+    /// Attempts per named tool (the alternative each attempt called).
+    pub tool_attempts: std::collections::BTreeMap<String, u32>,
+    /// Cost units per named tool.
+    pub tool_cost: std::collections::BTreeMap<String, u64>,
 }
 
-/// Which run ceiling, if any, forbids another attempt now. Pure.
+impl BudgetUse {
+    /// The tool with the most of `spent` (ties: the first name), if any tool has some.
+    fn top<V: Copy + Into<u64>>(
+        spent: &std::collections::BTreeMap<String, V>,
+    ) -> Option<(String, u64)> {
+        spent
+            .iter()
+            .map(|(tool, n)| (tool, (*n).into()))
+            .filter(|(_, n)| *n > 0)
+            .fold(None::<(&String, u64)>, |best, (tool, n)| match best {
+                Some((_, m)) if m >= n => best,
+                _ => Some((tool, n)),
+            })
+            .map(|(tool, n)| (tool.clone(), n))
+    }
+}
+
+/// Which run ceiling, if any, forbids another attempt now, with what was spent and by whom.
+/// Pure: `used` is folded from history and `now_ms` is the instant the caller records.
+pub fn ceiling_reached(
+    ceilings: &RunCeilings,
+    used: &BudgetUse,
+    tool: Option<&str>,
+    now_ms: u64,
+) -> Option<CeilingHit> {
+    let by_attempts = || BudgetUse::top(&used.tool_attempts);
+    if let Some(max) = ceilings.max_iterations {
+        if used.attempts >= max {
+            return Some(CeilingHit {
+                ceiling: Ceiling::Iterations,
+                limit: u64::from(max),
+                spent: u64::from(used.attempts),
+                top_tool: by_attempts(),
+            });
+        }
+    }
+    if let Some(max) = ceilings.max_tool_calls {
+        if tool.is_some() && used.tool_calls >= max {
+            return Some(CeilingHit {
+                ceiling: Ceiling::ToolCalls,
+                limit: u64::from(max),
+                spent: u64::from(used.tool_calls),
+                top_tool: by_attempts(),
+            });
+        }
+    }
+    if let Some(max) = ceilings.max_cost_units {
+        if used.cost_units >= max {
+            return Some(CeilingHit {
+                ceiling: Ceiling::Cost,
+                limit: max,
+                spent: used.cost_units,
+                top_tool: BudgetUse::top(&used.tool_cost),
+            });
+        }
+    }
+    if let Some(max) = ceilings.max_duration_seconds {
+        let elapsed_ms = now_ms.saturating_sub(used.started_ms);
+        if elapsed_ms > max.saturating_mul(1_000) {
+            return Some(CeilingHit {
+                ceiling: Ceiling::Duration,
+                limit: max,
+                spent: elapsed_ms,
+                top_tool: by_attempts(),
+            });
+        }
+    }
+    None
+}
+
+/// Which run ceiling, if any, forbids another attempt now (`run max_iterations (12)`). Pure.
 pub fn run_ceiling_reached(
     ceilings: &RunCeilings,
     used: &BudgetUse,
     tool: Option<&str>,
     now_ms: u64,
 ) -> Option<String> {
-    if let Some(max) = ceilings.max_iterations {
-        if used.attempts >= max {
-            return Some(format!("run max_iterations ({max})"));
-        }
-    }
-    if let Some(max) = ceilings.max_tool_calls {
-        if tool.is_some() && used.tool_calls >= max {
-            return Some(format!("run max_tool_calls ({max})"));
-        }
-    }
-    if let Some(max) = ceilings.max_cost_units {
-        if used.cost_units >= max {
-            return Some(format!("run max_cost_units ({max})"));
-        }
-    }
-    if let Some(max) = ceilings.max_duration_seconds {
-        if now_ms.saturating_sub(used.started_ms) > max.saturating_mul(1_000) {
-            return Some(format!("run max_duration_seconds ({max})"));
-        }
-    }
-    None
+    ceiling_reached(ceilings, used, tool, now_ms).map(|hit| hit.to_string())
 }
 
 /// Whether the tool's run-wide retry budget allows one more retry. Pure.

@@ -320,6 +320,8 @@ pub struct ReplayState {
     budget: crate::policy::BudgetUse,
     gates: BTreeMap<[u8; 16], u32>,
     escalated: Option<Option<u32>>,
+    /// The latest run ceiling reached: at which position, and what the run did about it.
+    ceiling: Option<(u32, crate::policy::OnCeiling)>,
 }
 
 /// Decodes the commands of a checkpoint into a list first and builds the map from it in one
@@ -427,13 +429,26 @@ fn count_attempt(
     attempt: u32,
     cost: u64,
 ) {
-    budget.cost_units += cost;
+    add_cost(budget, step, cost);
     if attempt > step.counted {
         step.counted = attempt;
         budget.attempts += 1;
-        if step.current_tool.is_some() {
+        if let Some(tool) = &step.current_tool {
             budget.tool_calls += 1;
+            *budget.tool_attempts.entry(tool.clone()).or_default() += 1;
         }
+    }
+}
+
+/// Counts cost units an attempt of `step` reported against the run and its tool.
+fn add_cost(budget: &mut crate::policy::BudgetUse, step: &StepRecord, cost: u64) {
+    if cost == 0 {
+        return;
+    }
+    budget.cost_units = budget.cost_units.saturating_add(cost);
+    if let Some(tool) = &step.current_tool {
+        let spent = budget.tool_cost.entry(tool.clone()).or_default();
+        *spent = spent.saturating_add(cost);
     }
 }
 
@@ -667,6 +682,32 @@ impl ReplayState {
                 let (output, served_by) = (output.clone(), served_by.clone());
                 complete_step(&mut self.budget, step, output, *attempt, served_by, *cost);
             }
+            EventKind::AttemptCost {
+                position,
+                attempt,
+                cost,
+            } => {
+                let budget = &mut self.budget;
+                let step = step_in(&mut self.commands, *position, seq)?;
+                let failed = step.failures.last().is_some_and(|f| f.attempt == *attempt);
+                if step.outcome.is_some() || !failed {
+                    return bad(format!(
+                        "cost of attempt {attempt} of position {position}, which has not just failed"
+                    ));
+                }
+                add_cost(budget, step, *cost);
+            }
+            EventKind::RunCeilingReached {
+                position, action, ..
+            } => {
+                let step = self.step_mut(*position, seq)?;
+                if !matches!(step.outcome, Some(StepOutcome::Exhausted { .. })) {
+                    return bad(format!(
+                        "run ceiling at position {position}, whose step did not give up"
+                    ));
+                }
+                self.ceiling = Some((*position, *action));
+            }
             EventKind::StepExhausted {
                 position,
                 action,
@@ -817,6 +858,9 @@ impl ReplayState {
         ) {
             (_, Op::Abort) => {}
             (Some(Recorded::Step(step)), Op::RetryStep) => {
+                if self.ceiling.is_some_and(|(at, _)| at == position) {
+                    self.ceiling = None;
+                }
                 step.outcome = None;
                 step.attempt_open = false;
                 step.alternative = 0;
@@ -873,6 +917,14 @@ impl ReplayState {
     /// Budget use of the run so far.
     pub fn budget(&self) -> &crate::policy::BudgetUse {
         &self.budget
+    }
+
+    /// Whether a run ceiling stopped the run at `position`, and what the run did about it
+    /// (the latest time, if an operator retried the step since).
+    pub fn ceiling_at(&self, position: u32) -> Option<crate::policy::OnCeiling> {
+        self.ceiling
+            .filter(|(at, _)| *at == position)
+            .map(|(_, action)| action)
     }
 
     /// Compares the call at `position` with history.

@@ -4,11 +4,11 @@
 //!
 //! | situation                              | recorded                                         | then                 |
 //! |----------------------------------------|--------------------------------------------------|----------------------|
-//! | run ceiling reached                    | `StepExhausted { budget: "run …" }`              | on-exhaust action    |
+//! | run ceiling reached                    | `StepExhausted { budget: "run …" }`, `RunCeilingReached` | escalate or fail the run (`on_ceiling`), whatever the step's on-exhaust rule |
 //! | breaker of the tool open               | `AttemptFailed { class: BreakerOpen, retry_at }` | fallback, or wait    |
 //! | `Irreversible` attempt                 | `AttemptStarted` (durable **before** the body)   | run the body         |
 //! | body succeeded                         | `StepCompleted { served_by, cost }` (`StepRan` if first write) | return the output |
-//! | body failed, policy retries            | `AttemptFailed { retry_at_ms }` + due-time index | durable wait, retry  |
+//! | body failed, policy retries            | `AttemptFailed { retry_at_ms }` (+ `AttemptCost` if it reported cost) + due-time index | durable wait, retry  |
 //! | body failed, policy gives up, fallback | `AttemptFailed`, `FallbackUsed { from, to, reason }` | next alternative |
 //! | body failed, nothing left              | `AttemptFailed`, `StepExhausted { action, budget }` | on-exhaust action |
 //! | irreversible outcome lost in a crash   | reconcile → `StepCompleted` / `AttemptFailed`, or `Escalated` | —     |
@@ -29,14 +29,18 @@ use crate::context::{ActiveStep, Begin, Ctx};
 use crate::error::StepError;
 use crate::event::{EventKind, Payload};
 use crate::policy::{
-    decide_retry, run_ceiling_reached, tool_retry_exhausted, FailedAttempt, FailureClass,
-    OnExhaust, RetryDecision, RetryPolicy, StepClass, StepFailure,
+    ceiling_reached, decide_retry, tool_retry_exhausted, CeilingHit, FailedAttempt, FailureClass,
+    OnCeiling, OnExhaust, RetryDecision, RetryPolicy, StepClass, StepFailure,
 };
 use crate::replay::{Command, Recorded, StepOutcome, StepRecord};
 use crate::runtime::inner::AppendReq;
+use crate::telemetry::{self, AttemptRef};
 
 /// What an operator can do with a step that gave up.
 const FIX_THEN_RETRY: &str = "fix the cause, then retry the step, or skip it with a value";
+
+/// What an operator can do with a run that reached a ceiling.
+const CEILING_REACHED: &str = "the run reached a ceiling of its policy: abort it, or raise the ceiling (the policy's [run] section) and retry the step";
 
 /// Why a run escalated when a step gave up.
 fn gave_up(step: &str, budget: &impl std::fmt::Display, message: &str) -> String {
@@ -321,6 +325,7 @@ impl<'c> StepBuilder<'c> {
             },
             Some(step) => {
                 if let Some(outcome) = step.outcome.clone() {
+                    let ceiling = ctx.slot.state().replay.ceiling_at(position);
                     if let StepOutcome::Exhausted {
                         action: OnExhaust::Escalate,
                         budget,
@@ -329,8 +334,15 @@ impl<'c> StepBuilder<'c> {
                     {
                         // Still waiting for an operator.
                         let reason = gave_up(&self.name, budget, message);
-                        Box::pin(ctx.escalate_replayed(Some(position), reason, FIX_THEN_RETRY))
-                            .await
+                        let next = match ceiling {
+                            Some(_) => CEILING_REACHED,
+                            None => FIX_THEN_RETRY,
+                        };
+                        Box::pin(ctx.escalate_replayed(Some(position), reason, next)).await
+                    }
+                    if ceiling == Some(OnCeiling::Fail) {
+                        // The run failed here at its ceiling: the code never goes past it.
+                        Box::pin(ctx.halt(crate::runtime::slot::Halt::Terminated)).await
                     }
                     return self.outcome(outcome, step.failures.last().map(|f| f.class.clone()));
                 }
@@ -386,24 +398,17 @@ impl<'c> StepBuilder<'c> {
                 None
             } else {
                 let state = ctx.slot.state();
-                run_ceiling_reached(
+                ceiling_reached(
                     &engine.policy.run,
                     state.replay.budget(),
                     tool.as_deref(),
                     now_ms,
                 )
             };
-            if let Some(budget) = ceiling {
+            if let Some(hit) = ceiling {
                 let mut events = live.schedule(&self, position, &idem_key);
-                return Box::pin(self.give_up(
-                    position,
-                    &mut events,
-                    &mut index,
-                    budget,
-                    None,
-                    "run budget spent".into(),
-                ))
-                .await;
+                return Box::pin(self.stop_at_ceiling(position, &mut events, &mut index, hit))
+                    .await;
             }
             if pending.is_none() {
                 live.attempt += 1;
@@ -474,6 +479,16 @@ impl<'c> StepBuilder<'c> {
                     };
                     ctx.append(AppendReq::events(events).index(index.drain(..)))
                         .await;
+                    telemetry::step_completed(
+                        &AttemptRef {
+                            run: ctx.slot.run,
+                            step: &self.name,
+                            tool: tool.as_deref(),
+                            attempt,
+                        },
+                        cost,
+                        engine.clock.now_ms().saturating_sub(live.scheduled_ms),
+                    );
                     return Ok(output);
                 }
                 Err(failure) => failure,
@@ -500,7 +515,6 @@ impl<'c> StepBuilder<'c> {
                 }
                 Err(failure) => failure,
             };
-            tracing::info!(attempt, class = failure.class.label(), message = %failure.message, "attempt failed");
             let now_ms = engine.clock.now_ms();
             let mut decision = match forced_retry_at {
                 Some(_) if live.alternative_attempts >= retry.max_attempts => {
@@ -536,6 +550,21 @@ impl<'c> StepBuilder<'c> {
                     tool.as_deref().unwrap_or_default()
                 ));
             }
+            let retry_at_ms = match &decision {
+                RetryDecision::RetryAt(at) => Some(*at),
+                RetryDecision::GiveUp(_) => None,
+            };
+            telemetry::attempt_failed(
+                &AttemptRef {
+                    run: ctx.slot.run,
+                    step: &self.name,
+                    tool: tool.as_deref(),
+                    attempt,
+                },
+                &failure.class,
+                &failure.message,
+                retry_at_ms,
+            );
             match decision {
                 RetryDecision::RetryAt(at) => {
                     events.push(EventKind::AttemptFailed {
@@ -545,6 +574,7 @@ impl<'c> StepBuilder<'c> {
                         message: failure.message,
                         retry_at_ms: Some(at),
                     });
+                    events.extend(attempt_cost(position, attempt, cost));
                     index.push(IndexOp::PutTimer {
                         fire_at_ms: at,
                         id: position,
@@ -565,6 +595,7 @@ impl<'c> StepBuilder<'c> {
                         message: failure.message,
                         retry_at_ms: None,
                     });
+                    events.extend(attempt_cost(position, attempt, cost));
                     events.push(EventKind::FallbackUsed {
                         position,
                         from: tool.clone(),
@@ -588,6 +619,7 @@ impl<'c> StepBuilder<'c> {
                         message: failure.message,
                         retry_at_ms: None,
                     });
+                    events.extend(attempt_cost(position, attempt, cost));
                     return Box::pin(self.give_up(
                         position,
                         &mut events,
@@ -640,6 +672,23 @@ impl<'c> StepBuilder<'c> {
             });
         }
         let cost = Arc::new(AtomicU64::new(0));
+        let span = tracing::info_span!(
+            "attempt",
+            run = %ctx.slot.run,
+            step = %self.name,
+            tool = tool.as_deref().unwrap_or(""),
+            attempt,
+            class = ?self.class
+        );
+        telemetry::attempt_started(
+            &AttemptRef {
+                run: ctx.slot.run,
+                step: &self.name,
+                tool: tool.as_deref(),
+                attempt,
+            },
+            self.class,
+        );
         let info = Attempt {
             number: attempt,
             idempotency_key: idem_key.to_string(),
@@ -650,7 +699,7 @@ impl<'c> StepBuilder<'c> {
         };
         ctx.slot.state().active_steps += 1;
         let _active = ActiveStep(&ctx.slot);
-        let running = body(info).instrument(tracing::info_span!("attempt", attempt));
+        let running = body(info).instrument(span);
         let result = match retry.attempt_timeout_ms {
             Some(ms) => tokio::time::timeout(Duration::from_millis(ms), running)
                 .await
@@ -688,6 +737,7 @@ impl<'c> StepBuilder<'c> {
                 .durable(),
         )
         .await;
+        self.report_exhausted(position, &budget, &action);
         if action == OnExhaust::Escalate {
             let reason = gave_up(&self.name, &budget, &message);
             ctx.escalate(Some(position), reason, FIX_THEN_RETRY).await
@@ -700,6 +750,109 @@ impl<'c> StepBuilder<'c> {
             },
             class,
         )
+    }
+
+    /// A run ceiling forbids another attempt: the step gives up, and the run escalates or
+    /// fails as the policy's `on_ceiling` says, whatever the step's on-exhaust rule (a
+    /// degrading or skipping step must not let a loop go on past the cap).
+    async fn stop_at_ceiling(
+        &self,
+        position: u32,
+        events: &mut Vec<EventKind>,
+        index: &mut Vec<IndexOp>,
+        hit: CeilingHit,
+    ) -> Result<Payload, StepError> {
+        let ctx = self.ctx;
+        let action = ctx.engine.policy.run.on_ceiling.unwrap_or_default();
+        let budget = hit.to_string();
+        let message = format!("run ceiling reached: {}", hit.spent_text());
+        events.push(EventKind::StepExhausted {
+            position,
+            action: match action {
+                OnCeiling::Escalate => OnExhaust::Escalate,
+                OnCeiling::Fail => OnExhaust::Fail,
+            },
+            budget: budget.clone(),
+            message: message.clone(),
+        });
+        events.push(EventKind::RunCeilingReached {
+            position,
+            ceiling: hit.ceiling,
+            limit: hit.limit,
+            spent: hit.spent,
+            top_tool: hit.top_tool.clone(),
+            action,
+        });
+        let reason = gave_up(&self.name, &budget, &message);
+        let exhausted = match action {
+            OnCeiling::Escalate => OnExhaust::Escalate,
+            OnCeiling::Fail => OnExhaust::Fail,
+        };
+        let report = |this: &Self| {
+            this.report_exhausted(position, &budget, &exhausted);
+            telemetry::ceiling_reached(
+                &AttemptRef {
+                    run: ctx.slot.run,
+                    step: &this.name,
+                    tool: this.tool.as_deref(),
+                    attempt: 0,
+                },
+                &hit,
+                action,
+            );
+        };
+        match action {
+            OnCeiling::Escalate => {
+                ctx.append(
+                    AppendReq::events(std::mem::take(events))
+                        .index(index.drain(..))
+                        .durable(),
+                )
+                .await;
+                report(self);
+                ctx.escalate(Some(position), reason, CEILING_REACHED).await
+            }
+            OnCeiling::Fail => {
+                let deletes = crate::runtime::timer_deletes(&ctx.slot.state().replay);
+                events.push(EventKind::RunFailed {
+                    error: reason.clone(),
+                });
+                ctx.append(
+                    AppendReq::events(std::mem::take(events))
+                        .index(index.drain(..))
+                        .index(deletes)
+                        .status(crate::RunStatus::Failed, reason)
+                        .durable(),
+                )
+                .await;
+                report(self);
+                telemetry::run_ended(ctx.slot.run, &ctx.workflow_name(), crate::RunStatus::Failed);
+                ctx.halt(crate::runtime::slot::Halt::Terminated).await
+            }
+        }
+    }
+
+    /// Reports a recorded exhaustion of the step at `position` (tracing and metrics).
+    fn report_exhausted(&self, position: u32, budget: &str, action: &OnExhaust) {
+        let ctx = self.ctx;
+        let scheduled_ms = match ctx.slot.state().replay.command(position) {
+            Some(crate::replay::CommandRecord {
+                recorded: Recorded::Step(step),
+                ..
+            }) => step.scheduled_ms,
+            _ => ctx.engine.clock.now_ms(),
+        };
+        telemetry::step_exhausted(
+            &AttemptRef {
+                run: ctx.slot.run,
+                step: &self.name,
+                tool: self.tool.as_deref(),
+                attempt: 0,
+            },
+            budget,
+            action,
+            ctx.engine.clock.now_ms().saturating_sub(scheduled_ms),
+        );
     }
 
     /// After a crash with an irreversible attempt open: ask the reconcile hook, never run the
@@ -838,6 +991,15 @@ impl Live {
             input_hash: step.input_hash,
         }]
     }
+}
+
+/// The `AttemptCost` record of a failed attempt that reported cost, if it did.
+fn attempt_cost(position: u32, attempt: u32, cost: u64) -> Option<EventKind> {
+    (cost > 0).then_some(EventKind::AttemptCost {
+        position,
+        attempt,
+        cost,
+    })
 }
 
 /// The idempotency key every attempt of the step at `position` of `run` gets: the same

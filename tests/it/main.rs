@@ -1,10 +1,14 @@
 //! annal integration tests: one binary, one module per area.
 
 mod approval;
+mod ceilings;
 mod core;
 mod crash;
 mod histories;
 mod policy;
 mod props;
+mod report;
 mod support;
+mod telemetry;
+mod typed;
 mod wakeup;

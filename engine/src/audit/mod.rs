@@ -32,8 +32,8 @@ use crate::event::{OperatorActionKind, Payload};
 use crate::policy::OnExhaust;
 
 pub use record::{
-    ApprovalRecord, BudgetExhaustion, CheckRecord, EscalationRecord, FailureRecord, OperatorAction,
-    Outcome, RunRecord, StepEnd, StepRecord, StepRef,
+    ApprovalRecord, BudgetExhaustion, CeilingRecord, CheckRecord, EscalationRecord, FailureRecord,
+    OperatorAction, Outcome, RunRecord, StepEnd, StepRecord, StepRef,
 };
 pub use report::{ApprovalStats, Exhaustion, Report, ToolStats};
 pub use timeline::timeline;
@@ -45,7 +45,12 @@ const MESSAGE_CHARS_MAX: usize = 100;
 /// The tool name reports use for steps that named none.
 pub const NO_TOOL: &str = "(none)";
 
-/// An operator action's name as records and timelines show it.
+/// An operator action's name as records, timelines and metrics show it: `retry-step`,
+/// `skip-step`, `resolve-done`, `resolve-not-done`, `abort`.
+pub fn operator_action_name(action: &OperatorActionKind) -> &'static str {
+    operator_action_label(action)
+}
+
 fn operator_action_label(action: &OperatorActionKind) -> &'static str {
     match action {
         OperatorActionKind::RetryStep => "retry-step",

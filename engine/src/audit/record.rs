@@ -63,8 +63,29 @@ pub struct RunRecord {
     /// What people did to the run from outside (cancel, terminate, retry, skip, resolve,
     /// abort), in log order.
     pub operator_actions: Vec<OperatorAction>,
+    /// Run ceilings the run reached, in log order.
+    pub ceilings: Vec<CeilingRecord>,
     /// How the run ended, or that it has not.
     pub outcome: Outcome,
+}
+
+/// A run ceiling the run reached (`RunCeilingReached`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CeilingRecord {
+    /// Seq of the event.
+    pub seq: u64,
+    /// When.
+    pub at_ms: u64,
+    /// The step that would have gone past it.
+    pub step: StepRef,
+    /// The ceiling as the history names it: `run max_iterations (12)`.
+    pub ceiling: String,
+    /// What was spent, in words: `12 attempts spent, 8 of them by tool search_api`.
+    pub spent: String,
+    /// The tool that spent most of it, and how much.
+    pub top_tool: Option<(String, u64)>,
+    /// What the run did: `escalate` or `fail`.
+    pub action: String,
 }
 
 /// A step named by position and name.
@@ -102,7 +123,7 @@ pub struct StepRecord {
     /// Every time it ran out of attempts or budget, in order (an operator may have retried
     /// it since).
     pub exhaustions: Vec<BudgetExhaustion>,
-    /// Cost units it reported.
+    /// Cost units its attempts reported, failed ones included.
     pub cost: u64,
     /// When it ended, if it did.
     pub ended_ms: Option<u64>,
@@ -116,9 +137,16 @@ impl StepRecord {
         self.attempts.saturating_sub(1)
     }
 
-    /// Whether it completed with an output.
+    /// Whether it completed with an output its tool produced (an operator's resolution of
+    /// an effect of unknown outcome as done included; an operator's skip is not a success).
     pub fn succeeded(&self) -> bool {
         matches!(self.outcome, StepEnd::Completed { .. })
+    }
+
+    /// Cost units reported by the attempt that succeeded (its failed attempts' cost apart).
+    pub fn success_cost(&self) -> u64 {
+        let failed: u64 = self.failures.iter().map(|f| f.cost).sum();
+        self.cost.saturating_sub(failed)
     }
 }
 
@@ -139,6 +167,8 @@ pub struct FailureRecord {
     pub retry_at_ms: Option<u64>,
     /// The tool this attempt called (the fallback alternative in use, if not the primary).
     pub tool: Option<String>,
+    /// Cost units it reported before failing (`AttemptCost`).
+    pub cost: u64,
 }
 
 /// A step running out of attempts or budget (`StepExhausted`).
@@ -159,13 +189,22 @@ pub struct BudgetExhaustion {
 pub enum StepEnd {
     /// No outcome recorded yet.
     Pending,
-    /// Produced an output.
+    /// Produced an output (`served_by: Some("operator")`: an operator resolved an effect of
+    /// unknown outcome as done, with this output).
     Completed {
         /// The attempt that succeeded.
         attempt: u32,
         /// Fallback alternative that served, if not the primary.
         served_by: Option<String>,
         /// The output.
+        output: Payload,
+    },
+    /// An operator skipped the step with a value: the workflow went on with it, but the
+    /// step's tool did not produce it.
+    OperatorSkipped {
+        /// Who.
+        actor: String,
+        /// The value the workflow received.
         output: Payload,
     },
     /// Ran out of attempts or budget.
@@ -363,6 +402,7 @@ struct Fold {
     checks: Vec<CheckRecord>,
     escalations: Vec<EscalationRecord>,
     operator_actions: Vec<OperatorAction>,
+    ceilings: Vec<CeilingRecord>,
     outcome: Option<(Outcome, u64)>,
     last_is_escalation: bool,
 }
@@ -477,7 +517,38 @@ impl Fold {
                     message: message.clone(),
                     retry_at_ms: *retry_at_ms,
                     tool,
+                    cost: 0,
                 });
+            }
+            EventKind::AttemptCost {
+                position,
+                attempt,
+                cost,
+            } => {
+                let step = self.step(*position, event);
+                step.cost = step.cost.saturating_add(*cost);
+                if let Some(failure) = step
+                    .failures
+                    .iter_mut()
+                    .rev()
+                    .find(|f| f.attempt == *attempt)
+                {
+                    failure.cost = failure.cost.saturating_add(*cost);
+                }
+            }
+            kind @ EventKind::RunCeilingReached { .. } => {
+                if let Some((position, hit, action)) = kind.ceiling() {
+                    let step = self.step_ref(position);
+                    self.ceilings.push(CeilingRecord {
+                        seq,
+                        at_ms,
+                        step,
+                        ceiling: hit.to_string(),
+                        spent: hit.spent_text(),
+                        top_tool: hit.top_tool,
+                        action: action.label().to_string(),
+                    });
+                }
             }
             EventKind::StepCompleted {
                 position,
@@ -628,7 +699,7 @@ impl Fold {
                 reason,
                 ..
             } => {
-                let label = self.operate(*position, action, seq, at_ms);
+                let label = self.operate(*position, action, actor, seq, at_ms);
                 self.operator_actions.push(OperatorAction {
                     seq,
                     at_ms,
@@ -675,6 +746,7 @@ impl Fold {
         &mut self,
         position: Option<u32>,
         action: &OperatorActionKind,
+        actor: &str,
         seq: u64,
         at_ms: u64,
     ) -> String {
@@ -688,8 +760,14 @@ impl Fold {
                     step.outcome = StepEnd::Pending;
                     step.ended_ms = None;
                 }
-                OperatorActionKind::SkipStep { value: output }
-                | OperatorActionKind::ResolveDone { output } => {
+                OperatorActionKind::SkipStep { value: output } => {
+                    step.ended_ms = Some(at_ms);
+                    step.outcome = StepEnd::OperatorSkipped {
+                        actor: actor.to_string(),
+                        output: output.clone(),
+                    };
+                }
+                OperatorActionKind::ResolveDone { output } => {
                     step.ended_ms = Some(at_ms);
                     step.outcome = StepEnd::Completed {
                         attempt: step.attempts,
@@ -705,6 +783,7 @@ impl Fold {
                     message: "operator: the effect did not happen".into(),
                     retry_at_ms: None,
                     tool: step.current_tool.clone(),
+                    cost: 0,
                 }),
                 OperatorActionKind::Abort => {}
             }
@@ -843,11 +922,12 @@ impl RunRecord {
             checks: fold.checks,
             escalations: fold.escalations,
             operator_actions: fold.operator_actions,
+            ceilings: fold.ceilings,
             outcome,
         }
     }
 
-    /// Total cost units the run's steps reported.
+    /// Total cost units the run's attempts reported, failed ones included.
     pub fn cost(&self) -> u64 {
         self.steps
             .iter()
@@ -948,6 +1028,23 @@ impl RunRecord {
             }
         }
 
+        if !self.ceilings.is_empty() {
+            let _ = writeln!(out, "\nceilings");
+            for c in &self.ceilings {
+                let _ = writeln!(
+                    out,
+                    "  #{} {} [{}] {}: {}: {} -> {}",
+                    c.seq,
+                    rel(c.at_ms),
+                    c.step.position,
+                    c.step.name,
+                    c.ceiling,
+                    c.spent,
+                    c.action
+                );
+            }
+        }
+
         let _ = writeln!(out, "\noperator actions");
         if self.operator_actions.is_empty() {
             let _ = writeln!(out, "  none");
@@ -1023,17 +1120,34 @@ fn step_summary(step: &StepRecord) -> String {
         StepEnd::Completed {
             attempt, served_by, ..
         } => {
-            let mut s = format!("completed at attempt {attempt}");
-            if let Some(by) = served_by {
-                let _ = write!(s, " by {by}");
+            let mut s = match served_by.as_deref() {
+                Some("operator") => {
+                    format!("resolved as done by an operator after attempt {attempt}")
+                }
+                Some(by) => format!("completed at attempt {attempt} by {by}"),
+                None => format!("completed at attempt {attempt}"),
+            };
+            if step.cost > 0 {
+                let _ = write!(s, ", cost {}", step.cost);
             }
+            s
+        }
+        StepEnd::OperatorSkipped { actor, .. } => {
+            let mut s = format!(
+                "skipped by operator {actor} after {} attempts",
+                step.attempts
+            );
             if step.cost > 0 {
                 let _ = write!(s, ", cost {}", step.cost);
             }
             s
         }
         StepEnd::Exhausted { action, budget, .. } => {
-            format!("exhausted ({budget}) -> {}", exhaust_action(action))
+            let mut s = format!("exhausted ({budget}) -> {}", exhaust_action(action));
+            if step.cost > 0 {
+                let _ = write!(s, ", cost {}", step.cost);
+            }
+            s
         }
     };
     if !step.failures.is_empty() {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::record::{Outcome, RunRecord, StepEnd, StepRef};
 use super::{duration_ms, exhaust_action, ser_display, write_table, NO_TOOL};
-use crate::policy::FailureClass;
+use crate::policy::{FailureClass, OnExhaust};
 
 /// Per-tool metrics over many runs. Build it with [`Report::from_records`].
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -37,6 +37,8 @@ pub struct Report {
     pub tools: BTreeMap<String, ToolStats>,
     /// Every budget exhaustion, in run then log order.
     pub exhaustions: Vec<Exhaustion>,
+    /// Run ceilings reached, by ceiling (`max_iterations`, …).
+    pub ceilings: BTreeMap<String, u64>,
 }
 
 /// Metrics of one tool.
@@ -57,20 +59,29 @@ pub struct ToolStats {
     pub breaker_refusals: u64,
     /// Budget exhaustion events, by budget.
     pub exhausted: BTreeMap<String, u64>,
-    /// Steps that completed (an operator's skip or resolution included).
+    /// Steps whose output the tool produced: its real successes (an operator's resolution
+    /// of an effect of unknown outcome as done included; a skip is not).
     pub completed: u64,
-    /// Steps whose final outcome is an exhaustion (failed, degraded, skipped or escalated
-    /// and not resolved).
+    /// Steps that gave up and degraded to a fallback value.
+    pub degraded: u64,
+    /// Steps that gave up and were skipped by their on-exhaust rule.
+    pub skipped: u64,
+    /// Steps an operator skipped with a value.
+    pub operator_skipped: u64,
+    /// Steps that gave up and failed or escalated (and were not resolved since).
+    pub failed: u64,
+    /// Steps whose final outcome is an exhaustion: `degraded + skipped + failed`.
     pub gave_up: u64,
-    /// `completed / (completed + gave_up)`; steps still running do not count.
+    /// `completed / (completed + gave_up + operator_skipped)`; steps still running do not
+    /// count.
     pub success_rate: Option<f64>,
     /// Escalations raised by its steps.
     pub escalations: u64,
     /// `escalations / steps`.
     pub escalation_rate: Option<f64>,
-    /// Cost units its steps reported.
+    /// Cost units its attempts reported, failed ones included.
     pub cost: u64,
-    /// `cost / completed`.
+    /// `cost / completed`: what one real success of the tool cost.
     pub cost_per_success: Option<f64>,
 }
 
@@ -153,6 +164,7 @@ impl Report {
                     let tool = failure.tool.clone().unwrap_or_else(|| primary.clone());
                     *attempts.entry(tool.clone()).or_default() += 1;
                     let stats = report.tools.entry(tool).or_default();
+                    stats.cost = stats.cost.saturating_add(failure.cost);
                     *stats
                         .failures
                         .entry(failure.class.label().to_string())
@@ -161,24 +173,44 @@ impl Report {
                         stats.breaker_refusals += 1;
                     }
                 }
-                if let StepEnd::Completed {
-                    attempt, served_by, ..
-                } = &step.outcome
-                {
-                    let tool = served_by
-                        .clone()
-                        .filter(|s| s != "operator")
-                        .unwrap_or_else(|| current.clone());
-                    // A reconciled attempt is recorded as failed and completed: count it once.
-                    if !step.failures.iter().any(|f| f.attempt == *attempt) {
-                        *attempts.entry(tool.clone()).or_default() += 1;
+                match &step.outcome {
+                    StepEnd::Completed {
+                        attempt, served_by, ..
+                    } => {
+                        let tool = served_by
+                            .clone()
+                            .filter(|s| s != "operator")
+                            .unwrap_or_else(|| current.clone());
+                        // A reconciled attempt is recorded as failed and completed: count it
+                        // once. An operator's resolution adds no attempt.
+                        let counted = step.failures.iter().any(|f| f.attempt == *attempt)
+                            || served_by.as_deref() == Some("operator");
+                        if !counted {
+                            *attempts.entry(tool.clone()).or_default() += 1;
+                        }
+                        let stats = report.tools.entry(tool).or_default();
+                        stats.completed += 1;
+                        stats.cost = stats.cost.saturating_add(step.success_cost());
                     }
-                    let stats = report.tools.entry(tool).or_default();
-                    stats.completed += 1;
-                    stats.cost = stats.cost.saturating_add(step.cost);
-                }
-                if matches!(step.outcome, StepEnd::Exhausted { .. }) {
-                    report.tools.entry(current.clone()).or_default().gave_up += 1;
+                    StepEnd::OperatorSkipped { .. } => {
+                        let stats = report.tools.entry(current.clone()).or_default();
+                        stats.operator_skipped += 1;
+                        stats.cost = stats.cost.saturating_add(step.success_cost());
+                    }
+                    StepEnd::Exhausted { action, .. } => {
+                        let stats = report.tools.entry(current.clone()).or_default();
+                        match action {
+                            OnExhaust::Degrade(_) => stats.degraded += 1,
+                            OnExhaust::Skip => stats.skipped += 1,
+                            OnExhaust::Fail | OnExhaust::Escalate => stats.failed += 1,
+                        }
+                        stats.gave_up += 1;
+                        stats.cost = stats.cost.saturating_add(step.success_cost());
+                    }
+                    StepEnd::Pending => {
+                        let stats = report.tools.entry(current.clone()).or_default();
+                        stats.cost = stats.cost.saturating_add(step.success_cost());
+                    }
                 }
                 if attempts.is_empty() {
                     attempts.insert(primary.clone(), u64::from(step.attempts));
@@ -210,6 +242,14 @@ impl Report {
                     });
                 }
             }
+            for ceiling in &record.ceilings {
+                let key = ceiling
+                    .ceiling
+                    .strip_prefix("run ")
+                    .and_then(|c| c.split(' ').next())
+                    .unwrap_or(&ceiling.ceiling);
+                *report.ceilings.entry(key.to_string()).or_default() += 1;
+            }
             for escalation in &record.escalations {
                 let Some(step) = &escalation.step else {
                     continue;
@@ -239,7 +279,10 @@ impl Report {
         }
         for stats in report.tools.values_mut() {
             stats.retry_share = ratio(stats.retries, stats.attempts);
-            stats.success_rate = ratio(stats.completed, stats.completed + stats.gave_up);
+            stats.success_rate = ratio(
+                stats.completed,
+                stats.completed + stats.gave_up + stats.operator_skipped,
+            );
             stats.escalation_rate = ratio(stats.escalations, stats.steps);
             stats.cost_per_success =
                 (stats.completed > 0).then(|| stats.cost as f64 / stats.completed as f64);
@@ -326,6 +369,10 @@ impl Report {
                 "attempts",
                 "retry share",
                 "success",
+                "degraded",
+                "skipped",
+                "op-skipped",
+                "failed",
                 "escalated",
                 "breaker refusals",
                 "exhausted",
@@ -343,9 +390,13 @@ impl Report {
                     format!(
                         "{}/{} {}",
                         s.completed,
-                        s.completed + s.gave_up,
+                        s.completed + s.gave_up + s.operator_skipped,
                         percent(s.success_rate)
                     ),
+                    s.degraded.to_string(),
+                    s.skipped.to_string(),
+                    s.operator_skipped.to_string(),
+                    s.failed.to_string(),
                     format!(
                         "{}/{} {}",
                         s.escalations,
@@ -370,6 +421,15 @@ impl Report {
         }
         if !any {
             let _ = writeln!(out, "  none");
+        }
+
+        if !self.ceilings.is_empty() {
+            let ceilings: Vec<String> = self
+                .ceilings
+                .iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect();
+            let _ = writeln!(out, "\nrun ceilings reached: {}", ceilings.join(", "));
         }
 
         let _ = writeln!(out, "\nbudget exhaustion");

@@ -627,12 +627,14 @@ fn approvals_checks_and_operator_actions_are_recorded() {
             ("skip-step [2]", "paid by phone")
         ]
     );
-    // The skipped step counts as completed by the operator; its exhaustion stays on record.
+    // The skipped step is skipped by the operator, not a success of its tool; its exhaustion
+    // stays on record.
     let pay = &record.steps[0];
     assert!(
-        matches!(&pay.outcome, StepEnd::Completed { served_by: Some(by), .. } if by == "operator"),
+        matches!(&pay.outcome, StepEnd::OperatorSkipped { actor, .. } if actor == "ops"),
         "{pay:?}"
     );
+    assert!(!pay.succeeded());
     assert_eq!(pay.exhaustions.len(), 1);
     assert_eq!(record.escalations.len(), 2);
     assert_eq!(record.status, RunStatus::Completed);
@@ -651,7 +653,15 @@ fn approvals_checks_and_operator_actions_are_recorded() {
         report.tools["payments"].exhausted.get("terminal error"),
         Some(&1)
     );
-    assert_eq!(report.tools["payments"].success_rate, Some(1.0));
+    let payments = &report.tools["payments"];
+    assert_eq!(
+        (
+            payments.completed,
+            payments.operator_skipped,
+            payments.success_rate
+        ),
+        (0, 1, Some(0.0))
+    );
 
     let text = record.render();
     assert!(text.contains("  #2 +0.020s gate 9a9a9a9a-9a9a-9a9a-9a9a-9a9a9a9a9a9a \"refund $420 to order A-1\": expired after 1h00m"), "{text}");
@@ -963,10 +973,10 @@ fn the_checkpoint_encoding_is_pinned_to_its_format_version() {
         }
         hasher.update(&crate::codec::encode_checkpoint(&state));
     }
-    assert_eq!(crate::codec::CHECKPOINT_FORMAT, 3);
+    assert_eq!(crate::codec::CHECKPOINT_FORMAT, 4);
     assert_eq!(
         hasher.finalize().to_hex().as_str(),
-        "d4ea26ba63ba00444f7f4bbe690017fae65dfdfca0c35dc59ccf97d62725af3b",
+        "a4312a997aa6d1c35859094594c1c7981203f35fbea05ce819e0f754c131369e",
         "the fold's shape changed: bump codec::CHECKPOINT_FORMAT and update this digest"
     );
 }

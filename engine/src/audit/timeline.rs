@@ -275,6 +275,25 @@ pub fn timeline(events: &[Event]) -> String {
                     quote(reason)
                 )
             }
+            EventKind::AttemptCost {
+                position,
+                attempt,
+                cost,
+            } => format!("{} attempt {attempt} cost {cost}", step(position)),
+            kind @ EventKind::RunCeilingReached { .. } => match kind.ceiling() {
+                Some((position, hit, action)) => {
+                    let action = match action {
+                        crate::policy::OnCeiling::Escalate => "escalate",
+                        crate::policy::OnCeiling::Fail => "fail the run",
+                    };
+                    format!(
+                        "{} {hit}: {} -> {action}",
+                        step(&position),
+                        hit.spent_text()
+                    )
+                }
+                None => generic_detail(kind, &names),
+            },
             // Everything else, including kinds added to the schema after this was written.
             other => generic_detail(other, &names),
         };

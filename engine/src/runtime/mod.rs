@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+pub(crate) use self::driver::timer_deletes;
 use self::inner::{EngineInner, Settled};
 pub use self::operator::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
 use self::registry::Registry;
@@ -233,6 +234,17 @@ impl EngineBuilder {
         self
     }
 
+    /// Registers a typed [`Workflow`](crate::Workflow) under its `NAME` and `VERSION`; start
+    /// it with [`Engine::start_workflow`], which the compiler checks against its input and
+    /// output types.
+    pub fn workflow<W: crate::Workflow>(self, workflow: W) -> Self {
+        let workflow = Arc::new(workflow);
+        self.register(W::NAME, W::VERSION, move |ctx, input: W::Input| {
+            let workflow = Arc::clone(&workflow);
+            async move { workflow.run(ctx, input).await }
+        })
+    }
+
     /// Opens the store and resumes every run that was in flight: `Running` runs and
     /// `Blocked` ones (the code may match now) are replayed; parked runs wait for their
     /// wake-up. Must be called inside a tokio runtime.
@@ -421,7 +433,30 @@ impl Engine {
         self.inner.sweep(false).await
     }
 
-    /// Starts a run of the highest registered version of `workflow`.
+    /// Starts a run of a typed [`Workflow`](crate::Workflow) (registered with
+    /// [`EngineBuilder::workflow`]): its input and its handle's output are checked by the
+    /// compiler. Starts the highest registered version of `W::NAME`.
+    pub async fn start_workflow<W: crate::Workflow>(
+        &self,
+        input: &W::Input,
+    ) -> Result<RunHandle<W::Output>> {
+        self.start_with(W::NAME, input, StartOptions::default())
+            .await
+    }
+
+    /// [`Engine::start_workflow`] with options (version, dedupe key, owner).
+    pub async fn start_workflow_with<W: crate::Workflow>(
+        &self,
+        input: &W::Input,
+        options: StartOptions,
+    ) -> Result<RunHandle<W::Output>> {
+        self.start_with(W::NAME, input, options).await
+    }
+
+    /// Starts a run of the highest registered version of `workflow`. The input must decode
+    /// into the type the workflow was registered with: otherwise [`Error::InputType`] and no
+    /// run is written. The output type `Out` is checked when the handle decodes the result
+    /// ([`Error::OutputType`]); [`Engine::start_workflow`] checks both at compile time.
     pub async fn start<In: Serialize, Out: DeserializeOwned>(
         &self,
         workflow: &str,
@@ -463,6 +498,16 @@ impl Engine {
             }
         }
         let input = Payload::encode(input).map_err(|e| Error::Payload(e.to_string()))?;
+        // A wrong input type would leave the run Blocked for good: refuse it, writing nothing.
+        if let Some(Err((expected, reason))) = inner.registry.check_input(workflow, version, &input)
+        {
+            return Err(Error::InputType {
+                workflow: workflow.to_string(),
+                version,
+                expected,
+                reason,
+            });
+        }
         let run = RunId(*uuid::Uuid::now_v7().as_bytes());
         let index: Vec<IndexOp> = options
             .dedupe_key
@@ -481,7 +526,7 @@ impl Engine {
             policy_version: inner.policy.version.clone(),
         };
         match inner.create_run(run, started, index).await {
-            Ok(()) => {}
+            Ok(()) => crate::telemetry::run_started(run, workflow, version),
             Err(Error::Storage(annal_storage::Error::DedupeTaken { existing })) => {
                 // Claimed by a start still in flight: its handle is handed out once that start
                 // is durable, as this one's would have been.
@@ -573,8 +618,10 @@ impl Engine {
             actor: actor.into(),
             reason: reason.into(),
         })
-        .await
-        .map(drop)
+        .await?;
+        let workflow = self.inner.meta(run).await.map(|m| m.workflow);
+        crate::telemetry::run_ended(run, &workflow.unwrap_or_default(), RunStatus::Terminated);
+        Ok(())
     }
 
     /// Stops every run driver and the timer service and waits until they are gone. Runs stay
@@ -704,10 +751,18 @@ pub async fn read_history(store: &dyn LogStore, run: RunId) -> Result<Vec<Event>
 /// The result a run's terminal event gives its waiters; `None` if `kind` is not terminal.
 fn ended<Out: DeserializeOwned>(run: RunId, kind: &EventKind) -> Option<Result<Step<Out>>> {
     Some(match kind {
-        EventKind::RunCompleted { output } => output
-            .decode()
-            .map(Step::Done)
-            .map_err(|e| Error::Payload(e.to_string())),
+        EventKind::RunCompleted { output } => {
+            output
+                .decode()
+                .map(Step::Done)
+                .map_err(|e| Error::OutputType {
+                    run,
+                    workflow: String::new(),
+                    requested: std::any::type_name::<Out>(),
+                    registered: None,
+                    reason: e.to_string(),
+                })
+        }
         EventKind::RunFailed { error } => Err(Error::WorkflowFailed {
             run,
             error: error.clone(),
@@ -782,7 +837,41 @@ impl<Out: DeserializeOwned> RunHandle<Out> {
             }
         };
         self.inner.unwatch_run(run);
-        result
+        match result {
+            Err(Error::OutputType {
+                run,
+                requested,
+                reason,
+                ..
+            }) => Err(self.output_type_error(run, requested, reason).await),
+            other => other,
+        }
+    }
+
+    /// A wrong output type, with the workflow and the output type it is registered with.
+    async fn output_type_error(
+        &self,
+        run: RunId,
+        requested: &'static str,
+        reason: String,
+    ) -> Error {
+        let (workflow, registered) = match self.inner.meta(run).await {
+            Ok(meta) => {
+                let registered = self
+                    .inner
+                    .registry
+                    .output_type(&meta.workflow, meta.version);
+                (meta.workflow, registered)
+            }
+            Err(_) => (String::new(), None),
+        };
+        Error::OutputType {
+            run,
+            workflow,
+            requested,
+            registered,
+            reason,
+        }
     }
 
     async fn wait_settled(

@@ -600,6 +600,14 @@ impl EngineInner {
         };
         drop(writer);
         inner.store.wait_durable(appended).await?;
+        crate::telemetry::approval_decided(
+            run,
+            gate,
+            approved,
+            &actor.id,
+            &role,
+            decided_ms.saturating_sub(record.requested_ms),
+        );
         woken?;
         Ok(Decided {
             gate,
@@ -672,6 +680,12 @@ impl EngineInner {
                 .await;
         }
         let abort = action == OperatorActionKind::Abort;
+        let label = crate::audit::operator_action_name(&action);
+        let workflow = writer
+            .meta
+            .as_ref()
+            .map(|m| m.workflow.clone())
+            .unwrap_or_default();
         let recorded = EventKind::OperatorAction {
             position: escalated_at,
             action,
@@ -701,6 +715,12 @@ impl EngineInner {
         };
         drop(writer);
         inner.store.wait_durable(position).await?;
+        crate::telemetry::operator_action(run, escalated_at, label, actor);
+        if abort {
+            crate::telemetry::run_ended(run, &workflow, RunStatus::Failed);
+        } else {
+            crate::telemetry::run_status(&workflow, RunStatus::Running);
+        }
         inner.notify_run_settled(run);
         woken
     }

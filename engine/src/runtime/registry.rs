@@ -16,10 +16,67 @@ use crate::event::Payload;
 pub(crate) type ErasedWorkflow =
     Arc<dyn Fn(Ctx, Payload) -> BoxFuture<'static, Result<Payload, WorkflowError>> + Send + Sync>;
 
+/// Whether an encoded input decodes into a workflow's input type (`Err` says why not).
+type InputCheck = Arc<dyn Fn(&Payload) -> Result<(), String> + Send + Sync>;
+
+/// One registered version of a workflow.
+#[derive(Clone)]
+struct Registered {
+    workflow: ErasedWorkflow,
+    check_input: InputCheck,
+    input_type: &'static str,
+    output_type: &'static str,
+}
+
 /// Workflows by name, then version.
 #[derive(Default, Clone)]
 pub(crate) struct Registry {
-    workflows: HashMap<String, BTreeMap<u32, ErasedWorkflow>>,
+    workflows: HashMap<String, BTreeMap<u32, Registered>>,
+}
+
+/// Telemetry of one drive of a run: resumed when it starts on a history, ended when the
+/// workflow returns (as the driver will record it).
+struct RunWatch {
+    workflow: String,
+}
+
+impl RunWatch {
+    fn begin(ctx: &Ctx) -> Self {
+        let (workflow, events) = {
+            let state = ctx.slot.state();
+            let workflow = state.replay.started().map(|(w, _, _)| w.clone());
+            (workflow.unwrap_or_default(), state.replay.next_seq())
+        };
+        // A new run's first drive has nothing but `RunStarted` behind it.
+        if events > 1 {
+            crate::telemetry::run_resumed(ctx.slot.run, &workflow, events);
+        }
+        Self { workflow }
+    }
+
+    fn ended(&self, ctx: &Ctx, result: &Result<Payload, WorkflowError>) {
+        use crate::status::RunStatus;
+        let status = {
+            let state = ctx.slot.state();
+            // Code that returned before reaching every recorded call drifted: blocked.
+            if state
+                .replay
+                .unvisited(|p| state.visited.contains(p))
+                .is_some()
+            {
+                return;
+            }
+            let cancelled =
+                state.replay.cancel_reason().is_some() && state.replay.pending_cancel().is_none();
+            match result {
+                Ok(_) => RunStatus::Completed,
+                Err(WorkflowError::ContinueAsNew(_)) => RunStatus::ContinuedAsNew,
+                Err(WorkflowError::Cancelled(_)) if cancelled => RunStatus::Cancelled,
+                Err(_) => RunStatus::Failed,
+            }
+        };
+        crate::telemetry::run_ended(ctx.slot.run, &self.workflow, status);
+    }
 }
 
 impl Registry {
@@ -42,6 +99,7 @@ impl Registry {
         let erased: ErasedWorkflow = Arc::new(move |ctx: Ctx, input: Payload| {
             let f = Arc::clone(&f);
             Box::pin(async move {
+                let watch = (!ctx.engine.config.replay_only).then(|| RunWatch::begin(&ctx));
                 // An input that no longer decodes is a code change, not a run failure.
                 let input: In = match input.decode() {
                     Ok(input) => input,
@@ -52,20 +110,51 @@ impl Registry {
                         return std::future::pending().await;
                     }
                 };
-                let output = f(ctx, input).await?;
-                Payload::encode(&output).map_err(|e| {
-                    WorkflowError::failed(format!("workflow output does not encode: {e}"))
-                })
+                let result = f(ctx.clone(), input).await.and_then(|output| {
+                    Payload::encode(&output).map_err(|e| {
+                        WorkflowError::failed(format!("workflow output does not encode: {e}"))
+                    })
+                });
+                if let Some(watch) = watch {
+                    watch.ended(&ctx, &result);
+                }
+                result
             })
         });
+        let check_input: InputCheck =
+            Arc::new(|input: &Payload| input.decode::<In>().map(drop).map_err(|e| e.to_string()));
+        let registered = Registered {
+            workflow: erased,
+            check_input,
+            input_type: std::any::type_name::<In>(),
+            output_type: std::any::type_name::<Out>(),
+        };
         self.workflows
             .entry(name.to_string())
             .or_default()
-            .insert(version, erased);
+            .insert(version, registered);
     }
 
     pub(crate) fn get(&self, name: &str, version: u32) -> Option<ErasedWorkflow> {
-        self.workflows.get(name)?.get(&version).cloned()
+        let registered = self.workflows.get(name)?.get(&version)?;
+        Some(Arc::clone(&registered.workflow))
+    }
+
+    /// Whether `input` decodes into the input type of `name` at `version` (`Err` says why
+    /// not, naming the type), or `None` if no such workflow is registered.
+    pub(crate) fn check_input(
+        &self,
+        name: &str,
+        version: u32,
+        input: &Payload,
+    ) -> Option<Result<(), (&'static str, String)>> {
+        let registered = self.workflows.get(name)?.get(&version)?;
+        Some((registered.check_input)(input).map_err(|why| (registered.input_type, why)))
+    }
+
+    /// The output type `name` was registered with at `version`, for error hints.
+    pub(crate) fn output_type(&self, name: &str, version: u32) -> Option<&'static str> {
+        Some(self.workflows.get(name)?.get(&version)?.output_type)
     }
 
     pub(crate) fn latest(&self, name: &str) -> Option<u32> {
