@@ -154,10 +154,24 @@ impl EngineInner {
         let run = slot.run;
         let mut writer = slot.writer.lock().await;
         let result = self.settle_locked(slot, &mut writer, outcome).await;
-        if let Err(e) = &result {
-            tracing::error!(%run, error = %e, "run could not be settled; it resumes from its log on the next open");
+        // The log moved on under the settling driver: an append of the workflow, dropped
+        // with it when a halt won the race, had already reached the store (a timer's
+        // `TimerFired`, say). Nothing of the settle was written; the run is reloaded from
+        // what the store holds and goes on, instead of waiting for the next sweep or open.
+        let moved = matches!(
+            result,
+            Err(crate::Error::Storage(annal_storage::Error::Conflict { .. }))
+        );
+        match &result {
+            Err(e) if moved => {
+                tracing::debug!(%run, error = %e, "the log moved on while the run settled; reloading it")
+            }
+            Err(e) => {
+                tracing::error!(%run, error = %e, "run could not be settled; it resumes from its log on the next open")
+            }
+            Ok(_) => {}
         }
-        let wake_again = matches!(result, Ok(true));
+        let wake_again = matches!(result, Ok(true)) || (moved && !self.store.shared());
         // A run that ended registered no new wake-up time, so unless the timer service left
         // due entries behind (which wait for runs to settle), it need not rescan: doing so
         // after every finished run cost the fan-in bench ~3% of its workers' time.
