@@ -31,7 +31,10 @@ const NO_GATES: &str = "no approval gates in this database";
 
 /// What the gate asks, from the latest request recorded for it (a reopened gate records
 /// one request and several rounds: the request holds for all of them).
-fn request_of(events: &[annal::Event], gate: GateId) -> Option<annal::ApprovalRequest> {
+fn request_of(
+    events: &[annal_core::event::Event],
+    gate: GateId,
+) -> Option<annal_core::approval::ApprovalRequest> {
     events
         .iter()
         .rev()
@@ -54,9 +57,9 @@ fn approvers_text(approvers: &[String]) -> String {
 /// CLI holds the database, so no service runs anything in it now: a `running` run (one a
 /// decision or an operator action made runnable) waits for the service to open the database
 /// again. On PostgreSQL services run while the CLI reads, and `running` is what it says.
-fn true_state(db: &Database, status: annal::RunStatus) -> String {
+fn true_state(db: &Database, status: annal_core::status::RunStatus) -> String {
     match status {
-        annal::RunStatus::Running if !db.shared() => "waiting for the service".into(),
+        annal_core::status::RunStatus::Running if !db.shared() => "waiting for the service".into(),
         other => other.to_string(),
     }
 }
@@ -122,7 +125,7 @@ pub fn list(db: &Database, out: &mut dyn Write) -> anyhow::Result<u8> {
         };
         let requested_ms = approval.map(|a| a.requested_ms);
         let deadline = match (request.as_ref().and_then(|r| r.deadline_ms), requested_ms) {
-            (Some(d), Some(at)) => annal::audit::utc(at.saturating_add(d)),
+            (Some(d), Some(at)) => annal_core::audit::utc(at.saturating_add(d)),
             (Some(_), None) => "?".into(),
             (None, _) => "none".into(),
         };
@@ -130,13 +133,13 @@ pub fn list(db: &Database, out: &mut dyn Write) -> anyhow::Result<u8> {
         let age = match (approval, requested_ms) {
             (Some(a), _) if a.decided_ms.is_some() => a.latency_ms().map_or_else(
                 || "-".into(),
-                |ms| format!("decided after {}", annal::audit::duration_ms(ms)),
+                |ms| format!("decided after {}", annal_core::audit::duration_ms(ms)),
             ),
-            (_, Some(at)) => annal::audit::duration_ms(now_ms.saturating_sub(at)),
+            (_, Some(at)) => annal_core::audit::duration_ms(now_ms.saturating_sub(at)),
             _ => "-".into(),
         };
         let status = true_state(db, record.status);
-        waiting_for_service |= record.status == annal::RunStatus::Running;
+        waiting_for_service |= record.status == annal_core::status::RunStatus::Running;
         rows.push([
             gate.to_string(),
             run.to_string(),
@@ -228,9 +231,9 @@ pub fn decide(
             .actor
             .as_deref()
             .map_or_else(String::new, |actor| format!(" by {actor}"));
-        let when = approval
-            .decided_ms
-            .map_or_else(String::new, |ms| format!(" at {}", annal::audit::utc(ms)));
+        let when = approval.decided_ms.map_or_else(String::new, |ms| {
+            format!(" at {}", annal_core::audit::utc(ms))
+        });
         eprintln!(
             "gate {gate_id} (run {run}) was already {decision}{by}{when}; nothing was written"
         );
@@ -267,7 +270,7 @@ fn decide_in_store(
     reason: &str,
 ) -> anyhow::Result<String> {
     let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
-    let actor = annal::Actor::new(actor, &roles);
+    let actor = annal_core::approval::Actor::new(actor, &roles);
     let verb = verb(&verdict);
     let request = match verdict {
         Verdict::Approve { edits: None } => annal::DecideRequest::approve(reason),

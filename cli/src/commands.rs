@@ -3,8 +3,8 @@
 
 use std::io::Write;
 
-use annal::audit::{timeline, utc, Report};
-use annal::{Event, RunStatus};
+use annal_core::audit::{timeline, utc, Report};
+use annal_core::{event::Event, status::RunStatus};
 use annal_storage::RunId;
 use serde::Serialize;
 
@@ -136,7 +136,7 @@ impl RunRow<'_> {
 /// What `annal history --json` prints.
 #[derive(Serialize)]
 struct HistoryJson<'a> {
-    record: annal::audit::RunRecord,
+    record: annal_core::audit::RunRecord,
     events: &'a [Event],
     problems: Vec<String>,
 }

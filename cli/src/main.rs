@@ -27,7 +27,7 @@ use std::io::{BufWriter, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use annal::RunStatus;
+use annal_core::status::RunStatus;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
 use crate::db::{Access, Database, Target};

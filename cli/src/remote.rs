@@ -10,11 +10,11 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use annal::audit::{duration_ms, utc};
 use annal_admin::wire::{
     DecideBody, DecisionView, ErrorBody, OperateBody, OperatedView, PastDecisionView, PendingView,
     ReportView, RunSummary, RunView, WhoAmI,
 };
+use annal_core::audit::{duration_ms, utc};
 use anyhow::{bail, Context as _};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

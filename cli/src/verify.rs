@@ -20,8 +20,8 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use annal::replay::ReplayState;
 use annal::{EventKind, RunStatus};
+use annal_core::replay::ReplayState;
 use annal_storage::{keys, RunId};
 
 use crate::db::{Database, IndexEntry, Problem, Subject};
@@ -223,7 +223,7 @@ fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow:
                 run,
                 format!(
                     "parked until {} but the due-time index has no entry for it: the timer service will not wake it (the engine's sweep does)",
-                    annal::audit::utc(wake_ms)
+                    annal_core::audit::utc(wake_ms)
                 ),
             ));
         }
@@ -250,7 +250,7 @@ fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow:
 fn verify_checkpoint(
     run: RunId,
     checkpoint: Option<Result<Vec<u8>, String>>,
-    events: &[annal::Event],
+    events: &[annal_core::event::Event],
     problems: &mut Vec<Problem>,
 ) {
     let Some(bytes) = checkpoint else {
@@ -258,7 +258,7 @@ fn verify_checkpoint(
     };
     let problem = |reason: String| Problem::run(run, reason);
     let state = match bytes
-        .and_then(|bytes| annal::codec::decode_checkpoint(&bytes).map_err(|e| e.to_string()))
+        .and_then(|bytes| annal_core::codec::decode_checkpoint(&bytes).map_err(|e| e.to_string()))
     {
         Ok(state) => state,
         Err(e) => {
@@ -333,7 +333,7 @@ fn verify_indexes(
             // nothing); one for a run that does not exist means a purge went wrong.
             IndexEntry::Due(timer) if missing(timer.run)? => problems.push(index(format!(
                 "due time {} (id {}) points at run {}, which does not exist",
-                annal::audit::utc(timer.fire_at_ms),
+                annal_core::audit::utc(timer.fire_at_ms),
                 timer.id,
                 timer.run
             ))),

@@ -130,20 +130,19 @@
 //! - The repository's `examples/` (`cargo run --example tool_budgets`, `refund_agent`,
 //!   `telemetry`, …), `ARCHITECTURE.md` and `docs/format.md`.
 
-pub mod approval;
-pub mod audit;
-pub mod breaker;
+// The pure core (`annal-core`), under the paths this crate always had them.
+pub(crate) use annal_core::status;
+pub use annal_core::{approval, audit, breaker, codec, event, replay, secret};
 pub mod clock;
-pub mod codec;
-mod context;
 pub mod error;
-pub mod event;
-pub mod policy;
-pub mod replay;
+mod failure;
+pub mod policy {
+    //! Step classes, failure classes, retry policies, per-tool rules and run ceilings
+    //! (`annal_core::policy`), and what a step body reports when an attempt fails.
+    pub use crate::failure::StepFailure;
+    pub use annal_core::policy::*;
+}
 mod runtime;
-pub mod secret;
-mod status;
-mod step;
 pub mod telemetry;
 pub mod workflow;
 
@@ -152,20 +151,20 @@ pub use approval::{
     ActionDigest, Actor, ActorKind, ApprovalRequest, CheckResult, Decision, OnExpiry, RiskTier,
     Verdict,
 };
-pub use context::Ctx;
 pub use error::{Cancelled, DriftError, Error, Result, StepError, WorkflowError};
 pub use event::{DecisionRef, Event, EventKind, OperatorActionKind, Payload};
 pub use policy::{
     Backoff, Ceiling, FailureClass, OnCeiling, OnExhaust, Policy, RetryPolicy, StepClass,
     StepFailure, ToolPolicy,
 };
+pub use runtime::context::Ctx;
+pub use runtime::step::{Attempt, Reconciled, StepBuilder};
 pub use runtime::{
     read_history, ApprovalFilter, AttemptObserver, DecideRequest, Decided, Engine, EngineBuilder,
     EngineConfig, ObservedAttempt, PastDecision, PendingApproval, RunHandle, RunInfo, StartOptions,
 };
 pub use secret::Secret;
 pub use status::{overdue, Overdue, RunStatus};
-pub use step::{Attempt, Reconciled, StepBuilder};
 pub use workflow::Workflow;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -60,8 +60,8 @@ use std::future::Future;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::context::Ctx;
 use crate::error::WorkflowError;
+use crate::runtime::context::Ctx;
 
 /// A workflow whose input and output types are part of its type. Register it with
 /// [`EngineBuilder::workflow`](crate::EngineBuilder::workflow) and start it with

@@ -5,6 +5,7 @@ mod ceilings;
 mod core;
 mod crash;
 mod histories;
+mod layering;
 mod policy;
 mod props;
 mod report;

@@ -18,7 +18,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use annal::Event;
+use annal_core::event::Event;
 use annal_storage::{GateId, LogStore, RunId, RunMeta, TimerEntry};
 use anyhow::bail;
 
@@ -212,7 +212,7 @@ impl RunScan {
             self.broken = true;
         }
         self.expected = seq.saturating_add(1);
-        let event = frame.and_then(|payload| match annal::codec::decode_event(payload) {
+        let event = frame.and_then(|payload| match annal_core::codec::decode_event(payload) {
             Err(e) => Err(e.to_string()),
             Ok(event) if event.seq != seq => {
                 Err(format!("the event inside says seq {}", event.seq))
@@ -263,8 +263,8 @@ impl Loaded {
     }
 
     /// The audit record of what could be read.
-    pub fn record(&self) -> annal::audit::RunRecord {
-        annal::audit::RunRecord::from_history(self.run, self.meta.as_ref(), &self.scan.events)
+    pub fn record(&self) -> annal_core::audit::RunRecord {
+        annal_core::audit::RunRecord::from_history(self.run, self.meta.as_ref(), &self.scan.events)
     }
 }
 

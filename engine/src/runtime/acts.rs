@@ -14,8 +14,8 @@ use std::sync::Arc;
 use annal_storage::{GateId, Hint, IndexOp, Request, RunId};
 use serde::{Deserialize, Serialize};
 
+use super::decisions::{DecideRequest, Decided, Rules};
 use super::inner::{AppendReq, EngineInner};
-use super::operator::{DecideRequest, Decided, Rules};
 use super::slot::Halt;
 use super::Engine;
 use crate::approval::{ActionDigest, Actor};

@@ -8,7 +8,6 @@ use tracing::Instrument;
 
 use super::inner::{AppendReq, EngineInner};
 use super::slot::{Halt, RunSlot, Writer};
-use crate::context::Ctx;
 use crate::error::{DriftError, Result, WorkflowError};
 use crate::event::{EventKind, Payload};
 use crate::replay::{Recorded, ReplayState};
@@ -138,8 +137,7 @@ impl EngineInner {
                     "workflow '{workflow}' version {version} is not registered in this engine"
                 )));
             };
-            let ctx = Ctx::new(Arc::clone(&self), Arc::clone(&slot));
-            let code = code(ctx, input);
+            let code = code(Arc::clone(&self), Arc::clone(&slot), input);
             tokio::select! {
                 result = code => Settle::Finished(result),
                 halt = slot.wait_halt() => Settle::Halted(halt),
@@ -465,17 +463,6 @@ pub(crate) fn timer_deletes(replay: &ReplayState) -> Vec<IndexOp> {
         }
     }
     out
-}
-
-pub(crate) fn is_unreadable(e: &crate::Error) -> bool {
-    matches!(
-        e,
-        crate::Error::Codec { .. }
-            | crate::Error::Inconsistent { .. }
-            | crate::Error::Storage(
-                annal_storage::Error::Corrupt { .. } | annal_storage::Error::CorruptIndex { .. }
-            )
-    )
 }
 
 fn drift_error(run: RunId, mismatch: crate::replay::Mismatch) -> DriftError {

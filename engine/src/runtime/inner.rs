@@ -4,15 +4,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use annal_storage::{AppendBatch, IndexOp, LogStore, Position, RunId, RunMeta};
+use futures::future::BoxFuture;
 use tokio::sync::{watch, Notify};
 
-use super::registry::Registry;
 use super::slot::{RunSlot, Writer};
 use super::EngineConfig;
 use crate::clock::Clock;
 use crate::codec;
-use crate::error::{DriftError, Error, Result};
-use crate::event::{Event, EventKind};
+use crate::error::{DriftError, Error, Result, WorkflowError};
+use crate::event::{Event, EventKind, Payload};
 use crate::replay::ReplayState;
 use crate::status::RunStatus;
 
@@ -63,9 +63,42 @@ impl AppendReq {
     }
 }
 
+/// A registered workflow as the engine runs it: given the engine and the run's slot, the
+/// run's output (JSON). The registry builds these around typed workflow functions and the
+/// `Ctx` they take; the engine's core only calls them, so it never names the context.
+pub(crate) type WorkflowCode = Arc<
+    dyn Fn(
+            Arc<EngineInner>,
+            Arc<RunSlot>,
+            Payload,
+        ) -> BoxFuture<'static, Result<Payload, WorkflowError>>
+        + Send
+        + Sync,
+>;
+
+/// The workflows an engine knows, by name and version (implemented by `registry::Registry`).
+pub(crate) trait Workflows: Send + Sync {
+    /// Names of the registered workflows ("name@version").
+    fn names(&self) -> Vec<String>;
+    /// The code of `name` at `version`.
+    fn get(&self, name: &str, version: u32) -> Option<WorkflowCode>;
+    /// Whether `input` decodes into the input type of `name` at `version` (`Err` says why
+    /// not, naming the type), or `None` if no such workflow is registered.
+    fn check_input(
+        &self,
+        name: &str,
+        version: u32,
+        input: &Payload,
+    ) -> Option<std::result::Result<(), (&'static str, String)>>;
+    /// The output type `name` was registered with at `version`, for error hints.
+    fn output_type(&self, name: &str, version: u32) -> Option<&'static str>;
+    /// The newest registered version of `name`.
+    fn latest(&self, name: &str) -> Option<u32>;
+}
+
 pub(crate) struct EngineInner {
     pub(crate) store: Arc<dyn LogStore>,
-    pub(crate) registry: Registry,
+    pub(crate) registry: Arc<dyn Workflows>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) config: EngineConfig,
     pub(crate) slots: Mutex<HashMap<RunId, Arc<RunSlot>>>,
@@ -154,7 +187,7 @@ impl EngineInner {
                 if let Err(e) = self.load(&slot, &mut guard).await {
                     guard.evicted = true;
                     self.remove_slot(&slot);
-                    if super::driver::is_unreadable(&e) {
+                    if is_unreadable(&e) {
                         self.block_unreadable(run, &e).await;
                     }
                     self.store.release(run);
@@ -536,4 +569,17 @@ fn shrink_when_sparse<V>(map: &mut HashMap<RunId, V>) {
     if map.capacity() > 64 && map.len() < map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
     }
+}
+
+/// Whether `e` says a run's log cannot be decoded or contradicts itself: the run is reported
+/// (or left alone), never retried.
+pub(crate) fn is_unreadable(e: &crate::Error) -> bool {
+    matches!(
+        e,
+        crate::Error::Codec { .. }
+            | crate::Error::Inconsistent { .. }
+            | crate::Error::Storage(
+                annal_storage::Error::Corrupt { .. } | annal_storage::Error::CorruptIndex { .. }
+            )
+    )
 }

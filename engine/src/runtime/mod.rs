@@ -1,18 +1,28 @@
 //! The engine: registry, run drivers, the timer service, recovery and the public API.
 //!
+//! Submodules, leaves first (no two import each other; `tests/layering` checks it):
+//!
 //! - `registry`: workflows by (name, version);
 //! - `slot`: one run in memory, its history and the writer lock of its log;
 //! - `inner`: loading and appending through a slot;
+//! - `context`: `Ctx`, what a workflow body calls (timers, signals, values, approvals);
+//! - `step`: `StepBuilder`, a step's attempts, retries, budgets, breakers and fallbacks;
 //! - `driver`: replaying a workflow and settling the run when it returns or halts;
 //! - `timer`: waking parked runs when their due time comes;
-//! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up).
+//! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up);
+//! - `decisions`: what reviewers see and send (pending approvals, decision requests);
+//! - `acts`: acts from outside, carried out here or forwarded to the run's worker;
+//! - `operator`: deciding approvals, the inbox, operator actions on escalated runs.
 
 mod acts;
+pub(crate) mod context;
+mod decisions;
 mod driver;
 pub(crate) mod inner;
 mod operator;
 mod registry;
 pub(crate) mod slot;
+pub(crate) mod step;
 mod sweep;
 mod timer;
 
@@ -28,14 +38,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 
+pub use self::decisions::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
 pub(crate) use self::driver::timer_deletes;
-use self::inner::{EngineInner, Settled};
-pub use self::operator::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
+use self::inner::{EngineInner, Settled, Workflows};
 use self::registry::Registry;
 use crate::clock::{Clock, TokioClock};
-use crate::context::Ctx;
 use crate::error::{Error, Result, WorkflowError};
 use crate::event::{Event, EventKind, Payload};
+use crate::runtime::context::Ctx;
 use crate::status::RunStatus;
 
 /// Tunables of an engine.
@@ -264,7 +274,7 @@ impl EngineBuilder {
         let (settled, _) = watch::channel(0);
         let inner = Arc::new(EngineInner {
             store,
-            registry: self.registry,
+            registry: Arc::new(self.registry),
             clock: self.clock.unwrap_or_else(|| Arc::new(TokioClock::new())),
             config: self.config,
             slots: Mutex::new(HashMap::new()),

@@ -8,13 +8,11 @@ use futures::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::context::Ctx;
 use crate::error::WorkflowError;
 use crate::event::Payload;
-
-/// A workflow with its types erased: JSON in, JSON out.
-pub(crate) type ErasedWorkflow =
-    Arc<dyn Fn(Ctx, Payload) -> BoxFuture<'static, Result<Payload, WorkflowError>> + Send + Sync>;
+use crate::runtime::context::Ctx;
+use crate::runtime::inner::{EngineInner, WorkflowCode, Workflows};
+use crate::runtime::slot::RunSlot;
 
 /// Whether an encoded input decodes into a workflow's input type (`Err` says why not).
 type InputCheck = Arc<dyn Fn(&Payload) -> Result<(), String> + Send + Sync>;
@@ -22,7 +20,7 @@ type InputCheck = Arc<dyn Fn(&Payload) -> Result<(), String> + Send + Sync>;
 /// One registered version of a workflow.
 #[derive(Clone)]
 struct Registered {
-    workflow: ErasedWorkflow,
+    workflow: WorkflowCode,
     check_input: InputCheck,
     input_type: &'static str,
     output_type: &'static str,
@@ -80,14 +78,6 @@ impl RunWatch {
 }
 
 impl Registry {
-    /// Names of the registered workflows ("name@version").
-    pub(crate) fn names(&self) -> Vec<String> {
-        self.workflows
-            .iter()
-            .flat_map(|(name, versions)| versions.keys().map(move |v| format!("{name}@{v}")))
-            .collect()
-    }
-
     pub(crate) fn register<F, Fut, In, Out>(&mut self, name: &str, version: u32, f: F)
     where
         F: Fn(Ctx, In) -> Fut + Send + Sync + 'static,
@@ -96,31 +86,35 @@ impl Registry {
         Out: Serialize + Send + 'static,
     {
         let f = Arc::new(f);
-        let erased: ErasedWorkflow = Arc::new(move |ctx: Ctx, input: Payload| {
-            let f = Arc::clone(&f);
-            Box::pin(async move {
-                let watch = (!ctx.engine.config.replay_only).then(|| RunWatch::begin(&ctx));
-                // An input that no longer decodes is a code change, not a run failure.
-                let input: In = match input.decode() {
-                    Ok(input) => input,
-                    Err(e) => {
-                        ctx.block(format!(
-                            "workflow input does not decode into the registered type: {e}"
-                        ));
-                        return std::future::pending().await;
+        let erased: WorkflowCode = Arc::new(
+            move |engine: Arc<EngineInner>, slot: Arc<RunSlot>, input: Payload| {
+                let f = Arc::clone(&f);
+                let ctx = Ctx::new(engine, slot);
+                let run: BoxFuture<'static, _> = Box::pin(async move {
+                    let watch = (!ctx.engine.config.replay_only).then(|| RunWatch::begin(&ctx));
+                    // An input that no longer decodes is a code change, not a run failure.
+                    let input: In = match input.decode() {
+                        Ok(input) => input,
+                        Err(e) => {
+                            ctx.block(format!(
+                                "workflow input does not decode into the registered type: {e}"
+                            ));
+                            return std::future::pending().await;
+                        }
+                    };
+                    let result = f(ctx.clone(), input).await.and_then(|output| {
+                        Payload::encode(&output).map_err(|e| {
+                            WorkflowError::failed(format!("workflow output does not encode: {e}"))
+                        })
+                    });
+                    if let Some(watch) = watch {
+                        watch.ended(&ctx, &result);
                     }
-                };
-                let result = f(ctx.clone(), input).await.and_then(|output| {
-                    Payload::encode(&output).map_err(|e| {
-                        WorkflowError::failed(format!("workflow output does not encode: {e}"))
-                    })
+                    result
                 });
-                if let Some(watch) = watch {
-                    watch.ended(&ctx, &result);
-                }
-                result
-            })
-        });
+                run
+            },
+        );
         let check_input: InputCheck =
             Arc::new(|input: &Payload| input.decode::<In>().map(drop).map_err(|e| e.to_string()));
         let registered = Registered {
@@ -134,15 +128,22 @@ impl Registry {
             .or_default()
             .insert(version, registered);
     }
+}
 
-    pub(crate) fn get(&self, name: &str, version: u32) -> Option<ErasedWorkflow> {
+impl Workflows for Registry {
+    fn names(&self) -> Vec<String> {
+        self.workflows
+            .iter()
+            .flat_map(|(name, versions)| versions.keys().map(move |v| format!("{name}@{v}")))
+            .collect()
+    }
+
+    fn get(&self, name: &str, version: u32) -> Option<WorkflowCode> {
         let registered = self.workflows.get(name)?.get(&version)?;
         Some(Arc::clone(&registered.workflow))
     }
 
-    /// Whether `input` decodes into the input type of `name` at `version` (`Err` says why
-    /// not, naming the type), or `None` if no such workflow is registered.
-    pub(crate) fn check_input(
+    fn check_input(
         &self,
         name: &str,
         version: u32,
@@ -152,12 +153,11 @@ impl Registry {
         Some((registered.check_input)(input).map_err(|why| (registered.input_type, why)))
     }
 
-    /// The output type `name` was registered with at `version`, for error hints.
-    pub(crate) fn output_type(&self, name: &str, version: u32) -> Option<&'static str> {
+    fn output_type(&self, name: &str, version: u32) -> Option<&'static str> {
         Some(self.workflows.get(name)?.get(&version)?.output_type)
     }
 
-    pub(crate) fn latest(&self, name: &str) -> Option<u32> {
+    fn latest(&self, name: &str) -> Option<u32> {
         self.workflows.get(name)?.keys().next_back().copied()
     }
 }

@@ -81,7 +81,7 @@ impl EngineInner {
                             poisoned(e, run, "overdue run could not be resumed")?;
                         }
                     }
-                    Err(e) if super::driver::is_unreadable(&e) => {
+                    Err(e) if super::inner::is_unreadable(&e) => {
                         self.block_unreadable(run, &e).await
                     }
                     Err(e) => poisoned(e, run, "run log could not be checked")?,

@@ -43,7 +43,7 @@ use crate::clock::TokioClock;
 use crate::error::Error;
 use crate::event::{EventKind, Payload};
 use crate::policy::{FailureClass, StepFailure};
-use crate::step::{Attempt, Reconciled};
+use crate::runtime::step::{Attempt, Reconciled};
 use crate::{Engine, EngineBuilder, ObservedAttempt, RunStatus, StepClass};
 
 /// One scripted behaviour of a [`FakeTool`] call.

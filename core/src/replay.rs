@@ -1157,7 +1157,7 @@ impl ReplayState {
 /// fold).
 pub fn escalation_context(
     replay: &ReplayState,
-    run: annal_storage::RunId,
+    run: crate::ids::RunId,
     position: Option<u32>,
     suggested_next: &str,
 ) -> crate::event::EscalationContext {
@@ -1179,7 +1179,7 @@ pub fn escalation_context(
     let (failing_step, idempotency_key, errors) = match failing.map(|r| &r.recorded) {
         Some(Recorded::Step(step)) => (
             Some(step.name.clone()),
-            position.map(|p| crate::step::idempotency_key(run, p)),
+            position.map(|p| crate::ids::idempotency_key(run, p)),
             step.failures
                 .iter()
                 .map(|f| (f.attempt, f.class.label().to_string(), f.message.clone()))

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use annal_storage::{GateId, RunId};
+use crate::ids::{GateId, RunId};
 
 use super::{
     duration_ms, exhaust_action, operator_action_label, quote, relative_ms, short, short_payload,

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use annal_storage::RunId;
+use crate::ids::RunId;
 use serde::Serialize;
 
 use super::record::{Outcome, RunRecord, StepEnd, StepRef};

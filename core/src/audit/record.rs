@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use annal_storage::{GateId, RunId, RunMeta};
+use crate::ids::{GateId, RunId, RunMeta};
 use serde::Serialize;
 
 use super::{

@@ -169,7 +169,7 @@ impl ActionDigest {
     pub fn of(gate: [u8; 16], request: &ApprovalRequest, editable: Option<&[u8]>) -> Self {
         let mut hasher = blake3::Hasher::new_derive_key("annal approval action digest v1");
         hasher.update(&gate);
-        let request = crate::codec::canonical_bytes(request);
+        let request = crate::encoding::canonical_bytes(request);
         hasher.update(&(request.len() as u64).to_le_bytes());
         hasher.update(&request);
         match editable {

@@ -25,7 +25,6 @@ use serde::Serialize;
 use tracing::Instrument;
 
 use crate::breaker::Admission;
-use crate::context::{ActiveStep, Begin, Ctx};
 use crate::error::StepError;
 use crate::event::{EventKind, Payload};
 use crate::policy::{
@@ -33,6 +32,7 @@ use crate::policy::{
     OnCeiling, OnExhaust, RetryDecision, RetryPolicy, StepClass, StepFailure,
 };
 use crate::replay::{Command, Recorded, StepOutcome, StepRecord};
+use crate::runtime::context::{ActiveStep, Begin, Ctx};
 use crate::runtime::inner::AppendReq;
 use crate::telemetry::{self, AttemptRef};
 
@@ -102,6 +102,15 @@ pub struct StepBuilder<'c> {
     input_hash: u64,
     reconcile: Option<ReconcileHook<'c>>,
     fallbacks: Vec<(Option<String>, ErasedBody<'c>)>,
+}
+
+// Steps are built on the context, not the other way round: `Ctx::step` lives here so that
+// `context` never imports `step`.
+impl Ctx {
+    /// Starts describing a step named `name`. Finish with [`StepBuilder::run`].
+    pub fn step(&self, name: &str) -> StepBuilder<'_> {
+        StepBuilder::new(self, name)
+    }
 }
 
 impl std::fmt::Debug for StepBuilder<'_> {
@@ -1002,11 +1011,7 @@ fn attempt_cost(position: u32, attempt: u32, cost: u64) -> Option<EventKind> {
     })
 }
 
-/// The idempotency key every attempt of the step at `position` of `run` gets: the same
-/// across attempts, crashes and restarts, different for every step.
-pub(crate) fn idempotency_key(run: annal_storage::RunId, position: u32) -> String {
-    format!("{run}/{position}")
-}
+pub(crate) use annal_core::ids::idempotency_key;
 
 /// Merges a step's `StepScheduled` and `StepCompleted` into one `StepRan` (the primary
 /// served); anything else stays as the two events.

@@ -209,7 +209,7 @@ mod tests {
             seq,
             EventKind::SignalReceived {
                 name: "go".into(),
-                payload: crate::Payload::default(),
+                payload: crate::payload::Payload::default(),
             },
         )
     }
@@ -244,7 +244,7 @@ mod tests {
             4,
             EventKind::OperatorAction {
                 position: Some(1),
-                action: crate::OperatorActionKind::RetryStep,
+                action: crate::event::OperatorActionKind::RetryStep,
                 actor: "ops".into(),
                 reason: "retry".into(),
             },

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::Payload;
+use crate::payload::Payload;
 
 /// What kind of effect a step has, which decides what may be retried automatically.
 ///
@@ -59,109 +59,6 @@ impl FailureClass {
             FailureClass::Ambiguous => "ambiguous",
             FailureClass::BreakerOpen => "breaker-open",
         }
-    }
-}
-
-/// What a step reports when an attempt fails.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StepFailure {
-    /// How to treat it.
-    pub class: FailureClass,
-    /// What went wrong, for the history.
-    pub message: String,
-}
-
-impl StepFailure {
-    /// A failure worth retrying.
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::Transient,
-            message: message.into(),
-        }
-    }
-    /// A failure retrying cannot fix.
-    pub fn terminal(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::Terminal,
-            message: message.into(),
-        }
-    }
-    /// The attempt timed out.
-    pub fn timeout(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::Timeout,
-            message: message.into(),
-        }
-    }
-    /// The effect may have happened.
-    pub fn ambiguous(message: impl Into<String>) -> Self {
-        Self {
-            class: FailureClass::Ambiguous,
-            message: message.into(),
-        }
-    }
-    /// The target is rate limiting; `retry_after` is the delay it asked for, if any.
-    pub fn rate_limited(
-        message: impl Into<String>,
-        retry_after: Option<std::time::Duration>,
-    ) -> Self {
-        Self {
-            class: FailureClass::RateLimited {
-                retry_after_ms: retry_after.map(|d| d.as_millis() as u64),
-            },
-            message: message.into(),
-        }
-    }
-}
-
-impl std::fmt::Display for StepFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.class.label(), self.message)
-    }
-}
-
-impl std::error::Error for StepFailure {}
-
-impl From<std::io::Error> for StepFailure {
-    fn from(e: std::io::Error) -> Self {
-        use std::io::ErrorKind as K;
-        let class = match e.kind() {
-            K::TimedOut => FailureClass::Timeout,
-            K::InvalidInput
-            | K::InvalidData
-            | K::PermissionDenied
-            | K::NotFound
-            | K::Unsupported => FailureClass::Terminal,
-            _ => FailureClass::Transient,
-        };
-        Self {
-            class,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl From<serde_json::Error> for StepFailure {
-    fn from(e: serde_json::Error) -> Self {
-        Self::terminal(format!("invalid data: {e}"))
-    }
-}
-
-impl From<tokio::time::error::Elapsed> for StepFailure {
-    fn from(e: tokio::time::error::Elapsed) -> Self {
-        Self::timeout(e.to_string())
-    }
-}
-
-impl From<String> for StepFailure {
-    fn from(message: String) -> Self {
-        Self::transient(message)
-    }
-}
-
-impl From<&str> for StepFailure {
-    fn from(message: &str) -> Self {
-        Self::transient(message)
     }
 }
 
@@ -665,7 +562,8 @@ impl Policy {
         toml::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))
     }
 
-    /// Reads a TOML policy file.
+    /// Reads a TOML policy file (feature `files`, which `annal` enables).
+    #[cfg(feature = "files")]
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Self, PolicyError> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
@@ -855,7 +753,7 @@ pub fn tool_retry_exhausted(
     (spent >= max).then(|| format!("tool {tool} max_retries ({max}) across the run"))
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "files"))]
 mod policy_file_tests {
     use super::*;
 

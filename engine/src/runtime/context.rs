@@ -18,7 +18,6 @@ use crate::event::{EventKind, Payload, ValueKind};
 use crate::replay::{Command, CommandRecord, Match, Recorded};
 use crate::runtime::inner::{AppendReq, EngineInner};
 use crate::runtime::slot::{Halt, RunSlot};
-use crate::step::StepBuilder;
 
 /// What an operator can do with a run whose approval expired.
 const REOPEN_OR_ABORT: &str = "retry to reopen the approval, or abort the run";
@@ -300,11 +299,6 @@ impl Ctx {
             crate::telemetry::run_parking(self.slot.run, &self.workflow_name());
             self.slot.halt(Halt::Park);
         }
-    }
-
-    /// Starts describing a step named `name`. Finish with [`StepBuilder::run`].
-    pub fn step(&self, name: &str) -> StepBuilder<'_> {
-        StepBuilder::new(self, name)
     }
 
     /// A durable sleep: survives restarts, resumes with only the remaining time.

@@ -11,16 +11,9 @@ use crate::event::Event;
 /// The event schema version this build writes. Older versions stay decodable forever.
 pub const SCHEMA_V1: u8 = 1;
 
-/// Upper bound on one encoded event; decoding refuses anything claiming more.
-pub const MAX_EVENT_BYTES: u64 = 64 * 1024 * 1024;
+pub use crate::encoding::MAX_EVENT_BYTES;
 
-fn options() -> impl Options {
-    bincode::DefaultOptions::new()
-        .with_varint_encoding()
-        .with_little_endian()
-        .with_limit(MAX_EVENT_BYTES)
-        .reject_trailing_bytes()
-}
+use crate::encoding::options;
 
 /// Why bytes did not decode into an event.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,12 +41,7 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
     out
 }
 
-/// The schema-v1 encoding of any value of the schema (e.g. an `ApprovalRequest`), for
-/// digests that must not change while the schema does not.
-pub(crate) fn canonical_bytes<T: serde::Serialize + ?Sized>(value: &T) -> Vec<u8> {
-    // As in `encode_event`: our own plain data types encode into a Vec.
-    options().serialize(value).expect("schema values encode")
-}
+pub use crate::encoding::canonical_bytes;
 
 /// Decodes an event; never panics on arbitrary input.
 pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {

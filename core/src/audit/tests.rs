@@ -1,6 +1,6 @@
 //! Unit tests of the audit functions on hand-built histories.
 
-use annal_storage::{RunId, RunMeta};
+use crate::ids::{RunId, RunMeta};
 
 use super::*;
 use crate::event::{EscalationContext, Event, EventKind, OperatorActionKind, Payload, ValueKind};
