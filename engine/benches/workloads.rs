@@ -601,15 +601,19 @@ async fn bench_read_chain(rows: &mut Vec<Row>) {
     let steps = scaled(1000) as u32;
     // Alternating runs, so that the disk's and the machine's moods hit both alike.
     let (mut safe, mut buffered) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    // A chain of 1,000 reads takes 15-40 ms: short enough for the machine's moods to move
+    // one run by 2x, so seven alternating pairs, and the spread printed.
+    const ROUNDS: usize = 7;
+    for _ in 0..ROUNDS {
         safe.push(read_chain_on(Durability::PowerSafe, steps, 0).await.0);
         buffered.push(read_chain_on(Durability::Buffered, steps, 0).await.0);
     }
-    let median = |v: &mut Vec<f64>| {
+    let spread = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        (v[v.len() / 2], v[0], v[v.len() - 1])
     };
-    let (safe, buffered) = (median(&mut safe), median(&mut buffered));
+    let ((safe, safe_min, safe_max), (buffered, buffered_min, buffered_max)) =
+        (spread(&mut safe), spread(&mut buffered));
     rows.push(Row {
         workload: "read_chain",
         metric: "Read steps/s, PowerSafe",
@@ -617,7 +621,7 @@ async fn bench_read_chain(rows: &mut Vec<Row>) {
         unit: "/s",
         limit: Some(buffered),
         note: format!(
-            "one run of {steps} Read steps (median of 3); limit = the same chain on a Buffered store (nothing synced)"
+            "one run of {steps} Read steps, median of {ROUNDS} (min {safe_min:.0}, max {safe_max:.0}); limit = the same chain on a Buffered store (nothing synced), alternating, median {buffered:.0} (min {buffered_min:.0}, max {buffered_max:.0})"
         ),
     });
     let (mixed, commits) = read_chain_on(Durability::PowerSafe, steps, 2).await;

@@ -32,6 +32,12 @@ const MAX_GROUP_APPENDS: usize = 1024;
 /// The longest the committer waits for more appends before a sync (see `Committer::gather`).
 const MAX_GATHER: Duration = Duration::from_millis(2);
 
+/// How long an append nobody waits on (a `Read` or `Draft` step's completion) may stay
+/// applied but not durable when no durable append follows it: the syncer then makes it
+/// durable on its own. A crash in that window loses only such appends, which are safe to
+/// redo; an append somebody waits for is synced at once, with everything applied before it.
+const UNWAITED_SYNC_DELAY: Duration = Duration::from_millis(5);
+
 /// Reads of at most this many records use point reads (see `read`).
 const SHORT_READ_MAX: usize = 4;
 
@@ -174,11 +180,14 @@ impl Shared {
 ///    then fsync of the `db` file, of new blob files, and of the directory when its entries
 ///    changed; `ProcessSafe`: flush; `Buffered` has no syncer: the committer publishes at
 ///    once) and publishes that position, which wakes every [`LogStore::wait_durable`]
-///    caller at or below it. If the store is busy, it first waits briefly for the writers
-///    its last sync acknowledged (see `gather` in the source: at most half a sync, at most
-///    2 ms). Applying and syncing overlap, so an append nobody waits on (a `Read` step's)
-///    is applied at once even while a sync runs, and a sync covers every group applied
-///    while the one before it ran.
+///    caller at or below it. It starts a sync as soon as a `wait_durable` caller waits for
+///    something applied, and otherwise 5 ms after the oldest unsynced apply: an append
+///    nobody waits on (a `Read` step's completion) rides along with the next one somebody
+///    waits for, so a chain alternating `Read` and `Write` steps pays one sync per `Write`.
+///    If the store is busy, it first waits briefly for the writers its last sync
+///    acknowledged (see `gather` in the source: at most half a sync, at most 2 ms).
+///    Applying and syncing overlap, so an append is applied at once even while a sync
+///    runs, and a sync covers every group applied while the one before it ran.
 ///
 /// One `apply_batch` per group rather than per append because sled 0.34 seals and writes its
 /// IO buffer on every `apply_batch` (`PageCache::pin_log`): 256 single-append batches cost 256
@@ -209,6 +218,8 @@ pub struct SledStore {
     requests: Option<mpsc::Sender<Request>>,
     durable: watch::Receiver<DurableState>,
     shared: Arc<Shared>,
+    /// Where `wait_durable` says what it waits for (`None` in `Buffered` mode: no syncer).
+    syncs: Option<Arc<SyncQueue>>,
     committer: Option<JoinHandle<()>>,
 }
 
@@ -247,7 +258,7 @@ impl SledStore {
             Durability::ProcessSafe | Durability::Buffered => None,
         };
         let (requests, inbox) = mpsc::channel();
-        let syncs = Arc::new(SyncQueue::default());
+        let syncs = Arc::new(SyncQueue::new(UNWAITED_SYNC_DELAY));
         let syncer = match config.durability {
             Durability::Buffered => None,
             Durability::PowerSafe | Durability::ProcessSafe => {
@@ -264,6 +275,7 @@ impl SledStore {
                 )
             }
         };
+        let waits = syncer.is_some().then(|| Arc::clone(&syncs));
         let committer = Committer {
             db: db.clone(),
             inbox,
@@ -284,6 +296,7 @@ impl SledStore {
             requests: Some(requests),
             durable,
             shared,
+            syncs: waits,
             committer: Some(committer),
         })
     }
@@ -653,25 +666,64 @@ impl Committer {
     }
 }
 
-/// Positions applied and waiting to be made durable: the committer raises `applied`, the
-/// syncer takes whatever is there when it starts a sync (the latest covers all before it).
-#[derive(Default)]
+/// Positions applied and waiting to be made durable. The committer raises `applied`; a
+/// [`LogStore::wait_durable`] caller raises `wanted`; the syncer syncs as soon as something
+/// applied is wanted, and otherwise [`UNWAITED_SYNC_DELAY`] after the oldest unsynced apply,
+/// so appends nobody waits on never cost a sync of their own (the latest sync covers all
+/// before it).
 struct SyncQueue {
     state: Mutex<SyncWanted>,
     changed: std::sync::Condvar,
+    /// [`UNWAITED_SYNC_DELAY`] (tests set another).
+    unwaited_delay: Duration,
 }
 
 #[derive(Default)]
 struct SyncWanted {
     applied: u64,
+    /// The highest position a caller waits to be durable.
+    wanted: u64,
+    /// The highest position the syncer has made durable.
+    synced: u64,
+    /// Since when something applied has not been synced (`None`: everything applied was).
+    unsynced_since: Option<Instant>,
     closed: bool,
 }
 
 impl SyncQueue {
+    fn new(unwaited_delay: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            changed: std::sync::Condvar::new(),
+            unwaited_delay,
+        }
+    }
+
     fn request(&self, applied: u64) {
         let mut state = lock(&self.state);
-        state.applied = state.applied.max(applied);
-        self.changed.notify_one();
+        if applied <= state.applied {
+            return;
+        }
+        state.applied = applied;
+        // The syncer needs waking only to arm its delay, or when a waiter is already there.
+        let first = state.unsynced_since.is_none();
+        if first {
+            state.unsynced_since = Some(Instant::now());
+        }
+        if first || state.wanted > state.synced {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A caller waits for `position` to be durable.
+    fn want(&self, position: u64) {
+        let mut state = lock(&self.state);
+        if position > state.wanted {
+            state.wanted = position;
+            if position > state.synced {
+                self.changed.notify_one();
+            }
+        }
     }
 
     fn close(&self) {
@@ -679,24 +731,61 @@ impl SyncQueue {
         self.changed.notify_one();
     }
 
-    /// Waits until a position past `synced` was applied (or the queue closed); returns the
-    /// latest applied position and whether the queue is closed.
-    fn wait_past(&self, synced: u64) -> (u64, bool) {
+    /// Waits until there is something to sync now (`true`): an applied append that somebody
+    /// waits for, one that has waited [`UNWAITED_SYNC_DELAY`], or anything left at close;
+    /// `false` once the store closes with nothing left.
+    fn next(&self) -> bool {
         let mut state = lock(&self.state);
-        while state.applied <= synced && !state.closed {
-            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        loop {
+            let pending = state.applied > state.synced;
+            if pending && (state.closed || state.wanted > state.synced) {
+                return true;
+            }
+            if !pending && state.closed {
+                return false;
+            }
+            let due = state
+                .unsynced_since
+                .filter(|_| pending)
+                .map(|since| since + self.unwaited_delay);
+            state = match due {
+                Some(due) => {
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return true;
+                    }
+                    self.changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0
+                }
+                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
+            };
         }
-        (state.applied, state.closed)
+    }
+
+    /// Everything up to `target` is durable; what was applied while the sync ran has waited
+    /// since `began` at most.
+    fn synced(&self, target: u64, began: Instant) {
+        let mut state = lock(&self.state);
+        state.synced = state.synced.max(target);
+        state.unsynced_since = (state.applied > state.synced).then_some(began);
     }
 
     fn applied(&self) -> u64 {
         lock(&self.state).applied
     }
+
+    fn wanted(&self) -> u64 {
+        lock(&self.state).wanted
+    }
 }
 
 /// The durable half of the committer: one flush (and fsync) at a time, each covering every
 /// append applied when it starts, while the committer applies the next ones. A `Read` step's
-/// append, which nobody waits to be durable, is therefore never held up by a sync.
+/// append, which nobody waits to be durable, is therefore never held up by a sync, and costs
+/// none of its own: it rides along with the next append somebody waits for, or is synced
+/// [`UNWAITED_SYNC_DELAY`] later.
 struct Syncer {
     db: sled::Db,
     shared: Arc<Shared>,
@@ -712,12 +801,12 @@ impl Syncer {
         // `gather`.
         let (mut covered, mut last_end, mut last_sync) = (0, Instant::now(), Duration::ZERO);
         loop {
-            let (applied, closed) = self.queue.wait_past(synced);
-            if applied <= synced {
-                debug_assert!(closed);
+            if !self.queue.next() {
                 return;
             }
-            if last_end.elapsed() < last_sync && !closed {
+            // Writers that wait for their appends (a fan-in) come back right after a sync:
+            // on a busy store, give them a moment to share the next one.
+            if last_end.elapsed() < last_sync && self.queue.wanted() > synced {
                 self.gather(synced + covered, last_sync / 2);
             }
             if self.shared.poisoned().is_some() {
@@ -732,6 +821,7 @@ impl Syncer {
                     return;
                 }
             }
+            self.queue.synced(target, began);
             last_end = Instant::now();
             last_sync = (last_end - began).min(MAX_GATHER * 2);
             covered = target - synced;
@@ -946,6 +1036,11 @@ impl LogStore for SledStore {
 
     async fn wait_durable(&self, position: Position) -> Result<()> {
         let mut durable = self.durable.clone();
+        if let Some(syncs) = &self.syncs {
+            if durable.borrow().position < position.0 {
+                syncs.want(position.0);
+            }
+        }
         let state = durable
             .wait_for(|state| state.poisoned.is_some() || state.position >= position.0)
             .await
@@ -1196,5 +1291,120 @@ mod tests {
             "removal syncs the directory only"
         );
         assert_eq!(handles.synced_blobs.len(), 1);
+    }
+
+    /// Runs `queue.next()` on a thread; its answer arrives on the receiver.
+    fn next_on_thread(queue: &Arc<SyncQueue>) -> mpsc::Receiver<bool> {
+        let (tx, rx) = mpsc::channel();
+        let queue = Arc::clone(queue);
+        std::thread::spawn(move || tx.send(queue.next()));
+        rx
+    }
+
+    const NEVER: Duration = Duration::from_secs(3600);
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// An append somebody waits for is synced at once, with everything applied before it;
+    /// appends nobody waits for do not start a sync (the delay here is an hour).
+    #[test]
+    fn the_syncer_syncs_what_is_waited_for_and_lets_the_rest_ride_along() {
+        let queue = Arc::new(SyncQueue::new(NEVER));
+        let answer = next_on_thread(&queue);
+        queue.request(1);
+        queue.request(2);
+        assert_eq!(
+            answer.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "nobody waits: no sync yet"
+        );
+        queue.want(3); // the caller's append is not applied yet: what is, is synced now
+        assert_eq!(answer.recv_timeout(PATIENCE), Ok(true));
+        assert_eq!(queue.applied(), 2, "the sync covers the unwaited appends");
+        queue.synced(2, Instant::now());
+        let answer = next_on_thread(&queue);
+        assert_eq!(
+            answer.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout),
+            "nothing applied left to sync"
+        );
+        queue.request(3);
+        assert_eq!(answer.recv_timeout(PATIENCE), Ok(true), "the wanted append");
+        queue.synced(3, Instant::now());
+
+        // Wanting what is durable already starts nothing.
+        let answer = next_on_thread(&queue);
+        queue.want(2);
+        assert_eq!(
+            answer.recv_timeout(Duration::from_millis(200)),
+            Err(mpsc::RecvTimeoutError::Timeout)
+        );
+        queue.close();
+        assert_eq!(
+            answer.recv_timeout(PATIENCE),
+            Ok(false),
+            "closed, nothing left"
+        );
+    }
+
+    /// Appends nobody waits for are synced on their own once they have waited the delay, and
+    /// whatever is applied at close is synced before the syncer stops.
+    #[test]
+    fn unwaited_appends_are_synced_after_the_delay_and_at_close() {
+        let queue = Arc::new(SyncQueue::new(Duration::from_millis(20)));
+        let began = Instant::now();
+        let answer = next_on_thread(&queue);
+        queue.request(1);
+        assert_eq!(answer.recv_timeout(PATIENCE), Ok(true));
+        assert!(began.elapsed() >= Duration::from_millis(20));
+        queue.synced(1, Instant::now());
+
+        let queue = Arc::new(SyncQueue::new(NEVER));
+        let answer = next_on_thread(&queue);
+        queue.request(5);
+        queue.close();
+        assert_eq!(
+            answer.recv_timeout(PATIENCE),
+            Ok(true),
+            "closing syncs the rest"
+        );
+        queue.synced(5, Instant::now());
+        assert_eq!(next_on_thread(&queue).recv_timeout(PATIENCE), Ok(false));
+    }
+
+    /// On a power-safe store an append nobody waits for becomes durable by itself.
+    #[tokio::test]
+    async fn an_unwaited_append_becomes_durable_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(SledConfig::new(dir.path())).unwrap();
+        let run = RunId([7; 16]);
+        let position = store
+            .append(AppendBatch {
+                run,
+                expected_next_seq: 0,
+                events: vec![b"started".to_vec()],
+                meta: Some(RunMeta {
+                    workflow: "w".into(),
+                    version: 1,
+                    status: 0,
+                    next_seq: 0,
+                    created_ms: 0,
+                    updated_ms: 0,
+                    wake_ms: None,
+                    note: String::new(),
+                    status_seq: 0,
+                }),
+                index: Vec::new(),
+            })
+            .await
+            .unwrap();
+        let mut durable = store.durable.clone();
+        tokio::time::timeout(
+            PATIENCE,
+            durable.wait_for(|state| state.position >= position.0),
+        )
+        .await
+        .expect("synced within the delay")
+        .unwrap();
+        assert!(store.commits() >= 1);
     }
 }

@@ -145,7 +145,9 @@ pub struct TimerEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum Durability {
     /// Survives power loss: sled flush, then fsync of the `db` file and its directory, once per
-    /// group commit. The default.
+    /// group commit. The default. An append is synced as soon as somebody waits for it
+    /// ([`LogStore::wait_durable`]), with everything applied before it; one nobody waits for
+    /// rides along, or is synced on its own a few milliseconds later.
     #[default]
     PowerSafe,
     /// Survives a process crash, not a power cut: sled flush only.
