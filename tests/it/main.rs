@@ -7,4 +7,5 @@ mod histories;
 mod policy;
 mod props;
 mod support;
+mod tree_heads;
 mod wakeup;

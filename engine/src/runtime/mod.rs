@@ -5,7 +5,8 @@
 //! - `inner`: loading and appending through a slot;
 //! - `driver`: replaying a workflow and settling the run when it returns or halts;
 //! - `timer`: waking parked runs when their due time comes;
-//! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up).
+//! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up);
+//! - `tree_head`: signed checkpoints of every run's head, on demand and at intervals.
 
 mod acts;
 mod driver;
@@ -15,6 +16,7 @@ mod registry;
 pub(crate) mod slot;
 mod sweep;
 mod timer;
+mod tree_head;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,6 +33,7 @@ use tokio::sync::{watch, Notify};
 use self::inner::{EngineInner, Settled};
 pub use self::operator::{ApprovalFilter, DecideRequest, Decided, PastDecision, PendingApproval};
 use self::registry::Registry;
+pub use self::tree_head::{current_leaves, write_tree_head, WrittenTreeHead};
 use crate::clock::{Clock, TokioClock};
 use crate::context::Ctx;
 use crate::error::{Error, Result, WorkflowError};
@@ -98,6 +101,8 @@ pub struct EngineBuilder {
     observer: Option<AttemptObserver>,
     policy: crate::policy::Policy,
     breakers: HashMap<String, crate::breaker::BreakerConfig>,
+    /// Sign and store a tree head this often, with this key (`tree_heads`).
+    tree_heads: Option<(crate::audit::transparency::SigningKey, u64)>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -112,6 +117,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("config", &self.config)
             .field("policy", &self.policy)
             .field("breakers", &self.breakers)
+            .field("tree_heads", &self.tree_heads)
             .finish_non_exhaustive()
     }
 }
@@ -219,6 +225,20 @@ impl EngineBuilder {
         self
     }
 
+    /// Every `every_ms`, if the history changed since the last tree head, compute every run's
+    /// head, sign a checkpoint of them with `key` (its name as the origin) and store it with
+    /// its leaf list (`Engine::write_tree_head` does one on demand). A separate task, so a
+    /// large store does not delay timers. On a store several engines share, configure it on
+    /// one of them.
+    pub fn tree_heads(
+        mut self,
+        key: crate::audit::transparency::SigningKey,
+        every_ms: u64,
+    ) -> Self {
+        self.tree_heads = Some((key, every_ms.max(1)));
+        self
+    }
+
     /// Registers `workflow` under `name` and `version`. Several versions of one name may be
     /// registered; new runs start on the highest, and every run replays on the version it
     /// started with.
@@ -283,6 +303,13 @@ impl EngineBuilder {
                     .spawn(Arc::clone(&inner).timer_service())
                     .abort_handle(),
             );
+            if let Some((key, every_ms)) = self.tree_heads {
+                services.push(
+                    inner
+                        .spawn(Arc::clone(&inner).tree_head_service(key, every_ms))
+                        .abort_handle(),
+                );
+            }
             // On a shared store: runs to take over and requests from other workers.
             if let Some(hints) = inner.store.hints() {
                 services.push(
@@ -401,6 +428,7 @@ impl Engine {
             observer: None,
             policy: crate::policy::Policy::default(),
             breakers: HashMap::new(),
+            tree_heads: None,
         }
     }
 
@@ -665,6 +693,17 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         breakers.get(tool).map(|b| (b.state(), b.times_opened()))
+    }
+
+    /// Computes every run's head now, signs a checkpoint of them with `key` (its name as the
+    /// origin, the engine's clock as its time) and stores it with its leaf list; returns it
+    /// once durable. The signed note (`WrittenTreeHead::head.note`) is what an auditor keeps.
+    pub async fn write_tree_head(
+        &self,
+        key: &crate::audit::transparency::SigningKey,
+    ) -> Result<WrittenTreeHead> {
+        let time_ms = self.inner.clock.now_ms();
+        write_tree_head(self.inner.store.as_ref(), key, key.name(), time_ms).await
     }
 
     /// The underlying store (for tools and tests).
