@@ -24,6 +24,8 @@ const RUN_ESCALATED: &str = "b2b2b2b2-b2b2-b2b2-b2b2-b2b2b2b2b2b2";
 const RUN_PARKED: &str = "a1a1a1a1-c3c3-c3c3-c3c3-c3c3c3c3c3c3";
 /// When the fixture's first run starts (2023-11-14T22:13:20Z).
 const T0_MS: u64 = 1_700_000_000_000;
+/// What `verify` says of a database without tree heads, before its summary line.
+const NO_TREE_HEAD: &str = "note: no tree head stored: a dropped run, a truncated tail or an edit of a run's last record shows only against a checkpoint (annal digest)\n";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -237,6 +239,14 @@ fn snapshot(name: &str, actual: &str) {
     }
 }
 
+/// The record `event` at `seq` of `run`, framed as the store frames it (format 2, CRC
+/// recomputed) with the link the stored record there has: an edit only the chain can catch.
+fn relinked(tree: &sled::Tree, run: RunId, seq: u64, event: &Event) -> Vec<u8> {
+    let stored = tree.get(keys::event(run, seq)).unwrap().unwrap();
+    let (link, _) = annal_storage::frame::decode_linked(&stored).unwrap();
+    annal_storage::frame::encode_linked(link.unwrap(), &annal::codec::encode_event(event))
+}
+
 /// Rewrites one stored value through the raw tree (which bypasses every check).
 fn tamper(dir: &Path, change: impl FnOnce(&sled::Tree)) {
     let store = open_store(dir);
@@ -401,11 +411,11 @@ fn verify_passes_on_an_intact_database() {
     let db = fixture_db();
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        "ok: verified 3 runs, 36 event records, 3 index entries; no problems\n"
+        format!("{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 3 index entries; no problems\n")
     );
     assert_eq!(
         expect(db.path(), &["verify", "b2"], 0),
-        "ok: verified 1 runs, 13 event records, 0 index entries; no problems\n"
+        format!("{NO_TREE_HEAD}ok: verified 1 runs, 13 event records, 0 index entries; no problems\n")
     );
     // Stores written before final statuses went unindexed list finished runs too: valid.
     tamper(db.path(), |tree| {
@@ -415,7 +425,7 @@ fn verify_passes_on_an_intact_database() {
     });
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        "ok: verified 3 runs, 36 event records, 4 index entries; no problems\n"
+        format!("{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 4 index entries; no problems\n")
     );
 }
 
@@ -431,7 +441,7 @@ fn verify_names_a_flipped_byte_and_keeps_checking() {
     });
     let out = expect(db.path(), &["verify"], 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "one problem and the summary:\n{out}");
+    assert_eq!(lines.len(), 3, "one problem, the note and the summary:\n{out}");
     assert!(
         lines[0].starts_with(&format!(
             "run {RUN_ESCALATED} seq 5: corrupt frame: bad crc: stored 0x"
@@ -439,7 +449,7 @@ fn verify_names_a_flipped_byte_and_keeps_checking() {
         "{out}"
     );
     assert!(
-        lines[1]
+        lines[2]
             .starts_with("FAILED: 1 problems, 1 runs affected; verified 3 runs, 36 event records"),
         "{out}"
     );
@@ -487,6 +497,7 @@ fn verify_names_missing_seqs_stale_metadata_and_dangling_indexes() {
             format!("run {RUN_COMPLETED} seq 3: missing: the log jumps from seq 2 to seq 4"),
             format!("run {RUN_PARKED} meta: next_seq is 11 but the log ends at seq 9"),
             format!("index: due time 2023-11-14T22:13:20.000Z (id 7) points at run {ghost}, which does not exist"),
+            NO_TREE_HEAD.trim_end().to_string(),
             "FAILED: 3 problems, 2 runs affected; verified 3 runs, 34 event records, 4 index entries".to_string(),
         ],
         "{out}"
@@ -509,14 +520,18 @@ fn verify_replays_each_history_through_the_fold() {
             panic!("fixture changed")
         };
         *signal_seq = 7;
-        let framed = annal_storage::frame::encode(&annal::codec::encode_event(&events[9]));
-        tree.insert(keys::event(parked, 9), framed).unwrap();
+        tree.insert(keys::event(parked, 9), relinked(tree, parked, 9, &events[9]))
+            .unwrap();
     });
     let out = expect(db.path(), &["verify"], 1);
-    assert!(
-        out.starts_with(&format!(
-            "run {RUN_PARKED} seq 9: history contradicts itself: signal seq 7 not received"
-        )),
+    // The fold names the contradiction; the chain names the edit (seq 10 was written after
+    // another record 9).
+    assert_eq!(
+        out.lines().take(2).collect::<Vec<_>>(),
+        [
+            format!("run {RUN_PARKED} seq 9: history contradicts itself: signal seq 7 not received or consumed twice"),
+            format!("run {RUN_PARKED} seq 9: not the record seq 10 was written after (altered, replaced or reordered)"),
+        ],
         "{out}"
     );
 }
@@ -679,7 +694,7 @@ fn purge_removes_old_ended_runs_with_their_indexes() {
     // Events, metadata, status and dedupe entries went together: nothing dangles.
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        "ok: verified 1 runs, 11 event records, 2 index entries; no problems\n"
+        format!("{NO_TREE_HEAD}ok: verified 1 runs, 11 event records, 2 index entries; no problems\n")
     );
     // A retention longer than the runs' age purges nothing.
     assert!(expect(db.path(), &["purge", "--older-than", "100000d"], 0).contains("purged 0 runs"));
@@ -794,7 +809,7 @@ fn an_engine_database_is_readable_and_never_holds_a_secret_in_clear() {
     );
     assert!(history.contains(r#""token":"<redacted>""#), "{history}");
     let verify = expect(&db, &["verify"], 0);
-    assert!(verify.starts_with("ok: verified 1 runs"), "{verify}");
+    assert!(verify.contains("\nok: verified 1 runs"), "{verify}");
     let report = expect(&db, &["report"], 0);
     assert!(report.contains("vault"), "{report}");
     let outputs = [

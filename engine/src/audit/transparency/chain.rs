@@ -160,6 +160,11 @@ impl ChainCheck {
         self.reach(seq + 1);
     }
 
+    /// What was found so far.
+    pub fn chain(&self) -> &RunChain {
+        &self.chain
+    }
+
     /// What was found.
     pub fn finish(self) -> RunChain {
         self.chain
