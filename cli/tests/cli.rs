@@ -19,6 +19,10 @@ use annal_storage::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Tamper evidence: chains, checkpoints and proofs against every kind of edit.
+#[path = "cli/tamper.rs"]
+mod tamper;
+
 const RUN_COMPLETED: &str = "a1a1a1a1-a1a1-a1a1-a1a1-a1a1a1a1a1a1";
 const RUN_ESCALATED: &str = "b2b2b2b2-b2b2-b2b2-b2b2-b2b2b2b2b2b2";
 const RUN_PARKED: &str = "a1a1a1a1-c3c3-c3c3-c3c3-c3c3c3c3c3c3";
@@ -83,8 +87,22 @@ fn open_store(dir: &Path) -> SledStore {
 /// event creates the run (claiming its dedupe key), the rest follow in one append that sets
 /// the final status (and the parked run's wake-up timer).
 fn build_fixture_db(dir: &Path) {
+    build_fixture_db_with(dir, None);
+}
+
+/// [`build_fixture_db`]; with `tree_heads`, every event in an append of its own, each
+/// followed by a tree head signed with that key (a service writing tree heads densely).
+fn build_fixture_db_with(dir: &Path, tree_heads: Option<&annal::audit::transparency::SigningKey>) {
     let store = open_store(dir);
     let rt = runtime();
+    let mut time_ms = T0_MS;
+    let mut tree_head = |store: &SledStore| {
+        if let Some(key) = tree_heads {
+            time_ms += 1;
+            rt.block_on(annal::write_tree_head(store, key, key.name(), time_ms))
+                .unwrap();
+        }
+    };
     for (run, events) in fixture_runs() {
         let (status, wake_ms) = match run.to_string().as_str() {
             RUN_COMPLETED => (RunStatus::Completed, None),
@@ -135,6 +153,23 @@ fn build_fixture_db(dir: &Path) {
             index: claim,
         }))
         .unwrap();
+        tree_head(&store);
+        let mut from = 1;
+        if tree_heads.is_some() {
+            // One event per append, all but the last.
+            while from + 1 < events.len() {
+                rt.block_on(store.append_durable(AppendBatch {
+                    run,
+                    expected_next_seq: from as u64,
+                    events: encode(&events[from..=from]),
+                    meta: None,
+                    index: Vec::new(),
+                }))
+                .unwrap();
+                tree_head(&store);
+                from += 1;
+            }
+        }
         let mut last = meta(status, events.last().unwrap().at_ms);
         last.wake_ms = wake_ms;
         let timers = wake_ms
@@ -143,12 +178,13 @@ fn build_fixture_db(dir: &Path) {
             .collect();
         rt.block_on(store.append_durable(AppendBatch {
             run,
-            expected_next_seq: 1,
-            events: encode(&events[1..]),
+            expected_next_seq: from as u64,
+            events: encode(&events[from..]),
             meta: Some(last),
             index: timers,
         }))
         .unwrap();
+        tree_head(&store);
     }
     store.close().unwrap();
 }
@@ -411,11 +447,15 @@ fn verify_passes_on_an_intact_database() {
     let db = fixture_db();
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        format!("{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 3 index entries; no problems\n")
+        format!(
+            "{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 3 index entries; no problems\n"
+        )
     );
     assert_eq!(
         expect(db.path(), &["verify", "b2"], 0),
-        format!("{NO_TREE_HEAD}ok: verified 1 runs, 13 event records, 0 index entries; no problems\n")
+        format!(
+            "{NO_TREE_HEAD}ok: verified 1 runs, 13 event records, 0 index entries; no problems\n"
+        )
     );
     // Stores written before final statuses went unindexed list finished runs too: valid.
     tamper(db.path(), |tree| {
@@ -425,7 +465,9 @@ fn verify_passes_on_an_intact_database() {
     });
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        format!("{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 4 index entries; no problems\n")
+        format!(
+            "{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 4 index entries; no problems\n"
+        )
     );
 }
 
@@ -441,7 +483,11 @@ fn verify_names_a_flipped_byte_and_keeps_checking() {
     });
     let out = expect(db.path(), &["verify"], 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 3, "one problem, the note and the summary:\n{out}");
+    assert_eq!(
+        lines.len(),
+        3,
+        "one problem, the note and the summary:\n{out}"
+    );
     assert!(
         lines[0].starts_with(&format!(
             "run {RUN_ESCALATED} seq 5: corrupt frame: bad crc: stored 0x"
@@ -520,8 +566,11 @@ fn verify_replays_each_history_through_the_fold() {
             panic!("fixture changed")
         };
         *signal_seq = 7;
-        tree.insert(keys::event(parked, 9), relinked(tree, parked, 9, &events[9]))
-            .unwrap();
+        tree.insert(
+            keys::event(parked, 9),
+            relinked(tree, parked, 9, &events[9]),
+        )
+        .unwrap();
     });
     let out = expect(db.path(), &["verify"], 1);
     // The fold names the contradiction; the chain names the edit (seq 10 was written after
@@ -694,7 +743,9 @@ fn purge_removes_old_ended_runs_with_their_indexes() {
     // Events, metadata, status and dedupe entries went together: nothing dangles.
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        format!("{NO_TREE_HEAD}ok: verified 1 runs, 11 event records, 2 index entries; no problems\n")
+        format!(
+            "{NO_TREE_HEAD}ok: verified 1 runs, 11 event records, 2 index entries; no problems\n"
+        )
     );
     // A retention longer than the runs' age purges nothing.
     assert!(expect(db.path(), &["purge", "--older-than", "100000d"], 0).contains("purged 0 runs"));
