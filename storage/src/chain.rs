@@ -20,6 +20,24 @@
 
 use crate::RunId;
 
+/// Benchmarks only: when set, appends write format-1 (unlinked) event records, as before
+/// chaining, so that the cost of chaining can be measured against the same code in the same
+/// process (`cargo bench -p annal --bench workloads`, workload `chaining`). Never set
+/// otherwise: the records it writes verify as unchained and nothing commits to them.
+static UNLINKED_FOR_BENCH: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the benchmark switch `UNLINKED_FOR_BENCH`. Not part of the API.
+#[doc(hidden)]
+pub fn set_unlinked_for_bench(unlinked: bool) {
+    UNLINKED_FOR_BENCH.store(unlinked, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether the benchmark switch is set.
+pub(crate) fn unlinked_for_bench() -> bool {
+    UNLINKED_FOR_BENCH.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The hash one record links to, and a run's head.
 pub type Link = [u8; crate::frame::LINK_LEN];
 
