@@ -896,6 +896,19 @@ async fn awaits_refund_approval(ctx: Ctx, amount: u64) -> Result<String, annal::
     }
 }
 
+/// Starts a refund of `amount` that waits for an approval and returns it once parked.
+async fn start_parked_refund(engine: &Engine, amount: u64) -> RunId {
+    let run = engine
+        .start::<_, String>("refund", &amount)
+        .await
+        .unwrap()
+        .run_id();
+    while engine.status(run).await.unwrap().status != RunStatus::Parked {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    run
+}
+
 #[test]
 fn approve_from_the_cli_is_recorded_and_the_service_resumes_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -908,14 +921,7 @@ fn approve_from_the_cli_is_recorded_and_the_service_resumes_the_run() {
     let rt = runtime();
     let run = rt.block_on(async {
         let engine = engine_at().open().await.unwrap();
-        let run = engine
-            .start::<_, String>("refund", &4_200u64)
-            .await
-            .unwrap()
-            .run_id();
-        while engine.status(run).await.unwrap().status != RunStatus::Parked {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let run = start_parked_refund(&engine, 4_200).await;
         engine.shutdown().await;
         run
     });

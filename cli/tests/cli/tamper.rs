@@ -123,6 +123,17 @@ fn actor_to(event: &mut Event, to: &str) {
     *actor = to.into();
 }
 
+/// The completed fixture run's approval (seq 7) given to another actor, the log replaced
+/// consistently.
+fn rewrite_approver(tree: &sled::Tree, run: RunId) {
+    let mut events: Vec<Event> = stored_events(tree, run)
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    actor_to(&mut events[7], "mallory");
+    replace_log(tree, run, &events);
+}
+
 /// The lines of `out` that name `run`.
 fn lines_of(out: &str, run: &str) -> Vec<String> {
     out.lines()
@@ -301,12 +312,7 @@ fn a_consistently_replaced_log_is_located_by_the_tree_heads() {
     let escalated = run_id(RUN_ESCALATED);
     tamper(cp.path(), |tree| {
         // The completed run's approval moved to another actor, every later link recomputed.
-        let mut events: Vec<Event> = stored_events(tree, completed)
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
-        actor_to(&mut events[7], "mallory");
-        replace_log(tree, completed, &events);
+        rewrite_approver(tree, completed);
         // The escalated run's whole log replaced, from its start.
         let mut events: Vec<Event> = stored_events(tree, escalated)
             .into_iter()
@@ -334,14 +340,7 @@ fn a_consistently_replaced_log_is_located_by_the_tree_heads() {
 
     // With a single checkpoint, the same rewrite is named with the range it can be in.
     let sparse = Checkpointed::new();
-    tamper(sparse.path(), |tree| {
-        let mut events: Vec<Event> = stored_events(tree, completed)
-            .into_iter()
-            .map(|(_, e)| e)
-            .collect();
-        actor_to(&mut events[7], "mallory");
-        replace_log(tree, completed, &events);
-    });
+    tamper(sparse.path(), |tree| rewrite_approver(tree, completed));
     let out = sparse.against("cp0", 1);
     assert!(
         out.contains(&format!("run {RUN_COMPLETED} seq 0: differs from what the checkpoint (tree head #0) committed to: its first 12 events hash to another head")),
@@ -457,14 +456,7 @@ fn a_history_that_grew_extends_its_checkpoint() {
     let rt = runtime();
     let first = rt.block_on(async {
         let engine = engine_at().open().await.unwrap();
-        let run = engine
-            .start::<_, String>("refund", &4_200u64)
-            .await
-            .unwrap()
-            .run_id();
-        while engine.status(run).await.unwrap().status != RunStatus::Parked {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let run = start_parked_refund(&engine, 4_200).await;
         engine.shutdown().await;
         run
     });
@@ -486,14 +478,7 @@ fn a_history_that_grew_extends_its_checkpoint() {
     let second = rt.block_on(async {
         let engine = engine_at().open().await.unwrap();
         engine.handle::<String>(first).result().await.unwrap();
-        let second = engine
-            .start::<_, String>("refund", &10u64)
-            .await
-            .unwrap()
-            .run_id();
-        while engine.status(second).await.unwrap().status != RunStatus::Parked {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let second = start_parked_refund(&engine, 10).await;
         engine.shutdown().await;
         second
     });

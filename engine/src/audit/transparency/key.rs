@@ -129,9 +129,10 @@ impl SigningKey {
 
     /// The private key text: `PRIVATE+KEY+<name>+<id>+<base64(0x01 || seed)>`.
     pub fn to_text(&self) -> String {
-        let mut data = vec![ED25519];
-        data.extend_from_slice(self.key.as_bytes());
-        format!("PRIVATE+KEY+{}+{:08x}+{}", self.name, self.id(), b64(&data))
+        format!(
+            "PRIVATE+KEY+{}",
+            key_text(&self.name, self.id(), self.key.as_bytes())
+        )
     }
 
     /// The key's name.
@@ -198,9 +199,7 @@ impl VerifierKey {
 
     /// The public key text: `<name>+<id>+<base64(0x01 || public key)>`.
     pub fn to_text(&self) -> String {
-        let mut data = vec![ED25519];
-        data.extend_from_slice(self.key.as_bytes());
-        format!("{}+{:08x}+{}", self.name, self.id(), b64(&data))
+        key_text(&self.name, self.id(), self.key.as_bytes())
     }
 
     /// The key's name.
@@ -220,6 +219,13 @@ impl VerifierKey {
             .verify_strict(message, &ed25519_dalek::Signature::from_bytes(signature))
             .is_ok()
     }
+}
+
+/// `<name>+<id>+<base64(0x01 || key)>`.
+fn key_text(name: &str, id: u32, key: &[u8; 32]) -> String {
+    let mut data = vec![ED25519];
+    data.extend_from_slice(key);
+    format!("{name}+{id:08x}+{}", b64(&data))
 }
 
 /// Splits `<name>+<id>+<base64>` into its parts, the data decoded.
