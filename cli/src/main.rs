@@ -6,6 +6,11 @@
 //! are forwarded to that service. Everything it shows is computed from the stored events by
 //! the engine's pure audit functions (`annal::audit`); `db/` hides where they are stored.
 //!
+//! Tamper evidence (`tamper.rs`): `keygen` makes the key checkpoints are signed with,
+//! `digest` signs and stores a checkpoint of every run's head, `verify` checks every hash
+//! chain and (with `--against`) that the history extends a checkpoint, `prove` prints an
+//! inclusion proof, `check-proof` checks one with the public key alone.
+//!
 //! With `--url URL --token-file FILE` the commands `runs`, `history`, `report`, `approvals`,
 //! `approve`, `reject` and `operate` talk to a running service through its admin API
 //! (`remote.rs`) instead; the token says who decides, under which roles.
