@@ -6,6 +6,11 @@
 //! are forwarded to that service. Everything it shows is computed from the stored events by
 //! the engine's pure audit functions (`annal::audit`); `db/` hides where they are stored.
 //!
+//! Tamper evidence (`tamper.rs`): `keygen` makes the key checkpoints are signed with,
+//! `digest` signs and stores a checkpoint of every run's head, `verify` checks every hash
+//! chain and (with `--against`) that the history extends a checkpoint, `prove` prints an
+//! inclusion proof, `check-proof` checks one with the public key alone.
+//!
 //! With `--url URL --token-file FILE` the commands `runs`, `history`, `report`, `approvals`,
 //! `approve`, `reject` and `operate` talk to a running service through its admin API
 //! (`remote.rs`) instead; the token says who decides, under which roles.
@@ -20,6 +25,7 @@ mod commands;
 mod db;
 mod operate;
 mod remote;
+mod tamper;
 mod verify;
 mod when;
 
@@ -108,9 +114,65 @@ enum Command {
     /// history replays without contradiction. On PostgreSQL it runs while services write:
     /// each run a problem names is checked again until it holds still, and only what that
     /// check finds is reported.
+    ///
+    /// Checks every run's hash chain (a record altered, replaced or reordered breaks the
+    /// link of the next one; the earlier record of the two is named) and the latest stored
+    /// tree head: its leaf list must hash to its root, its signature must verify (with
+    /// --public-key), and every run it committed to must still extend it. With --against,
+    /// the same for an auditor's checkpoint: a dropped run, a truncated tail or an altered
+    /// record is named with run and seq.
     Verify {
         /// Only this run (id or unique prefix); default: the whole database.
         run: Option<String>,
+        /// A checkpoint kept outside the database (what `annal digest` printed): prove that
+        /// the history as it is now extends it.
+        #[arg(long, value_name = "CHECKPOINT", requires = "public_key")]
+        against: Option<PathBuf>,
+        /// The public key checkpoints are signed with (`annal keygen`'s FILE.pub).
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Make a key to sign checkpoints with: the private key to FILE (mode 600), the public
+    /// key to FILE.pub and standard output.
+    Keygen {
+        /// Where the private key goes (must not exist).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The key's name, also the checkpoints' origin: a URL without scheme is
+        /// recommended (example.com/annal). No spaces or '+'.
+        #[arg(long, value_name = "NAME", default_value = "annal")]
+        name: String,
+    },
+    /// Compute every run's head, sign a checkpoint of them, store it with its leaf list and
+    /// print it: keep the printed checkpoint outside the database.
+    Digest {
+        /// The private key file (`annal keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The checkpoint's origin line (default: the key's name).
+        #[arg(long, value_name = "NAME")]
+        origin: Option<String>,
+    },
+    /// Print an inclusion proof that a checkpoint committed to a run's events: anyone with
+    /// the public key checks it with `annal check-proof`, without the database.
+    Prove {
+        /// The run id (or a unique prefix).
+        run: String,
+        /// The checkpoint (what `annal digest` printed).
+        #[arg(long, value_name = "CHECKPOINT")]
+        against: PathBuf,
+        /// Check the checkpoint's signature first with this public key.
+        #[arg(long, value_name = "FILE")]
+        public_key: Option<PathBuf>,
+    },
+    /// Check an inclusion proof with the public key alone (no database): prints the run,
+    /// its event count and head, or why the proof is refused (exit 1).
+    CheckProof {
+        /// The proof (what `annal prove` printed).
+        proof: PathBuf,
+        /// The public key the checkpoint is signed with.
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
     },
     /// Per-tool metrics over the runs.
     ///
@@ -296,6 +358,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Admin(admin) = &cli.command {
         return admin_command(admin);
     }
+    // Commands that need no database.
+    match &cli.command {
+        Command::Keygen { out, name } => {
+            return tamper::keygen(out, name, &mut std::io::stdout().lock());
+        }
+        Command::CheckProof { proof, public_key } => {
+            return tamper::check_proof(proof, public_key, &mut std::io::stdout().lock());
+        }
+        _ => {}
+    }
     if let Some(url) = &cli.url {
         let token_file = cli
             .token_file
@@ -307,7 +379,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Approve { .. }
         | Command::Reject { .. }
         | Command::Operate { .. }
-        | Command::Purge { dry_run: false, .. } => Access::Write,
+        | Command::Purge { dry_run: false, .. }
+        | Command::Digest { .. } => Access::Write,
         _ => Access::Read,
     };
     let target = match &cli.pg {
@@ -336,10 +409,37 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             &mut out,
         )?,
         Command::History { run, json } => commands::history(&db, &run, json, &mut out)?,
-        Command::Verify { run } => {
+        Command::Verify {
+            run,
+            against,
+            public_key,
+        } => {
             let run = run.map(|r| db.resolve(&r)).transpose()?;
-            let summary = verify::verify(&db, run)?;
+            let against = verify::Against {
+                key: public_key
+                    .as_deref()
+                    .map(tamper::verifier_key)
+                    .transpose()?,
+                checkpoint: against.as_deref().map(tamper::checkpoint).transpose()?,
+            };
+            let summary = verify::verify(&db, run, against)?;
             verify::print(&summary, &mut out)?
+        }
+        Command::Digest { key, origin } => tamper::digest(&db, &key, origin.as_deref(), &mut out)?,
+        Command::Prove {
+            run,
+            against,
+            public_key,
+        } => {
+            let run = match db.resolve(&run) {
+                Ok(run) => run,
+                // A run the store no longer has can still be in the checkpoint.
+                Err(e) => full_run_id(&run).ok_or(e)?,
+            };
+            tamper::prove(&db, run, &against, public_key.as_deref(), &mut out)?
+        }
+        Command::Keygen { .. } | Command::CheckProof { .. } => {
+            unreachable!("handled before the database is opened")
         }
         Command::Report { since, json } => commands::report(&db, since, json, &mut out)?,
         Command::Export { run, all: _ } => commands::export(&db, run.as_deref(), &mut out)?,
@@ -399,6 +499,19 @@ fn required_by(by: Option<String>) -> anyhow::Result<String> {
     })
 }
 
+/// A whole run id (32 hex digits, dashes ignored), for a run the store may no longer have.
+fn full_run_id(text: &str) -> Option<annal::RunId> {
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    for (i, byte) in id.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(annal::RunId(id))
+}
+
 fn parse_edits(text: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(text).map_err(|e| anyhow::anyhow!("--edits is not JSON: {e}"))
 }
@@ -438,10 +551,16 @@ fn run_remote(url: &str, token_file: &std::path::Path, command: Command) -> anyh
             gate, by, reason, ..
         } => remote.decide(&gate, false, by.as_deref(), &reason, None, &mut out)?,
         Command::Operate { run, operation } => remote.operate(&run, &operation, &mut out)?,
-        Command::Verify { .. } | Command::Export { .. } | Command::Purge { .. } => {
+        Command::Verify { .. }
+        | Command::Export { .. }
+        | Command::Purge { .. }
+        | Command::Digest { .. }
+        | Command::Prove { .. } => {
             anyhow::bail!("this command works on a database directory (--db) or a PostgreSQL database (--pg), not with --url")
         }
-        Command::Admin(_) => unreachable!("handled before"),
+        Command::Admin(_) | Command::Keygen { .. } | Command::CheckProof { .. } => {
+            unreachable!("handled before")
+        }
     };
     out.flush()?;
     Ok(code)

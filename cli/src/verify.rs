@@ -11,6 +11,10 @@
 //! command; and the run's checkpoint, if any, against the fold of the events it covers. Over the whole database (when no run is named): status, due-time, gate and
 //! dedupe index entries that point at runs that do not exist or disagree with them.
 //!
+//! Tamper evidence (`tamper.rs`): every record must link to the one before it in its run
+//! (a break is named at the earlier record), and every run the latest stored tree head or
+//! the auditor's checkpoint (`--against`) committed to must still extend it.
+//!
 //! On a database services write while it is verified (PostgreSQL), a check that compares
 //! two reads (metadata and an index, a gate and its run) could see a run half-way through a
 //! change. Every run a problem names is therefore checked again, between two reads of its
@@ -25,6 +29,7 @@ use annal_core::replay::ReplayState;
 use annal_storage::{keys, RunId};
 
 use crate::db::{Database, IndexEntry, Problem, Subject};
+use crate::tamper::{Commitments, Rewritten};
 
 /// What a verification covered.
 #[derive(Debug, Default)]
@@ -40,27 +45,63 @@ pub struct Summary {
     /// Runs that services changed during every re-check of a problem (a shared database):
     /// only their damaged records are reported.
     pub unsettled: u64,
+    /// Leading records written before chaining (format 1), not problems.
+    pub unchained: u64,
+    /// What was checked of tree heads and checkpoints, when it found nothing wrong.
+    pub notes: Vec<String>,
 }
 
-/// Checks the named run, or all of them and the indexes.
-pub fn verify(db: &Database, run: Option<RunId>) -> anyhow::Result<Summary> {
+/// What `verify` compares the history with, beyond its own chains.
+#[derive(Debug, Default)]
+pub struct Against {
+    /// The operator's public key: signatures are checked only with it.
+    pub key: Option<annal::audit::transparency::VerifierKey>,
+    /// The auditor's checkpoint (`--against`).
+    pub checkpoint: Option<annal::audit::transparency::SignedCheckpoint>,
+}
+
+/// Checks the named run, or all of them and the indexes; and every run against the latest
+/// stored tree head and the auditor's checkpoint.
+pub fn verify(db: &Database, run: Option<RunId>, against: Against) -> anyhow::Result<Summary> {
     let mut summary = Summary::default();
-    let runs = match run {
-        Some(run) => vec![run],
-        None => db.run_ids()?.into_iter().collect(),
+    let mut commitments = Commitments::read(
+        db,
+        against.key,
+        against.checkpoint.as_ref(),
+        &mut summary.problems,
+        &mut summary.notes,
+    )?;
+    let runs: std::collections::BTreeSet<RunId> = match run {
+        Some(run) => [run].into(),
+        None => db
+            .run_ids()?
+            .into_iter()
+            .chain(commitments.runs())
+            .collect(),
     };
+    let mut rewritten = Vec::new();
     for run in runs {
-        summary.runs += 1;
-        summary.records += verify_run(db, run, &mut summary.problems)?;
+        let checked = verify_run(db, run, &mut commitments, &mut summary.problems)?;
+        if checked.exists {
+            summary.runs += 1;
+        }
+        summary.records += checked.records;
+        summary.unchained += checked.unchained;
+        rewritten.extend(checked.rewritten);
     }
     if run.is_none() {
         summary.index_entries = verify_indexes(db, None, &mut summary.problems)?;
     }
     if db.shared() {
         let found = std::mem::take(&mut summary.problems);
-        summary.problems = confirm(db, found, run.is_none(), &mut summary)?;
+        summary.problems = confirm(db, found, run.is_none(), &mut commitments, &mut summary)?;
+    }
+    commitments.locate(db, rewritten, &mut summary.problems)?;
+    if run.is_none() {
+        commitments.finish(db, &mut summary.problems, &mut summary.notes)?;
     }
     summary.problems.sort();
+    summary.problems.dedup();
     Ok(summary)
 }
 
@@ -79,6 +120,7 @@ fn confirm(
     db: &Database,
     first: Vec<Problem>,
     indexes: bool,
+    commitments: &mut Commitments,
     summary: &mut Summary,
 ) -> anyhow::Result<Vec<Problem>> {
     let (mut confirmed, suspects): (Vec<Problem>, Vec<Problem>) =
@@ -101,7 +143,9 @@ fn confirm(
             let before = db.meta(run)?;
             db.refresh();
             let mut again = Vec::new();
-            verify_run(db, run, &mut again)?;
+            // A committed prefix cannot change while services write: its rewrites were
+            // collected in the first pass.
+            verify_run(db, run, commitments, &mut again)?;
             if with_indexes {
                 verify_indexes(db, Some(run), &mut again)?;
             }
@@ -125,14 +169,43 @@ fn confirm(
     Ok(confirmed)
 }
 
-/// Checks one run; returns how many event records it has.
-fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow::Result<u64> {
+/// What checking one run found besides its problems.
+struct Checked {
+    /// The run has metadata or events.
+    exists: bool,
+    /// Event records found.
+    records: u64,
+    /// Leading records written before chaining.
+    unchained: u64,
+    /// Committed parts rewritten consistently, to be located.
+    rewritten: Vec<Rewritten>,
+}
+
+/// Checks one run: its records, chain, metadata and history, and what the checkpoints
+/// committed to of it.
+fn verify_run(
+    db: &Database,
+    run: RunId,
+    commitments: &mut Commitments,
+    problems: &mut Vec<Problem>,
+) -> anyhow::Result<Checked> {
     // Read before the metadata: the log then holds at least what the checkpoint covers,
     // even on a database a service writes meanwhile.
     let checkpoint = db.checkpoint(run)?;
     let meta = db.meta(run)?;
     let scan = db.scan_events(run, meta.as_ref().ok().and_then(Option::as_ref))?;
-    let records = scan.records;
+    let exists = scan.records > 0 || !matches!(meta, Ok(None));
+    let chain = scan.chain.chain();
+    let rewritten = commitments.check_run(run, exists.then_some(chain), problems);
+    let checked = Checked {
+        exists,
+        records: scan.records,
+        unchained: chain.unchained,
+        rewritten,
+    };
+    if !exists {
+        return Ok(checked);
+    }
     let meta_problem = |reason: String| Problem::meta(run, reason);
     let intact = scan.problems.is_empty();
     problems.extend(scan.problems.iter().cloned());
@@ -152,15 +225,13 @@ fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow:
 
     let meta = match meta {
         Ok(Some(meta)) => meta,
-        // Purged since it was listed (a database services write): nothing left to check.
-        Ok(None) if db.shared() && scan.records == 0 && intact => return Ok(records),
         Ok(None) => {
             problems.push(Problem::run(run, "events without metadata"));
-            return Ok(records);
+            return Ok(checked);
         }
         Err(problem) => {
             problems.push(problem);
-            return Ok(records);
+            return Ok(checked);
         }
     };
     let stored_next = scan.last_seq.map_or(0, |s| s.saturating_add(1));
@@ -176,7 +247,7 @@ fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow:
     }
     let Some(status) = RunStatus::from_code(meta.status) else {
         problems.push(meta_problem(format!("unknown status code {}", meta.status)));
-        return Ok(records);
+        return Ok(checked);
     };
     // Final statuses are not indexed (`keys::FINAL_STATUS_MIN`).
     if keys::status_is_indexed(meta.status) && !db.status_indexed(meta.status, run)? {
@@ -186,7 +257,7 @@ fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow:
     }
     // History-level agreement needs the whole history.
     let (true, Some(folded)) = (intact, folded) else {
-        return Ok(records);
+        return Ok(checked);
     };
     verify_checkpoint(run, checkpoint, &scan.events, problems);
     if let Some((workflow, version, _)) = folded.started() {
@@ -242,7 +313,7 @@ fn verify_run(db: &Database, run: RunId, problems: &mut Vec<Problem>) -> anyhow:
         }
         _ => {}
     }
-    Ok(records)
+    Ok(checked)
 }
 
 /// A run's checkpoint is what the engine replays from when it wakes the run, instead of the
@@ -355,6 +426,16 @@ pub fn print(summary: &Summary, out: &mut dyn Write) -> anyhow::Result<u8> {
     for problem in &summary.problems {
         writeln!(out, "{problem}")?;
     }
+    for note in &summary.notes {
+        writeln!(out, "{note}")?;
+    }
+    if summary.unchained > 0 {
+        writeln!(
+            out,
+            "note: {} event records are unchained (written before format 2): nothing links them but the first chained record of their run, which links to the last of them",
+            summary.unchained
+        )?;
+    }
     if summary.unsettled > 0 {
         writeln!(
             out,
@@ -377,7 +458,7 @@ pub fn print(summary: &Summary, out: &mut dyn Write) -> anyhow::Result<u8> {
                 Subject::Event { run, .. } | Subject::Meta { run } | Subject::Run { run } => {
                     Some(run)
                 }
-                Subject::Index => None,
+                Subject::Index | Subject::Checkpoint { .. } => None,
             })
             .collect();
         writeln!(

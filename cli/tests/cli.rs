@@ -19,11 +19,17 @@ use annal_storage::{
 };
 use serde::{Deserialize, Serialize};
 
+/// Tamper evidence: chains, checkpoints and proofs against every kind of edit.
+#[path = "cli/tamper.rs"]
+mod tamper;
+
 const RUN_COMPLETED: &str = "a1a1a1a1-a1a1-a1a1-a1a1-a1a1a1a1a1a1";
 const RUN_ESCALATED: &str = "b2b2b2b2-b2b2-b2b2-b2b2-b2b2b2b2b2b2";
 const RUN_PARKED: &str = "a1a1a1a1-c3c3-c3c3-c3c3-c3c3c3c3c3c3";
 /// When the fixture's first run starts (2023-11-14T22:13:20Z).
 const T0_MS: u64 = 1_700_000_000_000;
+/// What `verify` says of a database without tree heads, before its summary line.
+const NO_TREE_HEAD: &str = "note: no tree head stored: a dropped run, a truncated tail or an edit of a run's last record shows only against a checkpoint (annal digest)\n";
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -81,8 +87,22 @@ fn open_store(dir: &Path) -> SledStore {
 /// event creates the run (claiming its dedupe key), the rest follow in one append that sets
 /// the final status (and the parked run's wake-up timer).
 fn build_fixture_db(dir: &Path) {
+    build_fixture_db_with(dir, None);
+}
+
+/// [`build_fixture_db`]; with `tree_heads`, every event in an append of its own, each
+/// followed by a tree head signed with that key (a service writing tree heads densely).
+fn build_fixture_db_with(dir: &Path, tree_heads: Option<&annal::audit::transparency::SigningKey>) {
     let store = open_store(dir);
     let rt = runtime();
+    let mut time_ms = T0_MS;
+    let mut tree_head = |store: &SledStore| {
+        if let Some(key) = tree_heads {
+            time_ms += 1;
+            rt.block_on(annal::write_tree_head(store, key, key.name(), time_ms))
+                .unwrap();
+        }
+    };
     for (run, events) in fixture_runs() {
         let (status, wake_ms) = match run.to_string().as_str() {
             RUN_COMPLETED => (RunStatus::Completed, None),
@@ -133,6 +153,23 @@ fn build_fixture_db(dir: &Path) {
             index: claim,
         }))
         .unwrap();
+        tree_head(&store);
+        let mut from = 1;
+        if tree_heads.is_some() {
+            // One event per append, all but the last.
+            while from + 1 < events.len() {
+                rt.block_on(store.append_durable(AppendBatch {
+                    run,
+                    expected_next_seq: from as u64,
+                    events: encode(&events[from..=from]),
+                    meta: None,
+                    index: Vec::new(),
+                }))
+                .unwrap();
+                tree_head(&store);
+                from += 1;
+            }
+        }
         let mut last = meta(status, events.last().unwrap().at_ms);
         last.wake_ms = wake_ms;
         let timers = wake_ms
@@ -141,12 +178,13 @@ fn build_fixture_db(dir: &Path) {
             .collect();
         rt.block_on(store.append_durable(AppendBatch {
             run,
-            expected_next_seq: 1,
-            events: encode(&events[1..]),
+            expected_next_seq: from as u64,
+            events: encode(&events[from..]),
             meta: Some(last),
             index: timers,
         }))
         .unwrap();
+        tree_head(&store);
     }
     store.close().unwrap();
 }
@@ -235,6 +273,14 @@ fn snapshot(name: &str, actual: &str) {
             expected.lines().nth(line)
         );
     }
+}
+
+/// The record `event` at `seq` of `run`, framed as the store frames it (format 2, CRC
+/// recomputed) with the link the stored record there has: an edit only the chain can catch.
+fn relinked(tree: &sled::Tree, run: RunId, seq: u64, event: &Event) -> Vec<u8> {
+    let stored = tree.get(keys::event(run, seq)).unwrap().unwrap();
+    let (link, _) = annal_storage::frame::decode_linked(&stored).unwrap();
+    annal_storage::frame::encode_linked(link.unwrap(), &annal::codec::encode_event(event))
 }
 
 /// Rewrites one stored value through the raw tree (which bypasses every check).
@@ -401,11 +447,15 @@ fn verify_passes_on_an_intact_database() {
     let db = fixture_db();
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        "ok: verified 3 runs, 36 event records, 3 index entries; no problems\n"
+        format!(
+            "{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 3 index entries; no problems\n"
+        )
     );
     assert_eq!(
         expect(db.path(), &["verify", "b2"], 0),
-        "ok: verified 1 runs, 13 event records, 0 index entries; no problems\n"
+        format!(
+            "{NO_TREE_HEAD}ok: verified 1 runs, 13 event records, 0 index entries; no problems\n"
+        )
     );
     // Stores written before final statuses went unindexed list finished runs too: valid.
     tamper(db.path(), |tree| {
@@ -415,7 +465,9 @@ fn verify_passes_on_an_intact_database() {
     });
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        "ok: verified 3 runs, 36 event records, 4 index entries; no problems\n"
+        format!(
+            "{NO_TREE_HEAD}ok: verified 3 runs, 36 event records, 4 index entries; no problems\n"
+        )
     );
 }
 
@@ -431,7 +483,11 @@ fn verify_names_a_flipped_byte_and_keeps_checking() {
     });
     let out = expect(db.path(), &["verify"], 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "one problem and the summary:\n{out}");
+    assert_eq!(
+        lines.len(),
+        3,
+        "one problem, the note and the summary:\n{out}"
+    );
     assert!(
         lines[0].starts_with(&format!(
             "run {RUN_ESCALATED} seq 5: corrupt frame: bad crc: stored 0x"
@@ -439,7 +495,7 @@ fn verify_names_a_flipped_byte_and_keeps_checking() {
         "{out}"
     );
     assert!(
-        lines[1]
+        lines[2]
             .starts_with("FAILED: 1 problems, 1 runs affected; verified 3 runs, 36 event records"),
         "{out}"
     );
@@ -487,6 +543,7 @@ fn verify_names_missing_seqs_stale_metadata_and_dangling_indexes() {
             format!("run {RUN_COMPLETED} seq 3: missing: the log jumps from seq 2 to seq 4"),
             format!("run {RUN_PARKED} meta: next_seq is 11 but the log ends at seq 9"),
             format!("index: due time 2023-11-14T22:13:20.000Z (id 7) points at run {ghost}, which does not exist"),
+            NO_TREE_HEAD.trim_end().to_string(),
             "FAILED: 3 problems, 2 runs affected; verified 3 runs, 34 event records, 4 index entries".to_string(),
         ],
         "{out}"
@@ -509,14 +566,21 @@ fn verify_replays_each_history_through_the_fold() {
             panic!("fixture changed")
         };
         *signal_seq = 7;
-        let framed = annal_storage::frame::encode(&annal::codec::encode_event(&events[9]));
-        tree.insert(keys::event(parked, 9), framed).unwrap();
+        tree.insert(
+            keys::event(parked, 9),
+            relinked(tree, parked, 9, &events[9]),
+        )
+        .unwrap();
     });
     let out = expect(db.path(), &["verify"], 1);
-    assert!(
-        out.starts_with(&format!(
-            "run {RUN_PARKED} seq 9: history contradicts itself: signal seq 7 not received"
-        )),
+    // The fold names the contradiction; the chain names the edit (seq 10 was written after
+    // another record 9).
+    assert_eq!(
+        out.lines().take(2).collect::<Vec<_>>(),
+        [
+            format!("run {RUN_PARKED} seq 9: history contradicts itself: signal seq 7 not received or consumed twice"),
+            format!("run {RUN_PARKED} seq 9: not the record seq 10 was written after (altered, replaced or reordered)"),
+        ],
         "{out}"
     );
 }
@@ -732,7 +796,9 @@ fn purge_removes_old_ended_runs_with_their_indexes() {
     // Events, metadata, status and dedupe entries went together: nothing dangles.
     assert_eq!(
         expect(db.path(), &["verify"], 0),
-        "ok: verified 1 runs, 11 event records, 2 index entries; no problems\n"
+        format!(
+            "{NO_TREE_HEAD}ok: verified 1 runs, 11 event records, 2 index entries; no problems\n"
+        )
     );
     // A retention longer than the runs' age purges nothing.
     assert!(expect(db.path(), &["purge", "--older-than", "100000d"], 0).contains("purged 0 runs"));
@@ -847,7 +913,7 @@ fn an_engine_database_is_readable_and_never_holds_a_secret_in_clear() {
     );
     assert!(history.contains(r#""token":"<redacted>""#), "{history}");
     let verify = expect(&db, &["verify"], 0);
-    assert!(verify.starts_with("ok: verified 1 runs"), "{verify}");
+    assert!(verify.contains("\nok: verified 1 runs"), "{verify}");
     let report = expect(&db, &["report"], 0);
     assert!(report.contains("vault"), "{report}");
     let outputs = [
@@ -883,6 +949,19 @@ async fn awaits_refund_approval(ctx: Ctx, amount: u64) -> Result<String, annal::
     }
 }
 
+/// Starts a refund of `amount` that waits for an approval and returns it once parked.
+async fn start_parked_refund(engine: &Engine, amount: u64) -> RunId {
+    let run = engine
+        .start::<_, String>("refund", &amount)
+        .await
+        .unwrap()
+        .run_id();
+    while engine.status(run).await.unwrap().status != RunStatus::Parked {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    run
+}
+
 #[test]
 fn approve_from_the_cli_is_recorded_and_the_service_resumes_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -895,14 +974,7 @@ fn approve_from_the_cli_is_recorded_and_the_service_resumes_the_run() {
     let rt = runtime();
     let run = rt.block_on(async {
         let engine = engine_at().open().await.unwrap();
-        let run = engine
-            .start::<_, String>("refund", &4_200u64)
-            .await
-            .unwrap()
-            .run_id();
-        while engine.status(run).await.unwrap().status != RunStatus::Parked {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let run = start_parked_refund(&engine, 4_200).await;
         engine.shutdown().await;
         run
     });

@@ -234,6 +234,37 @@ impl Sql {
             .unwrap()
     }
 
+    /// The stored bytes of `run`'s record `seq`.
+    fn record(&self, run: RunId, seq: u64) -> Vec<u8> {
+        let sql = format!(
+            "SELECT record FROM {}.events WHERE run = $1 AND seq = $2",
+            self.schema
+        );
+        let row = self
+            .runtime
+            .block_on(self.client.query_one(
+                &sql,
+                &[&uuid::Uuid::from_bytes(run.0), &i64::try_from(seq).unwrap()],
+            ))
+            .unwrap();
+        row.get(0)
+    }
+
+    /// Replaces `run`'s record `seq` with `bytes`.
+    fn set_record(&self, run: RunId, seq: u64, bytes: &[u8]) {
+        assert_eq!(
+            self.exec(
+                "UPDATE {s}.events SET record = $3 WHERE run = $1 AND seq = $2",
+                &[
+                    &uuid::Uuid::from_bytes(run.0),
+                    &i64::try_from(seq).unwrap(),
+                    &bytes
+                ],
+            ),
+            1
+        );
+    }
+
     /// [`Sql::exec`] with `$1` standing for `run`.
     fn run(&self, sql: &str, run: RunId) -> u64 {
         self.exec(sql, &[&uuid::Uuid::from_bytes(run.0)])
@@ -323,11 +354,11 @@ fn reads_and_verify_work_while_a_service_runs_workflows() {
     let (verified, _) = expect(&config, &["verify"], 0);
     let total = orders.len() + 1 + tickers.len();
     assert!(
-        verified.starts_with(&format!("ok: verified {total} runs, ")),
+        verified.contains(&format!("\nok: verified {total} runs, ")),
         "{verified}"
     );
     let (verified, _) = expect(&config, &["verify", &gated.to_string()], 0);
-    assert!(verified.starts_with("ok: verified 1 runs"), "{verified}");
+    assert!(verified.contains("\nok: verified 1 runs"), "{verified}");
     match Arc::try_unwrap(service) {
         Ok(service) => service.stop(),
         Err(_) => panic!("the starter thread still holds the service"),
@@ -450,7 +481,7 @@ fn decisions_reach_the_service_that_executes_the_run() {
         decided.elapsed()
     );
     let (verified, _) = expect(&config, &["verify"], 0);
-    assert!(verified.starts_with("ok: verified 2 runs"), "{verified}");
+    assert!(verified.contains("\nok: verified 2 runs"), "{verified}");
     service.stop();
     drop_schema(&config);
 }
@@ -532,7 +563,7 @@ fn verify_names_damaged_rows_holes_and_lost_wake_ups() {
     service.wait_for(gated, RunStatus::Parked);
     service.stop();
     let (verified, _) = expect(&config, &["verify"], 0);
-    assert!(verified.starts_with("ok: verified 5 runs"), "{verified}");
+    assert!(verified.contains("\nok: verified 5 runs"), "{verified}");
     let sql = Sql::connect(&config);
     let [flipped, holed, meta_damaged] = [orders[0], orders[1], orders[2]];
 
@@ -598,7 +629,10 @@ fn verify_names_damaged_rows_holes_and_lost_wake_ups() {
             edits: None,
         },
     };
-    let record = annal_storage::frame::encode(&annal::codec::encode_event(&decided));
+    // Framed as the store frames it: linked to the record before it.
+    let previous = sql.record(gated, seq - 1);
+    let link = annal_storage::chain::frame_hash(gated, seq - 1, &previous).unwrap();
+    let record = annal_storage::frame::encode_linked(&link, &annal::codec::encode_event(&decided));
     sql.exec(
         "INSERT INTO {s}.events (run, seq, record) VALUES ($1, $2, $3)",
         &[
@@ -684,7 +718,7 @@ fn purge_deletes_ended_runs_while_the_service_runs() {
     let (runs, _) = expect(&config, &["runs"], 0);
     assert!(!runs.contains(&done.to_string()) && runs.contains(&waiting.to_string()));
     let (verified, _) = expect(&config, &["verify"], 0);
-    assert!(verified.starts_with("ok: verified 1 runs"), "{verified}");
+    assert!(verified.contains("\nok: verified 1 runs"), "{verified}");
     service.stop();
     drop_schema(&config);
 }
@@ -776,6 +810,141 @@ fn connection_problems_are_explained_without_the_password() {
         runtime.block_on(PgStore::schema_version(&config)).unwrap(),
         Some(latest - 1),
         "the CLI migrated the schema"
+    );
+    drop_schema(&config);
+}
+
+/// Each kind of tampering with the rows — a record rewritten with its CRC fixed, a run's rows
+/// deleted, a tail deleted, a log replaced consistently — is named with run and seq against
+/// a checkpoint taken while the service ran; before that, the history that grew (more runs,
+/// while the service runs) extends the checkpoint.
+#[test]
+fn tampering_with_rows_is_named_against_a_checkpoint() {
+    let Some(config) = config() else { return };
+    let service = Service::start(&config, 20);
+    let runs: Vec<RunId> = (0..4).map(|n| service.start_run("order", n)).collect();
+    for run in &runs {
+        service.result(*run);
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("annal.key");
+    let file = |name: &str| keys.path().join(name).to_str().unwrap().to_string();
+    expect(
+        &config,
+        &[
+            "keygen",
+            "--out",
+            &file("annal.key"),
+            "--name",
+            "test.example/annal",
+        ],
+        0,
+    );
+    assert!(key.exists());
+    let (note, stored) = expect(&config, &["digest", "--key", &file("annal.key")], 0);
+    assert!(
+        stored.contains("tree head #0 stored in PostgreSQL"),
+        "{stored}"
+    );
+    std::fs::write(file("cp0"), &note).unwrap();
+    let against = |code: i32| {
+        expect(
+            &config,
+            &[
+                "verify",
+                "--against",
+                &file("cp0"),
+                "--public-key",
+                &file("annal.key.pub"),
+            ],
+            code,
+        )
+        .0
+    };
+    // More runs after the checkpoint, while the service runs them.
+    let later: Vec<RunId> = (0..3).map(|n| service.start_run("ticker", 2 + n)).collect();
+    let out = against(0);
+    assert!(
+        out.contains(
+            "signature verified; tree head #0 holds its leaf list; the history extends it"
+        ),
+        "{out}"
+    );
+    for run in &later {
+        service.result(*run);
+    }
+    service.stop();
+
+    let sql = Sql::connect(&config);
+    let [altered, dropped, truncated, replaced] = [runs[0], runs[1], runs[2], runs[3]];
+    let events = |run: RunId| sql.run("SELECT 1 FROM {s}.events WHERE run = $1", run);
+    let relinked = |run: RunId, seq: u64, change: &dyn Fn(&mut Event)| {
+        let stored = sql.record(run, seq);
+        let (link, payload) = annal_storage::frame::decode_linked(&stored).unwrap();
+        let mut event = annal::codec::decode_event(payload).unwrap();
+        change(&mut event);
+        annal_storage::frame::encode_linked(link.unwrap(), &annal::codec::encode_event(&event))
+    };
+    // Record 1 of one run rewritten, CRC fixed.
+    sql.set_record(altered, 1, &relinked(altered, 1, &|e| e.at_ms += 1));
+    // One run's rows gone.
+    let dropped_events = events(dropped);
+    sql.run("DELETE FROM {s}.events WHERE run = $1", dropped);
+    sql.run("DELETE FROM {s}.runs WHERE run = $1", dropped);
+    // The last record of another gone.
+    let truncated_events = events(truncated);
+    sql.exec(
+        "DELETE FROM {s}.events WHERE run = $1 AND seq = $2",
+        &[
+            &uuid::Uuid::from_bytes(truncated.0),
+            &i64::try_from(truncated_events - 1).unwrap(),
+        ],
+    );
+    // A whole log replaced with every link recomputed.
+    let replaced_events = events(replaced);
+    let mut link = annal_storage::chain::genesis(replaced);
+    for seq in 0..replaced_events {
+        let stored = sql.record(replaced, seq);
+        let payload = annal_storage::frame::decode(&stored).unwrap();
+        let mut event = annal::codec::decode_event(payload).unwrap();
+        event.at_ms += 1;
+        let payload = annal::codec::encode_event(&event);
+        sql.set_record(
+            replaced,
+            seq,
+            &annal_storage::frame::encode_linked(&link, &payload),
+        );
+        link = annal_storage::chain::record_hash(replaced, seq, Some(&link), &payload);
+    }
+
+    let out = against(1);
+    let label = "the checkpoint (tree head #0)";
+    for wanted in [
+        format!("run {altered} seq 1: not the record seq 2 was written after (altered, replaced or reordered)"),
+        format!("run {altered} seq 1: differs from what {label} committed to (its first {} events; the chain breaks here)", events(altered)),
+        format!("run {dropped}: gone, but {label} committed to its {dropped_events} events (dropped or purged)"),
+        format!(
+            "run {truncated} seq {}: missing: {label} committed to {truncated_events} events (seq {} gone: a truncated tail)",
+            truncated_events - 1,
+            truncated_events - 1
+        ),
+        format!("run {replaced} seq 0: differs from what {label} committed to: its first {replaced_events} events hash to another head, though every link holds"),
+    ] {
+        assert!(out.contains(&wanted), "{wanted}\nnot in\n{out}");
+    }
+    // The later runs were not touched and are not named.
+    for run in &later {
+        assert!(!out.contains(&run.to_string()), "{out}");
+    }
+    // A proof of an untouched run checks without the database.
+    let (proof, _) = expect(
+        &config,
+        &["prove", &later[0].to_string(), "--against", &file("cp0")],
+        1,
+    );
+    assert!(
+        proof.is_empty(),
+        "a run the checkpoint did not cover has no proof"
     );
     drop_schema(&config);
 }

@@ -10,6 +10,7 @@
 //! Modules, leaves first (arrows point one way, no module imports one that imports it):
 //!
 //! - [`ids`]: run and gate ids, run metadata, idempotency keys;
+//! - [`chain`]: per-run hash chains (record hashes, genesis);
 //! - [`encoding`]: schema v1's bincode options;
 //! - [`payload`]: user values as JSON bytes;
 //! - [`breaker`], [`policy`] (classes, failure classes, retry decisions, per-tool rules,
@@ -19,13 +20,15 @@
 //! - [`codec`]: events and fold checkpoints to bytes and back;
 //! - [`status`]: run statuses and the rule that finds a lost wake-up;
 //! - [`secret`]: values recorded as keyed hashes;
-//! - [`audit`]: run records, timelines, per-tool reports.
+//! - [`audit`]: run records, timelines, per-tool reports, and tamper evidence
+//!   ([`audit::transparency`]: the tree over the runs' heads, signed checkpoints, proofs).
 //!
 //! Users depend on `annal`, which re-exports all of this under the same paths.
 
 pub mod approval;
 pub mod audit;
 pub mod breaker;
+pub mod chain;
 pub mod codec;
 pub mod encoding;
 pub mod event;

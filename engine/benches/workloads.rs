@@ -34,6 +34,12 @@
 //!   that would slow the workloads here: they run on the plain system allocator.
 //! - `disk`: bytes on disk per event against encoded bytes per event, for one long chain and
 //!   for 256 runs at once.
+//! - `chaining`: what linking every event record into its run's hash chain costs: the
+//!   `chain` and `fan_in` workloads on one engine, in alternating slices with linked records
+//!   (format 2, as always) and unlinked ones (format 1, as before chaining, through the
+//!   storage crate's hidden `chain::set_unlinked_for_bench` switch, used nowhere else), so a
+//!   change of the disk's speed during the run hits both alike. Also the CPU of one record
+//!   hash. Not part of the default run (`ANNAL_BENCH_ONLY=chaining`).
 //!
 //! Prints a table, then one JSON line per row (`{"bench":"engine",...}`).
 
@@ -754,6 +760,80 @@ async fn bench_disk(rows: &mut Vec<Row>) {
     }
 }
 
+/// One slice of `chaining`: `runs` runs of `steps` steps at once; returns the elapsed time.
+async fn chaining_slice(engine: &Engine, runs: usize, steps: u32, unlinked: bool) -> Duration {
+    annal_storage::chain::set_unlinked_for_bench(unlinked);
+    let started = Instant::now();
+    fan_in_round(engine, runs, steps).await;
+    let elapsed = started.elapsed();
+    annal_storage::chain::set_unlinked_for_bench(false);
+    elapsed
+}
+
+async fn bench_chaining(rows: &mut Vec<Row>) {
+    let slices = std::env::var("ANNAL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6usize);
+    let dir = bench_dir();
+    let engine = open(dir.path()).await;
+    for (workload, runs, steps) in [
+        ("chain", 1, scaled(300) as u32),
+        ("fan_in", scaled(256), 10u32),
+    ] {
+        // Warm up once each way, then alternate, starting with each mode in turn.
+        chaining_slice(&engine, runs, steps, false).await;
+        chaining_slice(&engine, runs, steps, true).await;
+        let (mut linked, mut unlinked) = (Duration::ZERO, Duration::ZERO);
+        for slice in 0..slices {
+            let first_unlinked = slice % 2 == 1;
+            let a = chaining_slice(&engine, runs, steps, first_unlinked).await;
+            let b = chaining_slice(&engine, runs, steps, !first_unlinked).await;
+            let (l, u) = if first_unlinked { (b, a) } else { (a, b) };
+            linked += l;
+            unlinked += u;
+        }
+        let total_steps = (slices * runs) as f64 * f64::from(steps);
+        let (per_step_linked, per_step_unlinked) = (
+            linked.as_secs_f64() * 1e6 / total_steps,
+            unlinked.as_secs_f64() * 1e6 / total_steps,
+        );
+        rows.push(Row {
+            workload: "chaining",
+            metric: if workload == "chain" { "chain: step latency, linked" } else { "fan_in: steps/s, linked" },
+            value: if workload == "chain" { per_step_linked } else { total_steps / linked.as_secs_f64() },
+            unit: if workload == "chain" { "us" } else { "steps/s" },
+            limit: Some(if workload == "chain" { per_step_unlinked } else { total_steps / unlinked.as_secs_f64() }),
+            note: format!(
+                "{slices} alternating slices each way of {runs} runs x {steps} Write steps, PowerSafe, one engine; limit = the same with unlinked (format-1) records; linked/unlinked time {:.3}",
+                linked.as_secs_f64() / unlinked.as_secs_f64()
+            ),
+        });
+    }
+    engine.shutdown().await;
+    // The CPU of chaining itself: one record hash of a typical step record.
+    let run = annal_storage::RunId([7; 16]);
+    let payload = vec![0x5a_u8; 70];
+    let mut link = annal_storage::chain::genesis(run);
+    let hashes = 200_000u64;
+    let started = Instant::now();
+    for seq in 0..hashes {
+        link = annal_storage::chain::record_hash(run, seq, Some(&link), &payload);
+    }
+    let elapsed = started.elapsed();
+    std::hint::black_box(link);
+    rows.push(Row {
+        workload: "chaining",
+        metric: "record hash",
+        value: elapsed.as_secs_f64() * 1e9 / hashes as f64,
+        unit: "ns",
+        limit: None,
+        note: format!(
+            "BLAKE3 over run, seq, link and a 70-byte payload, {hashes} times on one thread"
+        ),
+    });
+}
+
 fn main() {
     let runtime = shared_runtime();
     let mut rows = Vec::new();
@@ -775,6 +855,10 @@ fn main() {
         }
         if wanted("disk") {
             bench_disk(&mut rows).await;
+        }
+        // Not in the default run: it measures one design decision, not the engine.
+        if std::env::var("ANNAL_BENCH_ONLY").is_ok_and(|only| only.contains("chaining")) {
+            bench_chaining(&mut rows).await;
         }
     });
     support::print(&rows);

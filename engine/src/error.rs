@@ -30,6 +30,9 @@ pub enum Error {
     /// The storage layer failed (I/O, corruption, poisoning, …).
     #[error(transparent)]
     Storage(#[from] annal_storage::Error),
+    /// A tree head could not be made (an origin that is not one line).
+    #[error("tree head: {0}")]
+    TreeHead(#[from] crate::audit::transparency::TreeHeadError),
     /// A stored event is intact on disk but does not decode.
     #[error("run {run} seq {seq}: {reason}")]
     Codec {

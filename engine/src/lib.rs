@@ -160,8 +160,9 @@ pub use policy::{
 pub use runtime::context::Ctx;
 pub use runtime::step::{Attempt, Reconciled, StepBuilder};
 pub use runtime::{
-    read_history, ApprovalFilter, AttemptObserver, DecideRequest, Decided, Engine, EngineBuilder,
-    EngineConfig, ObservedAttempt, PastDecision, PendingApproval, RunHandle, RunInfo, StartOptions,
+    current_leaves, read_history, write_tree_head, ApprovalFilter, AttemptObserver, DecideRequest,
+    Decided, Engine, EngineBuilder, EngineConfig, ObservedAttempt, PastDecision, PendingApproval,
+    RunHandle, RunInfo, StartOptions, WrittenTreeHead,
 };
 pub use secret::Secret;
 pub use status::{overdue, Overdue, RunStatus};

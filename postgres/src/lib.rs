@@ -655,6 +655,24 @@ impl PgStore {
         Ok(rows.iter().map(|r| (r.get(0), run_id(r.get(1)))).collect())
     }
 
+    /// The index of every stored tree head, in order, without reading them. For auditors:
+    /// [`LogStore::tree_heads`] fails a whole batch at the first damaged row, while an audit
+    /// reads them one by one and names the damaged or missing ones.
+    pub async fn tree_head_indexes(&self) -> Result<Vec<u64>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &format!("SELECT n FROM {}.tree_heads ORDER BY n", self.shared.sql.s),
+                &[],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+            .collect())
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.shared.pool.get().await.map_err(unavailable)
     }

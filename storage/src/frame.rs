@@ -33,7 +33,7 @@ pub const FORMAT_V2_LINKED: u8 = 2;
 pub const HEADER_LEN: usize = 9;
 
 /// Bytes of a format-2 frame's link.
-pub const LINK_LEN: usize = 32;
+pub const LINK_LEN: usize = annal_core::chain::LINK_LEN;
 
 /// Why a frame could not be decoded. Carried inside [`crate::Error::Corrupt`].
 #[derive(Debug, Clone, PartialEq, Eq)]

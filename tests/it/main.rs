@@ -11,5 +11,6 @@ mod props;
 mod report;
 mod support;
 mod telemetry;
+mod tree_heads;
 mod typed;
 mod wakeup;

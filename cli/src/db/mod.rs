@@ -18,7 +18,9 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use annal_core::audit::transparency::ChainCheck;
 use annal_core::event::Event;
+use annal_storage::chain::Link;
 use annal_storage::{GateId, LogStore, RunId, RunMeta, TimerEntry};
 use anyhow::bail;
 
@@ -80,6 +82,11 @@ pub enum Subject {
     },
     /// An index entry not tied to one readable run.
     Index,
+    /// A stored tree head or a checkpoint as a whole (`label` names it).
+    Checkpoint {
+        /// "tree head #3", "the checkpoint".
+        label: String,
+    },
 }
 
 /// One thing wrong with the stored data.
@@ -130,11 +137,23 @@ impl Problem {
         }
     }
 
+    /// A problem of a stored tree head or a checkpoint as a whole.
+    pub fn checkpoint(label: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            subject: Subject::Checkpoint {
+                label: label.into(),
+            },
+            reason: reason.into(),
+            index_run: None,
+        }
+    }
+
     /// The run the problem concerns, if any.
     pub fn concerns(&self) -> Option<RunId> {
         match self.subject {
             Subject::Event { run, .. } | Subject::Meta { run } | Subject::Run { run } => Some(run),
             Subject::Index => self.index_run,
+            Subject::Checkpoint { .. } => None,
         }
     }
 }
@@ -146,6 +165,7 @@ impl fmt::Display for Problem {
             Subject::Meta { run } => write!(f, "run {run} meta: {}", self.reason),
             Subject::Run { run } => write!(f, "run {run}: {}", self.reason),
             Subject::Index => write!(f, "index: {}", self.reason),
+            Subject::Checkpoint { label } => write!(f, "{label}: {}", self.reason),
         }
     }
 }
@@ -167,27 +187,47 @@ fn corrupt_meta(run: RunId, e: annal_storage::Error) -> Problem {
 }
 
 /// A run's event records as read from the store.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RunScan {
     /// The intact events from seq 0 up to the first problem.
     pub events: Vec<Event>,
-    /// Every damaged or missing record.
+    /// Every damaged or missing record, and every break of the run's hash chain.
     pub problems: Vec<Problem>,
     /// Event records found (damaged ones included).
     pub records: u64,
     /// The highest seq present.
     pub last_seq: Option<u64>,
+    /// The run's hash chain, link by link.
+    pub chain: ChainCheck,
     /// The seq the next record should have.
     expected: u64,
     /// A problem was found: later events are not handed out as history.
     broken: bool,
 }
 
+/// A stored record as a backend hands it to [`RunScan::found`]: its link (`None`: format 1)
+/// and payload, or why its frame is damaged.
+pub type Found<'a> = Result<(Option<&'a Link>, &'a [u8]), String>;
+
 impl RunScan {
-    /// A record found at `seq`, in seq order: `frame` is its payload, or why its frame is
-    /// damaged. Seqs skipped since the last record are reported as missing, and the event
-    /// must decode and carry its own seq.
-    fn found(&mut self, run: RunId, seq: u64, frame: Result<&[u8], String>) {
+    /// Nothing read yet of `run`.
+    pub fn new(run: RunId) -> Self {
+        Self {
+            events: Vec::new(),
+            problems: Vec::new(),
+            records: 0,
+            last_seq: None,
+            chain: ChainCheck::new(run),
+            expected: 0,
+            broken: false,
+        }
+    }
+
+    /// A record found at `seq`, in seq order. Seqs skipped since the last record are
+    /// reported as missing; the record must link to the one before it (a break is reported
+    /// at the earlier record of the two, see `ChainBreak`), and its event must decode and
+    /// carry its own seq.
+    fn found(&mut self, run: RunId, seq: u64, frame: Found<'_>) {
         self.records += 1;
         self.last_seq = Some(seq);
         let expected = self.expected;
@@ -212,13 +252,25 @@ impl RunScan {
             self.broken = true;
         }
         self.expected = seq.saturating_add(1);
-        let event = frame.and_then(|payload| match annal_core::codec::decode_event(payload) {
-            Err(e) => Err(e.to_string()),
-            Ok(event) if event.seq != seq => {
-                Err(format!("the event inside says seq {}", event.seq))
-            }
-            Ok(event) => Ok(event),
-        });
+        let breaks = self.chain.chain().breaks.len();
+        match &frame {
+            Ok((link, payload)) => self.chain.record(seq, *link, payload),
+            Err(_) => self.chain.unreadable(seq),
+        }
+        for broken in &self.chain.chain().breaks[breaks..] {
+            self.problems
+                .push(Problem::event(run, broken.seq(), broken.to_string()));
+            self.broken = true;
+        }
+        let event = frame.and_then(
+            |(_, payload)| match annal_core::codec::decode_event(payload) {
+                Err(e) => Err(e.to_string()),
+                Ok(event) if event.seq != seq => {
+                    Err(format!("the event inside says seq {}", event.seq))
+                }
+                Ok(event) => Ok(event),
+            },
+        );
         match event {
             Ok(event) if !self.broken => self.events.push(event),
             Ok(_) => {}
@@ -498,6 +550,23 @@ impl Database {
             meta_problem,
             scan,
         })
+    }
+
+    /// The index of every stored tree head, in order.
+    pub fn tree_head_indexes(&self) -> anyhow::Result<Vec<u64>> {
+        match &self.backend {
+            Backend::Sled(db) => db.tree_head_indexes(),
+            Backend::Pg(db) => self.runtime.block_on(db.tree_head_indexes()),
+        }
+    }
+
+    /// Stored tree head `index` (its frame removed), or why it cannot be read; `None` if
+    /// there is none.
+    pub fn tree_head(&self, index: u64) -> anyhow::Result<Option<Result<Vec<u8>, String>>> {
+        match &self.backend {
+            Backend::Sled(db) => db.tree_head(index),
+            Backend::Pg(db) => self.runtime.block_on(db.tree_head(index)),
+        }
     }
 
     /// Every index entry: status, due times, gates, dedupe keys.

@@ -200,7 +200,7 @@ impl PgView {
     /// batch that is not.
     pub async fn scan_events(&self, run: RunId, end: Option<u64>) -> anyhow::Result<RunScan> {
         let end = end.unwrap_or(u64::MAX);
-        let mut scan = RunScan::default();
+        let mut scan = RunScan::new(run);
         let mut seq = 0u64;
         'log: while seq < end {
             let want = (end - seq).min(BATCH);
@@ -208,7 +208,7 @@ impl PgView {
                 Ok(records) => {
                     let got = records.len() as u64;
                     for record in records {
-                        scan.found(run, record.seq, Ok(&record.payload));
+                        scan.found(run, record.seq, Ok((record.link.as_ref(), &record.payload)));
                     }
                     seq += got;
                     if got < want {
@@ -223,7 +223,11 @@ impl PgView {
                             Ok(records) => match records.first() {
                                 None => break 'log,
                                 Some(record) => {
-                                    scan.found(run, record.seq, Ok(&record.payload));
+                                    scan.found(
+                                        run,
+                                        record.seq,
+                                        Ok((record.link.as_ref(), &record.payload)),
+                                    );
                                     seq = record.seq + 1;
                                 }
                             },
@@ -264,6 +268,26 @@ impl PgView {
             }
         }
         Ok(scan)
+    }
+
+    /// The index of every stored tree head, in order.
+    pub async fn tree_head_indexes(&self) -> anyhow::Result<Vec<u64>> {
+        self.store
+            .tree_head_indexes()
+            .await
+            .map_err(|e| self.error(e))
+    }
+
+    /// Tree head `index` with its frame removed, or why it cannot be; `None` if none.
+    pub async fn tree_head(&self, index: u64) -> anyhow::Result<Option<Result<Vec<u8>, String>>> {
+        match self.store.tree_heads(index, 1).await {
+            Ok(heads) => Ok(heads
+                .into_iter()
+                .find(|(n, _)| *n == index)
+                .map(|(_, body)| Ok(body))),
+            Err(e @ Error::CorruptIndex { .. }) => Ok(Some(Err(e.to_string()))),
+            Err(e) => Err(self.error(e)),
+        }
     }
 
     /// Every entry of the status index (statuses below 10), the due-time index, the gate

@@ -131,7 +131,7 @@ impl SledView {
     /// event decoding. One bad record is reported and the scan goes on, so every problem is
     /// found.
     pub fn scan_events(&self, run: RunId) -> anyhow::Result<RunScan> {
-        let mut scan = RunScan::default();
+        let mut scan = RunScan::new(run);
         for item in self.scan_prefix(&keys::event_prefix(run)) {
             let (key, value) = item?;
             let Some((_, seq)) = keys::parse_event(&key) else {
@@ -141,10 +141,33 @@ impl SledView {
                 ));
                 continue;
             };
-            let frame = frame::decode(&value).map_err(|e| format!("corrupt frame: {e}"));
+            let frame = frame::decode_linked(&value).map_err(|e| format!("corrupt frame: {e}"));
             scan.found(run, seq, frame);
         }
         Ok(scan)
+    }
+
+    /// The index of every stored tree head, in order (malformed keys skipped).
+    pub fn tree_head_indexes(&self) -> anyhow::Result<Vec<u64>> {
+        let mut indexes = Vec::new();
+        for item in self.tree().scan_prefix([keys::TREE_HEAD]).keys() {
+            let key = item.context("reading the sled tree")?;
+            indexes.extend(keys::parse_tree_head(&key));
+        }
+        Ok(indexes)
+    }
+
+    /// Tree head `index` with its frame removed, or why it cannot be; `None` if none.
+    pub fn tree_head(&self, index: u64) -> anyhow::Result<Option<Result<Vec<u8>, String>>> {
+        Ok(self
+            .tree()
+            .get(keys::tree_head(index))
+            .context("reading the sled tree")?
+            .map(|raw| {
+                frame::decode(&raw)
+                    .map(<[u8]>::to_vec)
+                    .map_err(|e| format!("corrupt frame: {e}"))
+            }))
     }
 
     /// Every entry of the status, due-time, gate and dedupe indexes, in key order.

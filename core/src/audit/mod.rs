@@ -12,6 +12,8 @@
 //! - [`Report`]: per-tool metrics over many runs (retry share, failures by class, budget
 //!   exhaustion, breaker refusals, success and escalation rates, cost per successful outcome,
 //!   approval latency).
+//! - [`transparency`]: tamper evidence: the Merkle tree over the runs' heads, signed
+//!   checkpoints, inclusion proofs, and the chain checks against them.
 //!
 //! Events this module does not know yet (variants added to
 //! [`EventKind`](crate::event::EventKind) later) are not lost: the fold ignores them and the
@@ -25,6 +27,7 @@ mod report;
 #[cfg(test)]
 mod tests;
 mod timeline;
+pub mod transparency;
 
 use std::fmt::Write as _;
 

@@ -10,6 +10,7 @@
 //! - `driver`: replaying a workflow and settling the run when it returns or halts;
 //! - `timer`: waking parked runs when their due time comes;
 //! - `sweep`: resuming runs whose history holds what they wait for (a lost wake-up);
+//! - `tree_head`: signed checkpoints of every run's head, on demand and at intervals.
 //! - `decisions`: what reviewers see and send (pending approvals, decision requests);
 //! - `acts`: acts from outside, carried out here or forwarded to the run's worker;
 //! - `operator`: deciding approvals, the inbox, operator actions on escalated runs.
@@ -25,6 +26,7 @@ pub(crate) mod slot;
 pub(crate) mod step;
 mod sweep;
 mod timer;
+mod tree_head;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,6 +44,7 @@ pub use self::decisions::{ApprovalFilter, DecideRequest, Decided, PastDecision, 
 pub(crate) use self::driver::timer_deletes;
 use self::inner::{EngineInner, Settled, Workflows};
 use self::registry::Registry;
+pub use self::tree_head::{current_leaves, write_tree_head, WrittenTreeHead};
 use crate::clock::{Clock, TokioClock};
 use crate::error::{Error, Result, WorkflowError};
 use crate::event::{Event, EventKind, Payload};
@@ -109,6 +112,8 @@ pub struct EngineBuilder {
     observer: Option<AttemptObserver>,
     policy: crate::policy::Policy,
     breakers: HashMap<String, crate::breaker::BreakerConfig>,
+    /// Sign and store a tree head this often, with this key (`tree_heads`).
+    tree_heads: Option<(crate::audit::transparency::SigningKey, u64)>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -123,6 +128,7 @@ impl std::fmt::Debug for EngineBuilder {
             .field("config", &self.config)
             .field("policy", &self.policy)
             .field("breakers", &self.breakers)
+            .field("tree_heads", &self.tree_heads)
             .finish_non_exhaustive()
     }
 }
@@ -230,6 +236,20 @@ impl EngineBuilder {
         self
     }
 
+    /// Every `every_ms`, if the history changed since the last tree head, compute every run's
+    /// head, sign a checkpoint of them with `key` (its name as the origin) and store it with
+    /// its leaf list (`Engine::write_tree_head` does one on demand). A separate task, so a
+    /// large store does not delay timers. On a store several engines share, configure it on
+    /// one of them.
+    pub fn tree_heads(
+        mut self,
+        key: crate::audit::transparency::SigningKey,
+        every_ms: u64,
+    ) -> Self {
+        self.tree_heads = Some((key, every_ms.max(1)));
+        self
+    }
+
     /// Registers `workflow` under `name` and `version`. Several versions of one name may be
     /// registered; new runs start on the highest, and every run replays on the version it
     /// started with.
@@ -305,6 +325,13 @@ impl EngineBuilder {
                     .spawn(Arc::clone(&inner).timer_service())
                     .abort_handle(),
             );
+            if let Some((key, every_ms)) = self.tree_heads {
+                services.push(
+                    inner
+                        .spawn(Arc::clone(&inner).tree_head_service(key, every_ms))
+                        .abort_handle(),
+                );
+            }
             // On a shared store: runs to take over and requests from other workers.
             if let Some(hints) = inner.store.hints() {
                 services.push(
@@ -423,6 +450,7 @@ impl Engine {
             observer: None,
             policy: crate::policy::Policy::default(),
             breakers: HashMap::new(),
+            tree_heads: None,
         }
     }
 
@@ -722,6 +750,17 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         breakers.get(tool).map(|b| (b.state(), b.times_opened()))
+    }
+
+    /// Computes every run's head now, signs a checkpoint of them with `key` (its name as the
+    /// origin, the engine's clock as its time) and stores it with its leaf list; returns it
+    /// once durable. The signed note (`WrittenTreeHead::head.note`) is what an auditor keeps.
+    pub async fn write_tree_head(
+        &self,
+        key: &crate::audit::transparency::SigningKey,
+    ) -> Result<WrittenTreeHead> {
+        let time_ms = self.inner.clock.now_ms();
+        write_tree_head(self.inner.store.as_ref(), key, key.name(), time_ms).await
     }
 
     /// The underlying store (for tools and tests).
