@@ -20,6 +20,7 @@
 
 #![allow(missing_docs)]
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,11 +116,90 @@ async fn bench_chain(url: &str, rows: &mut Vec<Row>) {
     let _ = PgStore::drop_schema(&config).await;
 }
 
+/// On-CPU time so far of this process's threads and of each of the database server's
+/// processes (every process named `postgres`: backends, WAL writer, checkpointer), from
+/// Linux `schedstat`; empty elsewhere. Threads that ended are not counted, and a server
+/// process counts only for what it used while it was seen (a backend that ended between two
+/// readings is left out of their difference, instead of taking its time away).
+#[derive(Clone, Default)]
+struct Cpu {
+    bench: Duration,
+    server: HashMap<u32, Duration>,
+}
+
+impl Cpu {
+    fn now() -> Self {
+        fn on_cpu(path: &std::path::Path) -> Duration {
+            std::fs::read_to_string(path.join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .map(Duration::from_nanos)
+                .unwrap_or_default()
+        }
+        let mut cpu = Cpu::default();
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            cpu.bench = tasks.flatten().map(|t| on_cpu(&t.path())).sum();
+        }
+        if let Ok(procs) = std::fs::read_dir("/proc") {
+            for p in procs.flatten() {
+                let Some(pid) = p.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
+                let path = p.path();
+                let is_server = std::fs::read_to_string(path.join("comm"))
+                    .is_ok_and(|name| name.trim() == "postgres");
+                if is_server {
+                    cpu.server.insert(pid, on_cpu(&path));
+                }
+            }
+        }
+        cpu
+    }
+
+    /// Microseconds of each side per `rows` since `before`, for a note.
+    fn per_row_since(&self, before: &Cpu, rows: usize) -> (f64, f64) {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / rows as f64;
+        let server: Duration = self
+            .server
+            .iter()
+            .map(|(pid, after)| {
+                after.saturating_sub(before.server.get(pid).copied().unwrap_or_default())
+            })
+            .sum();
+        (us(self.bench.saturating_sub(before.bench)), us(server))
+    }
+}
+
+/// `runs` runs of `steps` Write steps spread over `replicas`, all at once; the seconds until
+/// every one has finished.
+async fn fan_in_round(replicas: &[Engine], runs: usize, steps: u32) -> f64 {
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..runs)
+        .map(|i| {
+            let engine = replicas[i % replicas.len()].clone();
+            tokio::spawn(async move {
+                engine
+                    .start::<_, u32>("chain", &steps)
+                    .await
+                    .unwrap()
+                    .result()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    t.elapsed().as_secs_f64()
+}
+
 async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
     let runs = scaled(200);
     let steps = 10u32;
     // A run of 10 Write steps writes its start, ten steps and its end: 12 event rows.
     let events_per_run = 2 + steps as usize;
+    let event_rows = runs * events_per_run;
     for engines in 1..=3usize {
         let config = config(url);
         let mut replicas = Vec::new();
@@ -127,10 +207,12 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
             replicas.push(engine(&config).await);
         }
         let mut raw = raw_client(url, &config.schema).await;
+        let before = Cpu::now();
         let raw_rows_per_s = raw_batched(&mut raw, &config.schema, runs, events_per_run).await;
+        let (raw_client_us, raw_server_us) = Cpu::now().per_row_since(&before, event_rows);
         if engines == 1 {
             // The store without the engine: the same appends, one after another per run.
-            let rows_per_s = store_only(&config, runs, events_per_run).await;
+            let (rows_per_s, bench_us, server_us) = store_only(&config, runs, events_per_run).await;
             rows.push(Row {
                 workload: "fan_in",
                 metric: "event rows/s, store only",
@@ -138,30 +220,13 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
                 unit: "/s",
                 limit: Some(raw_rows_per_s),
                 note: format!(
-                    "{runs} runs x {events_per_run} appends straight to one PgStore (no workflow code); limit as below"
+                    "{runs} runs x {events_per_run} appends straight to one PgStore (no workflow code); CPU per row: bench {bench_us:.1} us, server {server_us:.1} us; limit as below"
                 ),
             });
         }
-        let t = Instant::now();
-        let tasks: Vec<_> = (0..runs)
-            .map(|i| {
-                let engine = replicas[i % engines].clone();
-                tokio::spawn(async move {
-                    engine
-                        .start::<_, u32>("chain", &steps)
-                        .await
-                        .unwrap()
-                        .result()
-                        .await
-                        .unwrap()
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.unwrap();
-        }
-        let elapsed = t.elapsed().as_secs_f64();
-        let event_rows_per_s = (runs * events_per_run) as f64 / elapsed;
+        let before = Cpu::now();
+        let elapsed = fan_in_round(&replicas, runs, steps).await;
+        let (engine_us, server_us) = Cpu::now().per_row_since(&before, event_rows);
         for engine in &replicas {
             engine.shutdown().await;
         }
@@ -172,23 +237,48 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
                 2 => "event rows/s, 2 engines",
                 _ => "event rows/s, 3 engines",
             },
-            value: event_rows_per_s,
+            value: event_rows as f64 / elapsed,
             unit: "/s",
             limit: Some(raw_rows_per_s),
             note: format!(
-                "{runs} runs x {steps} Write steps, {:.0} steps/s, {:.0} runs/s; limit = the same rows, {runs} per INSERT + COMMIT",
+                "{runs} runs x {steps} Write steps, {:.0} steps/s, {:.0} runs/s; CPU per row: engines {engine_us:.1} us, server {server_us:.1} us; limit = the same rows, {runs} per INSERT + COMMIT (CPU per row: client {raw_client_us:.1} us, server {raw_server_us:.1} us)",
                 (runs * steps as usize) as f64 / elapsed,
                 runs as f64 / elapsed
             ),
         });
+        if engines == 1 {
+            // The same rounds on a store that does no I/O at all: the most the engine's CPU
+            // per step allows on this machine, whatever the database does.
+            let memory = Engine::builder()
+                .store(Arc::new(annal_storage::SimStore::new()) as Arc<dyn LogStore>)
+                .register("chain", 1, chain)
+                .open()
+                .await
+                .expect("engine");
+            let before = Cpu::now();
+            let elapsed = fan_in_round(std::slice::from_ref(&memory), runs, steps).await;
+            let (engine_us, _) = Cpu::now().per_row_since(&before, event_rows);
+            memory.shutdown().await;
+            rows.push(Row {
+                workload: "fan_in",
+                metric: "event rows/s, in-memory store",
+                value: event_rows as f64 / elapsed,
+                unit: "/s",
+                limit: Some(raw_rows_per_s),
+                note: format!(
+                    "the same {runs} runs on one engine whose store is in memory (SimStore: no database, no I/O): the engine's own ceiling on this machine; CPU per row {engine_us:.1} us; limit as above"
+                ),
+            });
+        }
         let _ = PgStore::drop_schema(&config).await;
     }
 }
 
 /// `runs` runs appending `appends` one-event appends each, all runs at once, each append
 /// waiting for the one before it: what the engine asks of the store in `fan_in`, without
-/// the engine. Returns event rows/s.
-async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> f64 {
+/// the engine. Returns event rows/s and the CPU per row of this process and of the server
+/// (read before the store's connections close).
+async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> (f64, f64, f64) {
     use annal_storage::{AppendBatch, RunId, RunMeta};
     let store = Arc::new(PgStore::connect(config.clone()).await.expect("connect"));
     let meta = RunMeta {
@@ -202,6 +292,7 @@ async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> f64 {
         note: String::new(),
         status_seq: 0,
     };
+    let before = Cpu::now();
     let t = Instant::now();
     let tasks: Vec<_> = (0..runs)
         .map(|_| {
@@ -224,7 +315,9 @@ async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> f64 {
     for task in tasks {
         task.await.unwrap();
     }
-    (runs * appends) as f64 / t.elapsed().as_secs_f64()
+    let rows_per_s = (runs * appends) as f64 / t.elapsed().as_secs_f64();
+    let (bench_us, server_us) = Cpu::now().per_row_since(&before, runs * appends);
+    (rows_per_s, bench_us, server_us)
 }
 
 /// The workflow of the takeover bench: a read that never returns in the worker that is

@@ -210,19 +210,26 @@ struct Encoded {
 }
 
 impl Encoded {
-    /// Events and nothing else, to a run that exists: what a step writes. Such appends of a
-    /// group go to the database in one set-based statement.
-    fn is_plain(&self) -> bool {
-        self.expected > 0
-            && !self.events.is_empty()
-            && self.meta.is_none()
-            && self.timer_put_at.is_empty()
+    /// How this append may go in a group's set-based statement, if it may: events and at
+    /// most a metadata change, no index changes. Steps, the start of a run without a dedupe
+    /// key, and the end of a run without timers are such appends, and they are most appends.
+    fn set_kind(&self) -> Option<SetKind> {
+        let index_free = self.timer_put_at.is_empty()
             && self.timer_del_at.is_empty()
             && self.dedupe.is_empty()
             && self.gate_put.is_empty()
             && self.gate_del.is_empty()
             && self.checkpoint.is_none()
-            && self.answer_id.is_empty()
+            && self.answer_id.is_empty();
+        if !index_free || self.events.is_empty() {
+            return None;
+        }
+        match (self.expected, &self.meta) {
+            (0, Some(_)) => Some(SetKind::Create),
+            (0, None) => None,
+            (_, None) => Some(SetKind::Events),
+            (_, Some(_)) => Some(SetKind::Meta),
+        }
     }
 
     /// Encodes an append whose first record links to `link` (see `annal_storage::chain`);
@@ -313,15 +320,73 @@ enum Job {
     },
 }
 
-/// The columns of the set-based statement for a group's plain appends, a row per event.
+/// What a set-based append writes besides its events.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum SetKind {
+    /// Events to a run that exists.
+    Events = 0,
+    /// A run's first events and its row.
+    Create = 1,
+    /// Events and a new metadata record (and status).
+    Meta = 2,
+}
+
+/// The columns of a group's set-based statement: a row per event, and a row per run whose
+/// row it creates or whose metadata it changes.
 #[derive(Default)]
-struct PlainRows<'a> {
+struct SetRows<'a> {
     runs: Vec<Uuid>,
     seqs: Vec<i64>,
     records: Vec<&'a [u8]>,
     epochs: Vec<i64>,
     priors: Vec<i64>,
     checked: Vec<bool>,
+    kinds: Vec<i16>,
+    new_runs: Vec<Uuid>,
+    new_metas: Vec<&'a [u8]>,
+    new_statuses: Vec<i16>,
+    new_epochs: Vec<i64>,
+    meta_runs: Vec<Uuid>,
+    meta_metas: Vec<&'a [u8]>,
+    meta_statuses: Vec<i16>,
+    meta_epochs: Vec<i64>,
+    meta_priors: Vec<i64>,
+    meta_checked: Vec<bool>,
+}
+
+impl<'a> SetRows<'a> {
+    fn push(&mut self, a: &'a Encoded, kind: SetKind, checked: bool) {
+        for (i, record) in a.events.iter().enumerate() {
+            self.runs.push(a.run);
+            self.seqs.push(a.expected + i as i64);
+            self.records.push(record.as_slice());
+            self.epochs.push(a.epoch);
+            self.priors.push(a.expected - 1);
+            self.checked.push(checked);
+            self.kinds.push(kind as i16);
+        }
+        let (meta, status) = match (&a.meta, a.status) {
+            (Some(meta), Some(status)) => (meta.as_slice(), status),
+            _ => return,
+        };
+        match kind {
+            SetKind::Create => {
+                self.new_runs.push(a.run);
+                self.new_metas.push(meta);
+                self.new_statuses.push(status);
+                self.new_epochs.push(a.epoch);
+            }
+            SetKind::Meta => {
+                self.meta_runs.push(a.run);
+                self.meta_metas.push(meta);
+                self.meta_statuses.push(status);
+                self.meta_epochs.push(a.epoch);
+                self.meta_priors.push(a.expected - 1);
+                self.meta_checked.push(checked);
+            }
+            SetKind::Events => {}
+        }
+    }
 }
 
 /// How a group failed.
@@ -378,25 +443,64 @@ impl Sql {
         )
     }
 
-    /// The plain appends of a group in one statement, one row per event: `($1 run, $2 seq,
-    /// $3 record, $4 epoch, $5 prior, $6 check)` for worker `$7`. An event is inserted only
-    /// while the worker holds its run with that epoch and, where `check` is set, the event
-    /// `prior` (the one before its append's first) is there: every row of an append carries
-    /// the same conditions against one snapshot, so an append lands whole or not at all.
-    /// `(run, seq)` is the check that no event is already at an expected seq (such a row
-    /// fails the statement, and the group goes again through the function, which names the
-    /// conflict). `check` is off where this worker knows the log ends at the expected seq
-    /// (it wrote the end itself since it took the lease), which saves an index probe a step.
-    /// Returns the run of each inserted event.
-    fn append_plain(&self) -> String {
+    /// The set-based appends of a group in one statement (see [`SetKind`]): one row per
+    /// event, `($1 run, $2 seq, $3 record, $4 epoch, $5 prior, $6 check, $18 kind)` for
+    /// worker `$7`; the rows of runs it creates `($8 run, $9 meta, $10 status, $11 epoch)`;
+    /// the metadata changes `($12 run, $13 meta, $14 status, $15 epoch, $16 prior, $17 check)`.
+    ///
+    /// An event of a run that exists is inserted only while the worker holds the run with
+    /// that epoch and, where `check` is set, the event `prior` (the one before its append's
+    /// first) is there; a metadata change is made on the same two conditions, and the events
+    /// of its append go in only if it was; a created run's events go in only if its row did
+    /// (`ON CONFLICT DO NOTHING`: a run that exists already is the function's case). Every
+    /// condition is read from the one snapshot the statement starts from, so an append lands
+    /// whole or not at all. `(run, seq)` is the check that no event is already at an
+    /// expected seq (such a row fails the statement, and the group goes again through the
+    /// function, which names the conflict). `check` is off where this worker knows the log
+    /// ends at the expected seq (it wrote the end itself since it took the lease), which saves
+    /// an index probe a step. Returns the run of each inserted event.
+    ///
+    /// Lookups are scalar subqueries and the owner test of the join is `IS NOT DISTINCT
+    /// FROM`: each is then a probe of a primary key whatever the planner knows of the tables.
+    /// The planner turned `EXISTS` against `runs` into a join that scanned every run this
+    /// worker holds once per event (a fresh schema has no statistics), which made a group's
+    /// cost grow with the square of its size.
+    fn append_set(&self) -> String {
         format!(
-            "INSERT INTO {s}.events (run, seq, record)
+            "WITH created AS (
+                 INSERT INTO {s}.runs (run, meta, status, owner, epoch)
+                 SELECT n.run, n.meta, n.status, $7, n.epoch
+                 FROM unnest($8::uuid[], $9::bytea[], $10::smallint[], $11::bigint[]) AS n(run, meta, status, epoch)
+                 ON CONFLICT (run) DO NOTHING
+                 RETURNING run),
+             changed AS (
+                 UPDATE {s}.runs r SET meta = m.meta, status = m.status
+                 FROM unnest($12::uuid[], $13::bytea[], $14::smallint[], $15::bigint[], $16::bigint[], $17::bool[])
+                     AS m(run, meta, status, epoch, prior, checked)
+                 WHERE r.run = m.run AND r.owner IS NOT DISTINCT FROM $7 AND r.epoch = m.epoch
+                   AND (NOT m.checked OR (SELECT true FROM {s}.events e WHERE e.run = m.run AND e.seq = m.prior))
+                 RETURNING r.run)
+             INSERT INTO {s}.events (run, seq, record)
              SELECT ev.run, ev.seq, ev.record
-             FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bigint[], $6::bool[])
-                 AS ev(run, seq, record, epoch, prior, checked)
-             WHERE EXISTS (SELECT 1 FROM {s}.runs r WHERE r.run = ev.run AND r.owner = $7 AND r.epoch = ev.epoch)
-               AND (NOT ev.checked OR EXISTS (SELECT 1 FROM {s}.events e WHERE e.run = ev.run AND e.seq = ev.prior))
+             FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bigint[], $6::bool[], $18::smallint[])
+                 AS ev(run, seq, record, epoch, prior, checked, kind)
+             WHERE CASE ev.kind
+                 WHEN 0 THEN (SELECT r.owner = $7 AND r.epoch = ev.epoch FROM {s}.runs r WHERE r.run = ev.run)
+                     AND (NOT ev.checked OR (SELECT true FROM {s}.events e WHERE e.run = ev.run AND e.seq = ev.prior))
+                 WHEN 1 THEN ev.run IN (SELECT run FROM created)
+                 ELSE ev.run IN (SELECT run FROM changed)
+             END
              RETURNING run",
+            s = self.s
+        )
+    }
+
+    /// Gives up the leases `($1 run, $2 epoch)` of worker `$3` that it still holds.
+    fn release_set(&self) -> String {
+        format!(
+            "UPDATE {s}.runs r SET owner = NULL
+             FROM unnest($1::uuid[], $2::bigint[]) AS l(run, epoch)
+             WHERE r.run = l.run AND r.owner IS NOT DISTINCT FROM $3 AND r.epoch = l.epoch",
             s = self.s
         )
     }
@@ -786,13 +890,14 @@ impl Shared {
 
     /// One group in one transaction; a result code per job (empty for non-appends).
     ///
-    /// The plain appends of runs that have no other job in the group (a step's events) go
-    /// in one statement, fenced and seq-checked row by row against the runs table: calling
-    /// the append function once each costs the server several statements per append, and
-    /// steps are most appends. Whatever that statement does not insert (a fenced run, a
-    /// conflict) is then sent through the function, which says why. With `set_based` off
-    /// every append goes through the function (the retry after that statement met a
-    /// concurrent writer).
+    /// The appends that need no index change (see [`SetKind`]: steps, most starts and ends)
+    /// of runs with no other append and no purge in the group go in one statement, fenced
+    /// and seq-checked row by row against the runs table: calling the append function once
+    /// each costs the server several statements and a subtransaction per append. Whatever
+    /// that statement does not insert (a fenced run, a conflict) is then sent through the
+    /// function, which says why. Leases given up go in one statement at the end, after every
+    /// append of the group. With `set_based` off every append goes through the function (the
+    /// retry after that statement met a concurrent writer).
     async fn commit_group(
         &self,
         group: &[Job],
@@ -812,13 +917,6 @@ impl Shared {
             .prepare_cached(&self.sql.append())
             .await
             .map_err(|e| before(unavailable(e)))?;
-        let release = tx
-            .prepare_cached(&format!(
-                "UPDATE {}.runs SET owner = NULL WHERE run = $1 AND owner = $2 AND epoch = $3",
-                self.sql.s
-            ))
-            .await
-            .map_err(|e| before(unavailable(e)))?;
         let purge = tx
             .prepare_cached(&format!(
                 "WITH e AS (DELETE FROM {s}.events WHERE run = $1),
@@ -832,43 +930,39 @@ impl Shared {
             ))
             .await
             .map_err(|e| before(unavailable(e)))?;
-        // Which jobs take the set-based path: plain appends of runs alone in the group.
+        // Which appends take the set-based path: those of runs with no other append and no
+        // purge in the group.
         let mut jobs_per_run: HashMap<Uuid, usize> = HashMap::new();
         for job in group {
-            let run = match job {
-                Job::Append { append, .. } => append.run,
-                Job::Release { run, .. } | Job::Purge { run, .. } => *run,
-            };
-            *jobs_per_run.entry(run).or_default() += 1;
+            match job {
+                Job::Append { append, .. } => *jobs_per_run.entry(append.run).or_default() += 1,
+                Job::Purge { run, .. } => *jobs_per_run.entry(*run).or_default() += 2,
+                Job::Release { .. } => {}
+            }
         }
-        let in_set: Vec<bool> = group
+        let in_set: Vec<Option<SetKind>> = group
             .iter()
-            .map(|job| {
-                set_based
-                    && matches!(job, Job::Append { append, .. } if append.is_plain() && jobs_per_run[&append.run] == 1)
+            .map(|job| match job {
+                Job::Append { append, .. } if set_based && jobs_per_run[&append.run] == 1 => {
+                    append.set_kind()
+                }
+                _ => None,
             })
             .collect();
         let set_statement = async {
             let known_ends = lock(&self.ends).clone();
-            let mut rows = PlainRows::default();
-            for (job, in_set) in group.iter().zip(&in_set) {
-                let (Job::Append { append: a, .. }, true) = (job, in_set) else {
+            let mut rows = SetRows::default();
+            for (job, kind) in group.iter().zip(&in_set) {
+                let (Job::Append { append: a, .. }, Some(kind)) = (job, kind) else {
                     continue;
                 };
                 let checked = known_ends.get(&run_id(a.run)) != Some(&a.expected);
-                for (i, record) in a.events.iter().enumerate() {
-                    rows.runs.push(a.run);
-                    rows.seqs.push(a.expected + i as i64);
-                    rows.records.push(record.as_slice());
-                    rows.epochs.push(a.epoch);
-                    rows.priors.push(a.expected - 1);
-                    rows.checked.push(checked);
-                }
+                rows.push(a, *kind, checked);
             }
             if rows.runs.is_empty() {
                 return Ok(HashMap::new());
             }
-            let statement = tx.prepare_cached(&self.sql.append_plain()).await?;
+            let statement = tx.prepare_cached(&self.sql.append_set()).await?;
             let inserted = tx
                 .query(
                     &statement,
@@ -880,6 +974,17 @@ impl Shared {
                         &rows.priors,
                         &rows.checked,
                         &self.worker,
+                        &rows.new_runs,
+                        &rows.new_metas,
+                        &rows.new_statuses,
+                        &rows.new_epochs,
+                        &rows.meta_runs,
+                        &rows.meta_metas,
+                        &rows.meta_statuses,
+                        &rows.meta_epochs,
+                        &rows.meta_priors,
+                        &rows.meta_checked,
+                        &rows.kinds,
                     ],
                 )
                 .await?;
@@ -890,16 +995,13 @@ impl Shared {
             Ok::<HashMap<Uuid, i64>, tokio_postgres::Error>(per_run)
         };
         // Sent together, answered in order: the client pipelines them.
-        let calls = group.iter().zip(&in_set).map(|(job, in_set)| {
-            let (tx, append, release, purge) = (&tx, &append, &release, &purge);
+        let calls = group.iter().zip(&in_set).map(|(job, kind)| {
+            let (tx, append, purge) = (&tx, &append, &purge);
             async move {
                 match job {
-                    Job::Append { .. } if *in_set => Ok(String::new()),
+                    Job::Append { .. } if kind.is_some() => Ok(String::new()),
                     Job::Append { append: a, .. } => call_append(tx, append, &self.worker, a).await,
-                    Job::Release { run, epoch } => {
-                        tx.execute(release, &[run, &self.worker, epoch]).await?;
-                        Ok(String::new())
-                    }
+                    Job::Release { .. } => Ok(String::new()),
                     Job::Purge { run, .. } => {
                         tx.execute(purge, &[run]).await?;
                         Ok(String::new())
@@ -912,9 +1014,9 @@ impl Shared {
         let inserted = inserted.map_err(|e| before(unavailable(e)))?;
         let mut codes = Vec::with_capacity(group.len());
         let mut answered = Vec::new();
-        for ((result, job), in_set) in results.into_iter().zip(group).zip(&in_set) {
+        for ((result, job), kind) in results.into_iter().zip(group).zip(&in_set) {
             let mut code = result.map_err(|e| before(unavailable(e)))?;
-            if let (Job::Append { append: a, .. }, true) = (job, in_set) {
+            if let (Job::Append { append: a, .. }, Some(_)) = (job, kind) {
                 code = if inserted.get(&a.run) == Some(&(a.events.len() as i64)) {
                     "ok".to_string()
                 } else {
@@ -928,6 +1030,23 @@ impl Shared {
                 answered.extend(append.answer_id.iter().copied());
             }
             codes.push(code);
+        }
+        // Leases go last: a run's release may follow its last append in the same group.
+        let (released, released_epochs): (Vec<Uuid>, Vec<i64>) = group
+            .iter()
+            .filter_map(|job| match job {
+                Job::Release { run, epoch } => Some((*run, *epoch)),
+                _ => None,
+            })
+            .unzip();
+        if !released.is_empty() {
+            let release = tx
+                .prepare_cached(&self.sql.release_set())
+                .await
+                .map_err(|e| before(unavailable(e)))?;
+            tx.execute(&release, &[&released, &released_epochs, &self.worker])
+                .await
+                .map_err(|e| before(unavailable(e)))?;
         }
         for id in answered {
             tx.execute(
