@@ -12,7 +12,10 @@
 //! - `fan_in`: 200 concurrent runs of 10 `Write` steps spread over 1, 2 and 3 engines (one
 //!   worker each): event rows/s and steps/s, against the raw limit at the same concurrency
 //!   (the same number of event rows in batched `INSERT`s of 200 rows, one `COMMIT` each).
-//!   One more row: the same appends straight to a `PgStore`, without the engine.
+//!   Two more rows: the same appends straight to a `PgStore`, without the engine; and the
+//!   same runs on one engine whose store is in memory (`SimStore`), the engine's own ceiling.
+//!   Each row's note gives the CPU per event row of this process and of the server's
+//!   processes (Linux `schedstat`).
 //! - `takeover`: a worker process holding 50 runs is SIGKILLed; the time until another
 //!   worker has finished all of them, against the lease plus one second.
 //!
