@@ -950,14 +950,17 @@ impl Shared {
             })
             .collect();
         let set_statement = async {
-            let known_ends = lock(&self.ends).clone();
             let mut rows = SetRows::default();
-            for (job, kind) in group.iter().zip(&in_set) {
-                let (Job::Append { append: a, .. }, Some(kind)) = (job, kind) else {
-                    continue;
-                };
-                let checked = known_ends.get(&run_id(a.run)) != Some(&a.expected);
-                rows.push(a, *kind, checked);
+            {
+                // Read under the lock, not copied: the guard is gone before the first await.
+                let known_ends = lock(&self.ends);
+                for (job, kind) in group.iter().zip(&in_set) {
+                    let (Job::Append { append: a, .. }, Some(kind)) = (job, kind) else {
+                        continue;
+                    };
+                    let checked = known_ends.get(&run_id(a.run)) != Some(&a.expected);
+                    rows.push(a, *kind, checked);
+                }
             }
             if rows.runs.is_empty() {
                 return Ok(HashMap::new());
