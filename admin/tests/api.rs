@@ -651,6 +651,11 @@ impl std::io::Write for Captured {
 async fn tokens_session_ids_and_csrf_tokens_never_reach_the_logs() {
     let captured = Captured::default();
     let writer = captured.clone();
+    // While only one subscriber is registered, tracing caches a call site's interest from the
+    // firing thread's subscriber alone; a concurrent test with none would switch events off for
+    // this one. A second, binary-long subscriber makes tracing ask all of them.
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)

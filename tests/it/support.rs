@@ -52,8 +52,21 @@ pub fn trace() {
 #[derive(Clone, Default)]
 pub struct CapturedLog(Arc<std::sync::Mutex<Vec<u8>>>);
 
+/// Keeps tracing's per-call-site interest honest while tests capture logs concurrently.
+///
+/// While exactly one subscriber is registered, tracing decides a call site's interest the
+/// first time it fires from the *firing thread's* default subscriber alone. A test on another
+/// thread with no subscriber could then cache "never" for an event this test's subscriber
+/// wants, and the event would vanish from the capture. A second subscriber that lives for the
+/// whole binary makes tracing ask every registered subscriber instead.
+pub fn share_callsite_interest() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
+
 impl CapturedLog {
     pub fn subscriber(&self) -> impl tracing_subscriber::util::SubscriberInitExt {
+        share_callsite_interest();
         tracing_subscriber::fmt()
             .with_writer(self.clone())
             .with_ansi(false)

@@ -88,6 +88,7 @@ fn histogram_len(name: &str, labels: &[(&str, &str)]) -> usize {
 }
 
 fn debug_log(log: &CapturedLog) -> impl SubscriberInitExt {
+    crate::support::share_callsite_interest();
     tracing_subscriber::fmt()
         .with_writer(log.clone())
         .with_ansi(false)
