@@ -41,13 +41,30 @@ fn config(url: &str) -> PgConfig {
 }
 
 async fn engine(config: &PgConfig) -> Engine {
+    engine_and_store(config).await.0
+}
+
+/// An engine and its store, whose commit statistics the fan-in prints.
+async fn engine_and_store(config: &PgConfig) -> (Engine, Arc<PgStore>) {
     let store = Arc::new(PgStore::connect(config.clone()).await.expect("connect"));
-    Engine::builder()
-        .store(store as Arc<dyn LogStore>)
+    let engine = Engine::builder()
+        .store(Arc::clone(&store) as Arc<dyn LogStore>)
         .register("chain", 1, chain)
         .open()
         .await
-        .expect("engine")
+        .expect("engine");
+    (engine, store)
+}
+
+/// Transactions and appends per transaction since `before`, over `stores`.
+fn groups_since(stores: &[Arc<PgStore>], before: &[annal_postgres::CommitStats]) -> (u64, f64) {
+    let (mut groups, mut appends) = (0, 0);
+    for (store, before) in stores.iter().zip(before) {
+        let now = store.commit_stats();
+        groups += now.groups - before.groups;
+        appends += now.appends - before.appends;
+    }
+    (groups, appends as f64 / groups.max(1) as f64)
 }
 
 /// A client of the same server, and a table shaped like annal's events, for the raw loops.
@@ -197,39 +214,96 @@ async fn fan_in_round(replicas: &[Engine], runs: usize, steps: u32) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// How many times each fan-in measurement is repeated (raw limit and annal alternating, so
+/// both see the same machine): a round is tens of milliseconds, and one alone is noise.
+fn repeats() -> usize {
+    std::env::var("ANNAL_BENCH_REPEATS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5)
+        .max(1)
+}
+
+/// The median of `values`, and their range.
+fn median(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let mid = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (mid, values[0], values[n - 1])
+}
+
 async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
     let runs = scaled(200);
     let steps = 10u32;
+    let repeats = repeats();
     // A run of 10 Write steps writes its start, ten steps and its end: 12 event rows.
     let events_per_run = 2 + steps as usize;
     let event_rows = runs * events_per_run;
     for engines in 1..=3usize {
         let config = config(url);
         let mut replicas = Vec::new();
+        let mut stores = Vec::new();
         for _ in 0..engines {
-            replicas.push(engine(&config).await);
+            let (engine, store) = engine_and_store(&config).await;
+            replicas.push(engine);
+            stores.push(store);
         }
         let mut raw = raw_client(url, &config.schema).await;
-        let before = Cpu::now();
-        let raw_rows_per_s = raw_batched(&mut raw, &config.schema, runs, events_per_run).await;
-        let (raw_client_us, raw_server_us) = Cpu::now().per_row_since(&before, event_rows);
+        // One untimed pass of each, so that neither pays for a cold table.
+        raw_batched(&mut raw, &config.schema, runs, events_per_run).await;
+        fan_in_round(&replicas, runs, steps).await;
+        let (mut raw_rates, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw_cpu, mut cpu) = ((0.0, 0.0), (0.0, 0.0));
+        let stats_before: Vec<_> = stores.iter().map(|s| s.commit_stats()).collect();
+        for _ in 0..repeats {
+            let before = Cpu::now();
+            let raw_rate = raw_batched(&mut raw, &config.schema, runs, events_per_run).await;
+            let (client_us, server_us) = Cpu::now().per_row_since(&before, event_rows);
+            raw_cpu = (raw_cpu.0 + client_us, raw_cpu.1 + server_us);
+            let before = Cpu::now();
+            let rate = event_rows as f64 / fan_in_round(&replicas, runs, steps).await;
+            let (engine_us, server_us) = Cpu::now().per_row_since(&before, event_rows);
+            cpu = (cpu.0 + engine_us, cpu.1 + server_us);
+            raw_rates.push(raw_rate);
+            rates.push(rate);
+            ratios.push(rate / raw_rate);
+        }
+        let (groups, per_group) = groups_since(&stores, &stats_before);
+        let groups = groups / repeats as u64;
+        let n = repeats as f64;
+        let (raw_rate, _, _) = median(&mut raw_rates);
+        let (rate, _, _) = median(&mut rates);
+        let (_, ratio_min, ratio_max) = median(&mut ratios);
         if engines == 1 {
             // The store without the engine: the same appends, one after another per run.
-            let (rows_per_s, bench_us, server_us) = store_only(&config, runs, events_per_run).await;
+            let mut store_rates = Vec::new();
+            let (mut store_cpu, mut per_group) = ((0.0, 0.0), 0.0);
+            for _ in 0..repeats {
+                let (rate, bench_us, server_us, group) =
+                    store_only(&config, runs, events_per_run).await;
+                store_rates.push(rate);
+                store_cpu = (store_cpu.0 + bench_us, store_cpu.1 + server_us);
+                per_group += group;
+            }
+            let (store_rate, low, high) = median(&mut store_rates);
             rows.push(Row {
                 workload: "fan_in",
                 metric: "event rows/s, store only",
-                value: rows_per_s,
+                value: store_rate,
                 unit: "/s",
-                limit: Some(raw_rows_per_s),
+                limit: Some(raw_rate),
                 note: format!(
-                    "{runs} runs x {events_per_run} appends straight to one PgStore (no workflow code); CPU per row: bench {bench_us:.1} us, server {server_us:.1} us; limit as below"
+                    "{runs} runs x {events_per_run} appends straight to one PgStore (no workflow code), {:.1} appends per transaction; {low:.0}-{high:.0} rows/s in {repeats} rounds; CPU per row: bench {:.1} us, server {:.1} us; limit as below",
+                    per_group / n,
+                    store_cpu.0 / n,
+                    store_cpu.1 / n
                 ),
             });
         }
-        let before = Cpu::now();
-        let elapsed = fan_in_round(&replicas, runs, steps).await;
-        let (engine_us, server_us) = Cpu::now().per_row_since(&before, event_rows);
         for engine in &replicas {
             engine.shutdown().await;
         }
@@ -240,13 +314,16 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
                 2 => "event rows/s, 2 engines",
                 _ => "event rows/s, 3 engines",
             },
-            value: event_rows as f64 / elapsed,
+            value: rate,
             unit: "/s",
-            limit: Some(raw_rows_per_s),
+            limit: Some(raw_rate),
             note: format!(
-                "{runs} runs x {steps} Write steps, {:.0} steps/s, {:.0} runs/s; CPU per row: engines {engine_us:.1} us, server {server_us:.1} us; limit = the same rows, {runs} per INSERT + COMMIT (CPU per row: client {raw_client_us:.1} us, server {raw_server_us:.1} us)",
-                (runs * steps as usize) as f64 / elapsed,
-                runs as f64 / elapsed
+                "{runs} runs x {steps} Write steps, median of {repeats} rounds (ratio per round {ratio_min:.2}-{ratio_max:.2}), {:.0} steps/s; {groups} transactions a round, {per_group:.1} appends each; CPU per row: engines {:.1} us, server {:.1} us; limit = the same rows, {runs} per INSERT + COMMIT, median of {repeats} rounds alternating with annal's (CPU per row: client {:.1} us, server {:.1} us)",
+                rate / events_per_run as f64 * steps as f64,
+                cpu.0 / n,
+                cpu.1 / n,
+                raw_cpu.0 / n,
+                raw_cpu.1 / n
             ),
         });
         if engines == 1 {
@@ -258,18 +335,25 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
                 .open()
                 .await
                 .expect("engine");
-            let before = Cpu::now();
-            let elapsed = fan_in_round(std::slice::from_ref(&memory), runs, steps).await;
-            let (engine_us, _) = Cpu::now().per_row_since(&before, event_rows);
+            let mut memory_rates = Vec::new();
+            let mut memory_us = 0.0;
+            for _ in 0..repeats {
+                let before = Cpu::now();
+                let elapsed = fan_in_round(std::slice::from_ref(&memory), runs, steps).await;
+                memory_us += Cpu::now().per_row_since(&before, event_rows).0;
+                memory_rates.push(event_rows as f64 / elapsed);
+            }
             memory.shutdown().await;
+            let (memory_rate, _, _) = median(&mut memory_rates);
             rows.push(Row {
                 workload: "fan_in",
                 metric: "event rows/s, in-memory store",
-                value: event_rows as f64 / elapsed,
+                value: memory_rate,
                 unit: "/s",
-                limit: Some(raw_rows_per_s),
+                limit: Some(raw_rate),
                 note: format!(
-                    "the same {runs} runs on one engine whose store is in memory (SimStore: no database, no I/O): the engine's own ceiling on this machine; CPU per row {engine_us:.1} us; limit as above"
+                    "the same {runs} runs on one engine whose store is in memory (SimStore: no database, no I/O), median of {repeats} rounds: the engine's own ceiling on this machine; CPU per row {:.1} us; limit as above",
+                    memory_us / n
                 ),
             });
         }
@@ -280,8 +364,8 @@ async fn bench_fan_in(url: &str, rows: &mut Vec<Row>) {
 /// `runs` runs appending `appends` one-event appends each, all runs at once, each append
 /// waiting for the one before it: what the engine asks of the store in `fan_in`, without
 /// the engine. Returns event rows/s and the CPU per row of this process and of the server
-/// (read before the store's connections close).
-async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> (f64, f64, f64) {
+/// (read before the store's connections close), and the appends per transaction.
+async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> (f64, f64, f64, f64) {
     use annal_storage::{AppendBatch, RunId, RunMeta};
     let store = Arc::new(PgStore::connect(config.clone()).await.expect("connect"));
     let meta = RunMeta {
@@ -320,7 +404,8 @@ async fn store_only(config: &PgConfig, runs: usize, appends: usize) -> (f64, f64
     }
     let rows_per_s = (runs * appends) as f64 / t.elapsed().as_secs_f64();
     let (bench_us, server_us) = Cpu::now().per_row_since(&before, runs * appends);
-    (rows_per_s, bench_us, server_us)
+    let (_, per_group) = groups_since(&[store], &[annal_postgres::CommitStats::default()]);
+    (rows_per_s, bench_us, server_us, per_group)
 }
 
 /// The workflow of the takeover bench: a read that never returns in the worker that is

@@ -209,7 +209,17 @@ struct Encoded {
     answer: Vec<Vec<u8>>,
 }
 
+/// The result code of a set-based append that gave the run a final status: its lease was
+/// given up in the same row update.
+const RELEASED_WITH_END: &str = "ok:released";
+
 impl Encoded {
+    /// Whether this append gives its run a final status (the run never changes again).
+    fn ends_run(&self) -> bool {
+        self.status
+            .is_some_and(|status| status >= i16::from(annal_storage::keys::FINAL_STATUS_MIN))
+    }
+
     /// How this append may go in a group's set-based statement, if it may: events and at
     /// most a metadata change, no index changes. Steps, the start of a run without a dedupe
     /// key, and the end of a run without timers are such appends, and they are most appends.
@@ -302,6 +312,25 @@ impl Encoded {
             }
         }
         (out, head)
+    }
+}
+
+/// A group's answer to one job, delivered on the runtime that asked.
+enum Answer {
+    Append(oneshot::Sender<Result<Position>>, Result<Position>),
+    Purge(oneshot::Sender<Result<()>>, Result<()>),
+}
+
+impl Answer {
+    fn send(self) {
+        match self {
+            Answer::Append(reply, result) => {
+                let _ = reply.send(result);
+            }
+            Answer::Purge(reply, result) => {
+                let _ = reply.send(result);
+            }
+        }
     }
 }
 
@@ -458,7 +487,9 @@ impl Sql {
     /// expected seq (such a row fails the statement, and the group goes again through the
     /// function, which names the conflict). `check` is off where this worker knows the log
     /// ends at the expected seq (it wrote the end itself since it took the lease), which saves
-    /// an index probe a step. Returns the run of each inserted event.
+    /// an index probe a step. A metadata change to a final status also gives the lease up
+    /// (the run's row names no owner): one row version per run fewer than a release of its
+    /// own, and no release to send later. Returns how many events it inserted.
     ///
     /// Lookups are scalar subqueries and the owner test of the join is `IS NOT DISTINCT
     /// FROM`: each is then a probe of a primary key whatever the planner knows of the tables.
@@ -474,23 +505,51 @@ impl Sql {
                  ON CONFLICT (run) DO NOTHING
                  RETURNING run),
              changed AS (
-                 UPDATE {s}.runs r SET meta = m.meta, status = m.status
+                 UPDATE {s}.runs r SET meta = m.meta, status = m.status,
+                     owner = CASE WHEN m.status >= {final_min} THEN NULL ELSE r.owner END
                  FROM unnest($12::uuid[], $13::bytea[], $14::smallint[], $15::bigint[], $16::bigint[], $17::bool[])
                      AS m(run, meta, status, epoch, prior, checked)
                  WHERE r.run = m.run AND r.owner IS NOT DISTINCT FROM $7 AND r.epoch = m.epoch
                    AND (NOT m.checked OR (SELECT true FROM {s}.events e WHERE e.run = m.run AND e.seq = m.prior))
-                 RETURNING r.run)
-             INSERT INTO {s}.events (run, seq, record)
-             SELECT ev.run, ev.seq, ev.record
-             FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bigint[], $6::bool[], $18::smallint[])
-                 AS ev(run, seq, record, epoch, prior, checked, kind)
-             WHERE CASE ev.kind
-                 WHEN 0 THEN (SELECT r.owner = $7 AND r.epoch = ev.epoch FROM {s}.runs r WHERE r.run = ev.run)
-                     AND (NOT ev.checked OR (SELECT true FROM {s}.events e WHERE e.run = ev.run AND e.seq = ev.prior))
-                 WHEN 1 THEN ev.run IN (SELECT run FROM created)
-                 ELSE ev.run IN (SELECT run FROM changed)
-             END
-             RETURNING run",
+                 RETURNING r.run),
+             inserted AS (
+                 INSERT INTO {s}.events (run, seq, record)
+                 SELECT ev.run, ev.seq, ev.record
+                 FROM unnest($1::uuid[], $2::bigint[], $3::bytea[], $4::bigint[], $5::bigint[], $6::bool[], $18::smallint[])
+                     AS ev(run, seq, record, epoch, prior, checked, kind)
+                 WHERE CASE ev.kind
+                     WHEN 0 THEN (SELECT r.owner = $7 AND r.epoch = ev.epoch FROM {s}.runs r WHERE r.run = ev.run)
+                         AND (NOT ev.checked OR (SELECT true FROM {s}.events e WHERE e.run = ev.run AND e.seq = ev.prior))
+                     WHEN 1 THEN ev.run IN (SELECT run FROM created)
+                     ELSE ev.run IN (SELECT run FROM changed)
+                 END
+                 RETURNING 1)
+             SELECT count(*) FROM inserted",
+            s = self.s,
+            final_min = annal_storage::keys::FINAL_STATUS_MIN,
+        )
+    }
+
+    /// How many of the events `($1 run, $2 seq)` are stored, per run.
+    fn present(&self) -> String {
+        format!(
+            "SELECT ev.run, count(*) FROM unnest($1::uuid[], $2::bigint[]) AS ev(run, seq)
+             WHERE EXISTS (SELECT 1 FROM {s}.events e WHERE e.run = ev.run AND e.seq = ev.seq)
+             GROUP BY ev.run",
+            s = self.s
+        )
+    }
+
+    /// Deletes run `$1` and everything that points at it.
+    fn purge(&self) -> String {
+        format!(
+            "WITH e AS (DELETE FROM {s}.events WHERE run = $1),
+                  d AS (DELETE FROM {s}.due WHERE run = $1),
+                  k AS (DELETE FROM {s}.dedupe WHERE run = $1),
+                  g AS (DELETE FROM {s}.gates WHERE run = $1),
+                  c AS (DELETE FROM {s}.checkpoints WHERE run = $1),
+                  q AS (DELETE FROM {s}.requests WHERE run = $1)
+             DELETE FROM {s}.runs WHERE run = $1",
             s = self.s
         )
     }
@@ -516,6 +575,8 @@ impl Sql {
 
 struct Shared {
     pool: Pool,
+    /// The group committers' connections, made and driven on the committers' own thread.
+    commit_pool: Pool,
     sql: Sql,
     config: PgConfig,
     worker: Uuid,
@@ -533,6 +594,9 @@ struct Shared {
     /// stay in order.
     commits: Vec<mpsc::UnboundedSender<Job>>,
     positions: AtomicU64,
+    answers: mpsc::UnboundedSender<Vec<Answer>>,
+    /// What the group committers did, for [`PgStore::commit_stats`].
+    stats: CommitCounters,
     hints: mpsc::UnboundedSender<Hint>,
     hints_rx: Mutex<Option<mpsc::UnboundedReceiver<Hint>>>,
     /// Notified whenever a request may have been answered.
@@ -543,10 +607,35 @@ struct Shared {
     renewed_at: Mutex<std::time::Instant>,
 }
 
+/// What this store's group committers did since it connected: how well appends of many runs
+/// share a transaction. A group is one transaction; appends per group near the number of
+/// runs that append at once mean each commit is shared by all of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommitStats {
+    /// Transactions committed (or tried: a failed group counts).
+    pub groups: u64,
+    /// Appends in those groups.
+    pub appends: u64,
+    /// Appends that went through the schema's `append` function one by one (index changes,
+    /// several appends of one run in a group, or what the set-based statement refused)
+    /// rather than the group's set-based statement.
+    pub function_calls: u64,
+}
+
+#[derive(Default)]
+struct CommitCounters {
+    groups: AtomicU64,
+    appends: AtomicU64,
+    function_calls: AtomicU64,
+}
+
 /// annal's log in PostgreSQL. See the crate documentation.
 pub struct PgStore {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::AbortHandle>,
+    /// Stops the group committers' threads.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -564,6 +653,7 @@ impl Drop for PgStore {
         for task in &self.tasks {
             task.abort();
         }
+        let _ = self.stop.send(true);
     }
 }
 
@@ -584,6 +674,22 @@ impl PgStore {
             .max_size(config.pool_size.max(2))
             .build()
             .map_err(unavailable)?;
+        let mut commit_pg = pg.clone();
+        // A group's statements touch at most the group's rows, each by its key: a plan that
+        // scans a table is never right for them, and the planner picks one while its
+        // statistics lag a young, fast-growing table (seen: a hash join that read every run
+        // once per group, so that each group cost more as history grew).
+        commit_pg.options("-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off");
+        let commit_pool = Pool::builder(Manager::from_config(
+            commit_pg,
+            tokio_postgres::NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        ))
+        .max_size(config.committers.max(1))
+        .build()
+        .map_err(unavailable)?;
         {
             let mut client = pool.get().await.map_err(unavailable)?;
             schema::migrate(&mut client, &config.schema).await?;
@@ -592,8 +698,17 @@ impl PgStore {
             .map(|_| mpsc::unbounded_channel())
             .unzip();
         let (hints, hints_rx) = mpsc::unbounded_channel();
+        let (answers, mut answers_rx) = mpsc::unbounded_channel::<Vec<Answer>>();
+        let dispatcher = tokio::spawn(async move {
+            while let Some(batch) = answers_rx.recv().await {
+                for answer in batch {
+                    answer.send();
+                }
+            }
+        });
         let shared = Arc::new(Shared {
             pool,
+            commit_pool,
             sql: Sql::new(&config.schema),
             config,
             worker: Uuid::new_v4(),
@@ -602,6 +717,8 @@ impl PgStore {
             heads: Mutex::new(HashMap::new()),
             commits,
             positions: AtomicU64::new(0),
+            stats: CommitCounters::default(),
+            answers,
             hints,
             hints_rx: Mutex::new(Some(hints_rx)),
             answered: Notify::new(),
@@ -609,13 +726,43 @@ impl PgStore {
             renewed_at: Mutex::new(std::time::Instant::now()),
         });
         shared.heartbeat().await?;
-        let mut tasks: Vec<_> = commit_rxs
-            .into_iter()
-            .map(|rx| tokio::spawn(Arc::clone(&shared).committer(rx)).abort_handle())
-            .collect();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        for rx in commit_rxs {
+            let (shared, mut stopped) = (Arc::clone(&shared), stopped.clone());
+            std::thread::Builder::new()
+                .name("annal-pg-commit".into())
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("a runtime for the group committer");
+                    runtime.block_on(async move {
+                        tokio::select! {
+                            () = shared.committer(rx) => {}
+                            _ = stopped.wait_for(|s| *s) => {}
+                        }
+                    });
+                })
+                .map_err(unavailable)?;
+        }
+        let mut tasks = vec![dispatcher.abort_handle()];
         tasks.push(tokio::spawn(Arc::clone(&shared).listener(pg)).abort_handle());
         tasks.push(tokio::spawn(Arc::clone(&shared).poller()).abort_handle());
-        Ok(Self { shared, tasks })
+        Ok(Self {
+            shared,
+            tasks,
+            stop,
+        })
+    }
+
+    /// What the group committers did since this store connected.
+    pub fn commit_stats(&self) -> CommitStats {
+        let c = &self.shared.stats;
+        CommitStats {
+            groups: c.groups.load(Ordering::Relaxed),
+            appends: c.appends.load(Ordering::Relaxed),
+            function_calls: c.function_calls.load(Ordering::Relaxed),
+        }
     }
 
     /// This process's worker id (the `owner` of the runs it executes).
@@ -835,6 +982,14 @@ impl Shared {
                     Err(_) => break,
                 }
             }
+            let appends = group
+                .iter()
+                .filter(|job| matches!(job, Job::Append { .. }))
+                .count();
+            self.stats.groups.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .appends
+                .fetch_add(appends as u64, Ordering::Relaxed);
             let mut attempt = 0;
             let mut set_based = true;
             let outcome = loop {
@@ -853,16 +1008,25 @@ impl Shared {
             };
             match outcome {
                 Ok(codes) => {
+                    let mut answers = Vec::with_capacity(group.len());
                     for (job, code) in group.into_iter().zip(codes) {
                         match job {
                             Job::Append { append, reply } => {
                                 let result = self.outcome(&append, code).await;
-                                let _ = reply.send(result);
+                                answers.push(Answer::Append(reply, result));
                             }
                             Job::Purge { reply, .. } => {
-                                let _ = reply.send(Ok(()));
+                                answers.push(Answer::Purge(reply, Ok(())));
                             }
                             Job::Release { .. } => {}
+                        }
+                    }
+                    // One wake-up of the dispatcher on the engine's runtime, which wakes each
+                    // waiting append from there (cheaply), rather than a wake-up from this
+                    // thread per append. Should that runtime be gone, from here.
+                    if let Err(mpsc::error::SendError(answers)) = self.answers.send(answers) {
+                        for answer in answers {
+                            answer.send();
                         }
                     }
                 }
@@ -890,55 +1054,74 @@ impl Shared {
 
     /// One group in one transaction; a result code per job (empty for non-appends).
     ///
-    /// The appends that need no index change (see [`SetKind`]: steps, most starts and ends)
-    /// of runs with no other append and no purge in the group go in one statement, fenced
-    /// and seq-checked row by row against the runs table: calling the append function once
-    /// each costs the server several statements and a subtransaction per append. Whatever
-    /// that statement does not insert (a fenced run, a conflict) is then sent through the
-    /// function, which says why. Leases given up go in one statement at the end, after every
-    /// append of the group. With `set_based` off every append goes through the function (the
-    /// retry after that statement met a concurrent writer).
+    /// A connection whose group failed is not given back to the pool: it may still be inside
+    /// the transaction (the server rolls it back when the connection closes).
     async fn commit_group(
         &self,
         group: &[Job],
         set_based: bool,
     ) -> std::result::Result<Vec<String>, Failure> {
-        let before = Failure::BeforeCommit;
-        let mut client = self.pool.get().await.map_err(|e| {
+        let client = self.commit_pool.get().await.map_err(|e| {
             Failure::BeforeCommit(unavailable(format!(
                 "no connection for the group commit: {e}"
             )))
         })?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| before(unavailable(e)))?;
-        let append = tx
-            .prepare_cached(&self.sql.append())
-            .await
-            .map_err(|e| before(unavailable(e)))?;
-        let purge = tx
-            .prepare_cached(&format!(
-                "WITH e AS (DELETE FROM {s}.events WHERE run = $1),
-                      d AS (DELETE FROM {s}.due WHERE run = $1),
-                      k AS (DELETE FROM {s}.dedupe WHERE run = $1),
-                      g AS (DELETE FROM {s}.gates WHERE run = $1),
-                      c AS (DELETE FROM {s}.checkpoints WHERE run = $1),
-                      q AS (DELETE FROM {s}.requests WHERE run = $1)
-                 DELETE FROM {s}.runs WHERE run = $1",
-                s = self.sql.s
-            ))
-            .await
-            .map_err(|e| before(unavailable(e)))?;
-        // Which appends take the set-based path: those of runs with no other append and no
-        // purge in the group.
+        let result = self.commit_group_on(&client, group, set_based).await;
+        if result.is_err() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+        result
+    }
+
+    /// [`Shared::commit_group`] on `client`.
+    ///
+    /// The appends that need no index change (see [`SetKind`]: steps, most starts and ends)
+    /// of runs with no other job in the group go in one statement, fenced and seq-checked
+    /// row by row against the runs table: calling the append function once each costs the
+    /// server several statements and a subtransaction per append. Whatever that statement
+    /// does not insert (a fenced run, a conflict) is then sent through the function, which
+    /// says why. Leases given up go in one statement after every append of the group. With
+    /// `set_based` off every append goes through the function (the retry after that
+    /// statement met a concurrent writer).
+    ///
+    /// Two round trips in the common case: `BEGIN`, the set-based statement, the function
+    /// calls and the lease releases are sent at once (the server runs them in that order),
+    /// then the notifications and `COMMIT`. Each round trip waits for both this thread and
+    /// the server's backend to be scheduled, which on a busy machine costs more than the
+    /// statements themselves.
+    async fn commit_group_on(
+        &self,
+        client: &deadpool_postgres::Object,
+        group: &[Job],
+        set_based: bool,
+    ) -> std::result::Result<Vec<String>, Failure> {
+        let before = Failure::BeforeCommit;
+        let sql = &self.sql;
+        // Prepared before the transaction (once per connection): a statement prepared inside
+        // the pipeline would be sent after the ones behind it.
+        let ((append, purge, set), (present, release, notify)) = futures::future::try_join(
+            futures::future::try_join3(
+                client.prepare_cached(&sql.append()),
+                client.prepare_cached(&sql.purge()),
+                client.prepare_cached(&sql.append_set()),
+            ),
+            futures::future::try_join3(
+                client.prepare_cached(&sql.present()),
+                client.prepare_cached(&sql.release_set()),
+                client.prepare_cached("SELECT pg_notify($1, $2)"),
+            ),
+        )
+        .await
+        .map_err(|e| before(unavailable(e)))?;
+        // Which appends take the set-based path: those of runs with no other job in the
+        // group (another append, a purge, or a release that must follow it).
         let mut jobs_per_run: HashMap<Uuid, usize> = HashMap::new();
         for job in group {
-            match job {
-                Job::Append { append, .. } => *jobs_per_run.entry(append.run).or_default() += 1,
-                Job::Purge { run, .. } => *jobs_per_run.entry(*run).or_default() += 2,
-                Job::Release { .. } => {}
-            }
+            let run = match job {
+                Job::Append { append, .. } => append.run,
+                Job::Purge { run, .. } | Job::Release { run, .. } => *run,
+            };
+            *jobs_per_run.entry(run).or_default() += 1;
         }
         let in_set: Vec<Option<SetKind>> = group
             .iter()
@@ -949,26 +1132,35 @@ impl Shared {
                 _ => None,
             })
             .collect();
+        let mut rows = SetRows::default();
+        {
+            // Read under the lock, not copied: the guard is gone before the first await.
+            let known_ends = lock(&self.ends);
+            for (job, kind) in group.iter().zip(&in_set) {
+                let (Job::Append { append: a, .. }, Some(kind)) = (job, kind) else {
+                    continue;
+                };
+                let checked = known_ends.get(&run_id(a.run)) != Some(&a.expected);
+                rows.push(a, *kind, checked);
+            }
+        }
+        let (released, released_epochs): (Vec<Uuid>, Vec<i64>) = group
+            .iter()
+            .filter_map(|job| match job {
+                Job::Release { run, epoch } => Some((*run, *epoch)),
+                _ => None,
+            })
+            .unzip();
+        // Sent together in this order (each future sends its request when first polled,
+        // and `join` polls them in order), answered in order.
+        let begin = client.batch_execute("BEGIN");
         let set_statement = async {
-            let mut rows = SetRows::default();
-            {
-                // Read under the lock, not copied: the guard is gone before the first await.
-                let known_ends = lock(&self.ends);
-                for (job, kind) in group.iter().zip(&in_set) {
-                    let (Job::Append { append: a, .. }, Some(kind)) = (job, kind) else {
-                        continue;
-                    };
-                    let checked = known_ends.get(&run_id(a.run)) != Some(&a.expected);
-                    rows.push(a, *kind, checked);
-                }
-            }
             if rows.runs.is_empty() {
-                return Ok(HashMap::new());
+                return Ok(0);
             }
-            let statement = tx.prepare_cached(&self.sql.append_set()).await?;
-            let inserted = tx
+            let inserted = client
                 .query(
-                    &statement,
+                    &set,
                     &[
                         &rows.runs,
                         &rows.seqs,
@@ -991,77 +1183,103 @@ impl Shared {
                     ],
                 )
                 .await?;
-            let mut per_run: HashMap<Uuid, i64> = HashMap::new();
-            for row in inserted {
-                *per_run.entry(row.get(0)).or_default() += 1;
-            }
-            Ok::<HashMap<Uuid, i64>, tokio_postgres::Error>(per_run)
+            Ok::<i64, tokio_postgres::Error>(inserted.first().map_or(0, |row| row.get(0)))
         };
-        // Sent together, answered in order: the client pipelines them.
         let calls = group.iter().zip(&in_set).map(|(job, kind)| {
-            let (tx, append, purge) = (&tx, &append, &purge);
+            let (append, purge) = (&append, &purge);
             async move {
                 match job {
                     Job::Append { .. } if kind.is_some() => Ok(String::new()),
-                    Job::Append { append: a, .. } => call_append(tx, append, &self.worker, a).await,
+                    Job::Append { append: a, .. } => {
+                        self.stats.function_calls.fetch_add(1, Ordering::Relaxed);
+                        call_append(client, append, &self.worker, a).await
+                    }
                     Job::Release { .. } => Ok(String::new()),
                     Job::Purge { run, .. } => {
-                        tx.execute(purge, &[run]).await?;
+                        client.execute(purge, &[run]).await?;
                         Ok(String::new())
                     }
                 }
             }
         });
-        let (inserted, results) =
-            futures::future::join(set_statement, futures::future::join_all(calls)).await;
+        let releases = async {
+            if released.is_empty() {
+                return Ok(0);
+            }
+            client
+                .execute(&release, &[&released, &released_epochs, &self.worker])
+                .await
+        };
+        let (begun, inserted, results, released) = futures::future::join4(
+            begin,
+            set_statement,
+            futures::future::join_all(calls),
+            releases,
+        )
+        .await;
+        // The first error in the order sent is the cause; those after it only say that the
+        // transaction was aborted.
+        begun.map_err(|e| before(unavailable(e)))?;
         let inserted = inserted.map_err(|e| before(unavailable(e)))?;
+        // Usually every row went in. Otherwise which did: a row at an event's (run, seq) now
+        // is this statement's, since one that was there before would have failed it.
+        let complete: Option<HashMap<Uuid, i64>> = if inserted == rows.runs.len() as i64 {
+            None
+        } else {
+            let present = client
+                .query(&present, &[&rows.runs, &rows.seqs])
+                .await
+                .map_err(|e| before(unavailable(e)))?;
+            Some(present.iter().map(|row| (row.get(0), row.get(1))).collect())
+        };
+        let results: Vec<String> = results
+            .into_iter()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| before(unavailable(e)))?;
+        released.map_err(|e| before(unavailable(e)))?;
         let mut codes = Vec::with_capacity(group.len());
         let mut answered = Vec::new();
-        for ((result, job), kind) in results.into_iter().zip(group).zip(&in_set) {
-            let mut code = result.map_err(|e| before(unavailable(e)))?;
+        for ((mut code, job), kind) in results.into_iter().zip(group).zip(&in_set) {
             if let (Job::Append { append: a, .. }, Some(_)) = (job, kind) {
-                code = if inserted.get(&a.run) == Some(&(a.events.len() as i64)) {
-                    "ok".to_string()
+                let landed = complete
+                    .as_ref()
+                    .is_none_or(|per_run| per_run.get(&a.run) == Some(&(a.events.len() as i64)));
+                code = if landed {
+                    if a.ends_run() {
+                        RELEASED_WITH_END.to_string()
+                    } else {
+                        "ok".to_string()
+                    }
                 } else {
-                    // Nothing was inserted for it: the function says why.
-                    call_append(&tx, &append, &self.worker, a)
+                    // Nothing was inserted for it: the function says why. (Its run has no
+                    // release in this group, so the release before this call is not its.)
+                    self.stats.function_calls.fetch_add(1, Ordering::Relaxed);
+                    call_append(client, &append, &self.worker, a)
                         .await
                         .map_err(|e| before(unavailable(e)))?
                 };
             }
-            if let (Job::Append { append, .. }, "ok") = (job, code.as_str()) {
+            if let (Job::Append { append, .. }, "ok" | RELEASED_WITH_END) = (job, code.as_str()) {
                 answered.extend(append.answer_id.iter().copied());
             }
             codes.push(code);
         }
-        // Leases go last: a run's release may follow its last append in the same group.
-        let (released, released_epochs): (Vec<Uuid>, Vec<i64>) = group
-            .iter()
-            .filter_map(|job| match job {
-                Job::Release { run, epoch } => Some((*run, *epoch)),
-                _ => None,
-            })
-            .unzip();
-        if !released.is_empty() {
-            let release = tx
-                .prepare_cached(&self.sql.release_set())
-                .await
-                .map_err(|e| before(unavailable(e)))?;
-            tx.execute(&release, &[&released, &released_epochs, &self.worker])
-                .await
-                .map_err(|e| before(unavailable(e)))?;
+        let notified = futures::future::join_all(answered.iter().map(|id| {
+            let (notify, channel) = (&notify, &self.sql.channel);
+            async move {
+                client
+                    .execute(notify, &[channel, &format!("ans:{id}")])
+                    .await
+            }
+        }));
+        let (notified, committed) =
+            futures::future::join(notified, client.batch_execute("COMMIT")).await;
+        // A failed notification aborted the transaction, and the `COMMIT` behind it rolled
+        // it back without an error of its own.
+        for result in notified {
+            result.map_err(|e| before(unavailable(e)))?;
         }
-        for id in answered {
-            tx.execute(
-                "SELECT pg_notify($1, $2)",
-                &[&self.sql.channel, &format!("ans:{id}")],
-            )
-            .await
-            .map_err(|e| before(unavailable(e)))?;
-        }
-        tx.commit()
-            .await
-            .map_err(|e| Failure::Commit(unavailable(e)))?;
+        committed.map_err(|e| Failure::Commit(unavailable(e)))?;
         Ok(codes)
     }
 
@@ -1071,6 +1289,12 @@ impl Shared {
         match code.as_str() {
             "ok" => {
                 lock(&self.ends).insert(run, append.expected + append.events.len() as i64);
+                Ok(Position(self.positions.fetch_add(1, Ordering::AcqRel) + 1))
+            }
+            RELEASED_WITH_END => {
+                // The run's row no longer names this worker: the engine's release that
+                // follows has nothing left to give up.
+                self.forget(run, append.epoch);
                 Ok(Position(self.positions.fetch_add(1, Ordering::AcqRel) + 1))
             }
             "fenced" => {
@@ -1285,7 +1509,7 @@ impl Shared {
 
 /// One call of the schema's append function; its result code.
 async fn call_append(
-    tx: &deadpool_postgres::Transaction<'_>,
+    client: &tokio_postgres::Client,
     statement: &tokio_postgres::Statement,
     worker: &Uuid,
     a: &Encoded,
@@ -1310,7 +1534,7 @@ async fn call_append(
         &a.answer_id,
         &a.answer,
     ];
-    let row = tx.query_one(statement, &params).await?;
+    let row = client.query_one(statement, &params).await?;
     Ok(row.get(0))
 }
 

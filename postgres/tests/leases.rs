@@ -123,6 +123,71 @@ async fn a_stale_worker_is_fenced_once_its_run_was_taken_over() {
     assert_eq!(a.read(r, 0, 10).await.unwrap().len(), 2);
 }
 
+/// Appends that share a transaction stand or fall alone: a stale worker's append to a run
+/// it lost, sent together with appends to runs it still holds, is fenced and writes nothing,
+/// while the others land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_append_in_a_group_leaves_the_others_standing() {
+    let Some((_, a, b)) = two_workers().await else {
+        return;
+    };
+    let lost = run(40);
+    let kept: Vec<RunId> = (41..49).map(run).collect();
+    for r in std::iter::once(&lost).chain(&kept) {
+        a.append(batch(*r, 0, Some(meta(1)))).await.unwrap();
+    }
+    a.pause_heartbeat(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while b.claim(lost).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "no takeover");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // a still holds the others in the database: nobody claimed them.
+    let before = a.commit_stats();
+    let appends = std::iter::once(&lost)
+        .chain(&kept)
+        .map(|r| a.append(batch(*r, 1, None)));
+    let results = futures::future::join_all(appends).await;
+    let after = a.commit_stats();
+    assert!(
+        matches!(&results[0], Err(Error::Fenced { run }) if *run == lost),
+        "{:?}",
+        results[0]
+    );
+    for (r, result) in kept.iter().zip(&results[1..]) {
+        assert!(result.is_ok(), "{r:?}: {result:?}");
+        assert_eq!(b.read(*r, 0, 10).await.unwrap().len(), 2);
+    }
+    assert_eq!(
+        b.read(lost, 0, 10).await.unwrap().len(),
+        1,
+        "nothing written"
+    );
+    assert_eq!(after.appends - before.appends, 9);
+    assert!(after.groups - before.groups < 9, "{before:?} {after:?}");
+}
+
+/// A run's final append gives its lease up in the same row update: another worker may
+/// claim it at once, without a release, and the finishing worker writes nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_append_gives_the_lease_up() {
+    let Some((_, a, b)) = two_workers().await else {
+        return;
+    };
+    let r = run(50);
+    a.append(batch(r, 0, Some(meta(1)))).await.unwrap();
+    assert!(matches!(b.claim(r).await, Err(Error::LeaseHeld { .. })));
+    let completed = annal_storage::keys::FINAL_STATUS_MIN;
+    a.append(batch(r, 1, Some(meta(completed)))).await.unwrap();
+    b.claim(r).await.unwrap();
+    // The engine's release after the end has nothing left to give up.
+    a.release(r);
+    let err = a.append(batch(r, 2, None)).await.unwrap_err();
+    assert!(matches!(err, Error::Fenced { .. }), "{err:?}");
+    let stored = b.meta(r).await.unwrap().unwrap();
+    assert_eq!((stored.status, stored.next_seq), (completed, 2));
+}
+
 /// A lease given up (the run parked) can be claimed by any worker at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_run_is_claimed_at_once() {
