@@ -15,7 +15,9 @@
 //!   Two more rows: the same appends straight to a `PgStore`, without the engine; and the
 //!   same runs on one engine whose store is in memory (`SimStore`), the engine's own ceiling.
 //!   Each row's note gives the CPU per event row of this process and of the server's
-//!   processes (Linux `schedstat`).
+//!   processes (Linux `schedstat`) and, for annal's rows, the transactions per round. Each
+//!   fan-in row is the median of `ANNAL_BENCH_REPEATS` rounds (default 5) after an untimed
+//!   one, raw and annal's rounds alternating.
 //! - `takeover`: a worker process holding 50 runs is SIGKILLed; the time until another
 //!   worker has finished all of them, against the lease plus one second.
 //!
