@@ -334,6 +334,21 @@ impl Answer {
     }
 }
 
+/// A group's answers, and the appends they answer, to be freed once they are sent.
+struct Answers {
+    answers: Vec<Answer>,
+    spent: Vec<Box<Encoded>>,
+}
+
+impl Answers {
+    fn deliver(self) {
+        for answer in self.answers {
+            answer.send();
+        }
+        drop(self.spent);
+    }
+}
+
 /// Work for the group committer, done in the order it was queued.
 enum Job {
     Append {
@@ -594,7 +609,8 @@ struct Shared {
     /// stay in order.
     commits: Vec<mpsc::UnboundedSender<Job>>,
     positions: AtomicU64,
-    answers: mpsc::UnboundedSender<Vec<Answer>>,
+    /// The dispatcher's queue: a group's answers, delivered on the engine's runtime.
+    answers: mpsc::UnboundedSender<Answers>,
     /// What the group committers did, for [`PgStore::commit_stats`].
     stats: CommitCounters,
     hints: mpsc::UnboundedSender<Hint>,
@@ -698,12 +714,10 @@ impl PgStore {
             .map(|_| mpsc::unbounded_channel())
             .unzip();
         let (hints, hints_rx) = mpsc::unbounded_channel();
-        let (answers, mut answers_rx) = mpsc::unbounded_channel::<Vec<Answer>>();
+        let (answers, mut answers_rx) = mpsc::unbounded_channel::<Answers>();
         let dispatcher = tokio::spawn(async move {
             while let Some(batch) = answers_rx.recv().await {
-                for answer in batch {
-                    answer.send();
-                }
+                batch.deliver();
             }
         });
         let shared = Arc::new(Shared {
@@ -1008,26 +1022,40 @@ impl Shared {
             };
             match outcome {
                 Ok(codes) => {
-                    let mut answers = Vec::with_capacity(group.len());
+                    let mut answers = Answers {
+                        answers: Vec::with_capacity(group.len()),
+                        spent: Vec::with_capacity(group.len()),
+                    };
+                    // Where the logs of the appends that landed now end, under one lock.
+                    let mut ends = Vec::with_capacity(group.len());
                     for (job, code) in group.into_iter().zip(codes) {
                         match job {
                             Job::Append { append, reply } => {
-                                let result = self.outcome(&append, code).await;
-                                answers.push(Answer::Append(reply, result));
+                                let result = if code == "ok" {
+                                    ends.push((
+                                        run_id(append.run),
+                                        append.expected + append.events.len() as i64,
+                                    ));
+                                    Ok(self.position())
+                                } else {
+                                    self.outcome(&append, code).await
+                                };
+                                answers.answers.push(Answer::Append(reply, result));
+                                answers.spent.push(append);
                             }
                             Job::Purge { reply, .. } => {
-                                answers.push(Answer::Purge(reply, Ok(())));
+                                answers.answers.push(Answer::Purge(reply, Ok(())));
                             }
                             Job::Release { .. } => {}
                         }
                     }
+                    lock(&self.ends).extend(ends);
                     // One wake-up of the dispatcher on the engine's runtime, which wakes each
-                    // waiting append from there (cheaply), rather than a wake-up from this
-                    // thread per append. Should that runtime be gone, from here.
+                    // waiting append from there (cheaply) and frees the appends where they
+                    // were made, rather than this thread doing both, between two groups.
+                    // Should that runtime be gone, from here.
                     if let Err(mpsc::error::SendError(answers)) = self.answers.send(answers) {
-                        for answer in answers {
-                            answer.send();
-                        }
+                        answers.deliver();
                     }
                 }
                 Err(failure) => {
@@ -1283,19 +1311,24 @@ impl Shared {
         Ok(codes)
     }
 
+    /// The position of an append that landed.
+    fn position(&self) -> Position {
+        Position(self.positions.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
     /// What one append's result code means for its caller.
     async fn outcome(&self, append: &Encoded, code: String) -> Result<Position> {
         let run = run_id(append.run);
         match code.as_str() {
             "ok" => {
                 lock(&self.ends).insert(run, append.expected + append.events.len() as i64);
-                Ok(Position(self.positions.fetch_add(1, Ordering::AcqRel) + 1))
+                Ok(self.position())
             }
             RELEASED_WITH_END => {
                 // The run's row no longer names this worker: the engine's release that
                 // follows has nothing left to give up.
                 self.forget(run, append.epoch);
-                Ok(Position(self.positions.fetch_add(1, Ordering::AcqRel) + 1))
+                Ok(self.position())
             }
             "fenced" => {
                 self.forget(run, append.epoch);
