@@ -39,7 +39,7 @@
 
 mod schema;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -337,6 +337,8 @@ impl Answer {
 /// A group's answers, and the appends they answer, to be freed once they are sent.
 struct Answers {
     answers: Vec<Answer>,
+    // The jobs' own boxes, freed by the thread that allocated them rather than moved out.
+    #[allow(clippy::vec_box)]
     spent: Vec<Box<Encoded>>,
 }
 
@@ -504,7 +506,8 @@ impl Sql {
     /// ends at the expected seq (it wrote the end itself since it took the lease), which saves
     /// an index probe a step. A metadata change to a final status also gives the lease up
     /// (the run's row names no owner): one row version per run fewer than a release of its
-    /// own, and no release to send later. Returns how many events it inserted.
+    /// own, and no release to send later. Returns the runs whose events it did not insert
+    /// (an append lands whole or not at all).
     ///
     /// Lookups are scalar subqueries and the owner test of the join is `IS NOT DISTINCT
     /// FROM`: each is then a probe of a primary key whatever the planner knows of the tables.
@@ -538,20 +541,12 @@ impl Sql {
                      WHEN 1 THEN ev.run IN (SELECT run FROM created)
                      ELSE ev.run IN (SELECT run FROM changed)
                  END
-                 RETURNING 1)
-             SELECT count(*) FROM inserted",
+                 RETURNING run)
+             SELECT COALESCE(array_agg(DISTINCT ev.run), '{{}}')
+             FROM unnest($1::uuid[]) AS ev(run)
+             WHERE ev.run NOT IN (SELECT run FROM inserted)",
             s = self.s,
             final_min = annal_storage::keys::FINAL_STATUS_MIN,
-        )
-    }
-
-    /// How many of the events `($1 run, $2 seq)` are stored, per run.
-    fn present(&self) -> String {
-        format!(
-            "SELECT ev.run, count(*) FROM unnest($1::uuid[], $2::bigint[]) AS ev(run, seq)
-             WHERE EXISTS (SELECT 1 FROM {s}.events e WHERE e.run = ev.run AND e.seq = ev.seq)
-             GROUP BY ev.run",
-            s = self.s
         )
     }
 
@@ -1112,11 +1107,12 @@ impl Shared {
     /// `set_based` off every append goes through the function (the retry after that
     /// statement met a concurrent writer).
     ///
-    /// Two round trips in the common case: `BEGIN`, the set-based statement, the function
-    /// calls and the lease releases are sent at once (the server runs them in that order),
-    /// then the notifications and `COMMIT`. Each round trip waits for both this thread and
-    /// the server's backend to be scheduled, which on a busy machine costs more than the
-    /// statements themselves.
+    /// One round trip in the common case: `BEGIN`, the set-based statement, the function
+    /// calls, the lease releases and `COMMIT` are sent at once (the server runs them in that
+    /// order). A group that answers requests takes two, since a request's notification
+    /// goes out only if its append landed: the statements, then the notifications and
+    /// `COMMIT`. Each round trip waits for both this thread and the server's backend to be
+    /// scheduled, which on a busy machine costs more than many statements.
     async fn commit_group_on(
         &self,
         client: &deadpool_postgres::Object,
@@ -1127,14 +1123,13 @@ impl Shared {
         let sql = &self.sql;
         // Prepared before the transaction (once per connection): a statement prepared inside
         // the pipeline would be sent after the ones behind it.
-        let ((append, purge, set), (present, release, notify)) = futures::future::try_join(
+        let ((append, purge, set), (release, notify)) = futures::future::try_join(
             futures::future::try_join3(
                 client.prepare_cached(&sql.append()),
                 client.prepare_cached(&sql.purge()),
                 client.prepare_cached(&sql.append_set()),
             ),
-            futures::future::try_join3(
-                client.prepare_cached(&sql.present()),
+            futures::future::try_join(
                 client.prepare_cached(&sql.release_set()),
                 client.prepare_cached("SELECT pg_notify($1, $2)"),
             ),
@@ -1184,7 +1179,7 @@ impl Shared {
         let begin = client.batch_execute("BEGIN");
         let set_statement = async {
             if rows.runs.is_empty() {
-                return Ok(0);
+                return Ok(Vec::new());
             }
             let inserted = client
                 .query(
@@ -1211,7 +1206,9 @@ impl Shared {
                     ],
                 )
                 .await?;
-            Ok::<i64, tokio_postgres::Error>(inserted.first().map_or(0, |row| row.get(0)))
+            Ok::<Vec<Uuid>, tokio_postgres::Error>(
+                inserted.first().map_or_else(Vec::new, |row| row.get(0)),
+            )
         };
         let calls = group.iter().zip(&in_set).map(|(job, kind)| {
             let (append, purge) = (&append, &purge);
@@ -1238,41 +1235,47 @@ impl Shared {
                 .execute(&release, &[&released, &released_epochs, &self.worker])
                 .await
         };
-        let (begun, inserted, results, released) = futures::future::join4(
+        // A group with no request to notify of commits in the same round trip: `COMMIT`
+        // goes behind its statements. (After an error among them the transaction is aborted,
+        // and that `COMMIT` rolls it back.) What the set-based statement refused is then
+        // asked of the function on its own, after the commit: nothing was written for it,
+        // and the function decides it whole, in a transaction of its own.
+        let one_trip = !group
+            .iter()
+            .any(|job| matches!(job, Job::Append { append, .. } if !append.answer_id.is_empty()));
+        let commit_behind = async {
+            if one_trip {
+                client.batch_execute("COMMIT").await
+            } else {
+                Ok(())
+            }
+        };
+        let (begun, refused, results, released, committed_behind) = futures::future::join5(
             begin,
             set_statement,
             futures::future::join_all(calls),
             releases,
+            commit_behind,
         )
         .await;
         // The first error in the order sent is the cause; those after it only say that the
         // transaction was aborted.
         begun.map_err(|e| before(unavailable(e)))?;
-        let inserted = inserted.map_err(|e| before(unavailable(e)))?;
-        // Usually every row went in. Otherwise which did: a row at an event's (run, seq) now
-        // is this statement's, since one that was there before would have failed it.
-        let complete: Option<HashMap<Uuid, i64>> = if inserted == rows.runs.len() as i64 {
-            None
-        } else {
-            let present = client
-                .query(&present, &[&rows.runs, &rows.seqs])
-                .await
-                .map_err(|e| before(unavailable(e)))?;
-            Some(present.iter().map(|row| (row.get(0), row.get(1))).collect())
-        };
+        let refused: HashSet<Uuid> = refused
+            .map_err(|e| before(unavailable(e)))?
+            .into_iter()
+            .collect();
         let results: Vec<String> = results
             .into_iter()
             .collect::<std::result::Result<_, _>>()
             .map_err(|e| before(unavailable(e)))?;
         released.map_err(|e| before(unavailable(e)))?;
+        committed_behind.map_err(|e| Failure::Commit(unavailable(e)))?;
         let mut codes = Vec::with_capacity(group.len());
         let mut answered = Vec::new();
         for ((mut code, job), kind) in results.into_iter().zip(group).zip(&in_set) {
             if let (Job::Append { append: a, .. }, Some(_)) = (job, kind) {
-                let landed = complete
-                    .as_ref()
-                    .is_none_or(|per_run| per_run.get(&a.run) == Some(&(a.events.len() as i64)));
-                code = if landed {
+                code = if !refused.contains(&a.run) {
                     if a.ends_run() {
                         RELEASED_WITH_END.to_string()
                     } else {
@@ -1282,15 +1285,24 @@ impl Shared {
                     // Nothing was inserted for it: the function says why. (Its run has no
                     // release in this group, so the release before this call is not its.)
                     self.stats.function_calls.fetch_add(1, Ordering::Relaxed);
-                    call_append(client, &append, &self.worker, a)
-                        .await
-                        .map_err(|e| before(unavailable(e)))?
+                    match call_append(client, &append, &self.worker, a).await {
+                        Ok(code) => code,
+                        // On its own after the commit: only this append's outcome is unknown.
+                        Err(e) if one_trip => {
+                            tracing::warn!(error = %e, "append after a group commit failed");
+                            "unavailable".to_string()
+                        }
+                        Err(e) => return Err(before(unavailable(e))),
+                    }
                 };
             }
             if let (Job::Append { append, .. }, "ok" | RELEASED_WITH_END) = (job, code.as_str()) {
                 answered.extend(append.answer_id.iter().copied());
             }
             codes.push(code);
+        }
+        if one_trip {
+            return Ok(codes);
         }
         let notified = futures::future::join_all(answered.iter().map(|id| {
             let (notify, channel) = (&notify, &self.sql.channel);
