@@ -674,33 +674,14 @@ impl PgStore {
     pub async fn connect(config: PgConfig) -> Result<Self> {
         let pg = tokio_postgres::Config::from_str(&config.url)
             .map_err(|e| unavailable(format!("bad PostgreSQL URL: {e}")))?;
-        let manager = Manager::from_config(
-            pg.clone(),
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(2))
-            .build()
-            .map_err(unavailable)?;
+        let pool = connection_pool(pg.clone(), config.pool_size.max(2))?;
         let mut commit_pg = pg.clone();
         // A group's statements touch at most the group's rows, each by its key: a plan that
         // scans a table is never right for them, and the planner picks one while its
         // statistics lag a young, fast-growing table (seen: a hash join that read every run
         // once per group, so that each group cost more as history grew).
         commit_pg.options("-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off");
-        let commit_pool = Pool::builder(Manager::from_config(
-            commit_pg,
-            tokio_postgres::NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        ))
-        .max_size(config.committers.max(1))
-        .build()
-        .map_err(unavailable)?;
+        let commit_pool = connection_pool(commit_pg, config.committers.max(1))?;
         {
             let mut client = pool.get().await.map_err(unavailable)?;
             schema::migrate(&mut client, &config.schema).await?;
@@ -1021,20 +1002,10 @@ impl Shared {
                         answers: Vec::with_capacity(group.len()),
                         spent: Vec::with_capacity(group.len()),
                     };
-                    // Where the logs of the appends that landed now end, under one lock.
-                    let mut ends = Vec::with_capacity(group.len());
                     for (job, code) in group.into_iter().zip(codes) {
                         match job {
                             Job::Append { append, reply } => {
-                                let result = if code == "ok" {
-                                    ends.push((
-                                        run_id(append.run),
-                                        append.expected + append.events.len() as i64,
-                                    ));
-                                    Ok(self.position())
-                                } else {
-                                    self.outcome(&append, code).await
-                                };
+                                let result = self.outcome(&append, code).await;
                                 answers.answers.push(Answer::Append(reply, result));
                                 answers.spent.push(append);
                             }
@@ -1044,7 +1015,6 @@ impl Shared {
                             Job::Release { .. } => {}
                         }
                     }
-                    lock(&self.ends).extend(ends);
                     // One wake-up of the dispatcher on the engine's runtime, which wakes each
                     // waiting append from there (cheaply) and frees the appends where they
                     // were made, rather than this thread doing both, between two groups.
@@ -1550,6 +1520,21 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// A pool of at most `max_size` connections to `pg`.
+fn connection_pool(pg: tokio_postgres::Config, max_size: usize) -> Result<Pool> {
+    let manager = Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(max_size)
+        .build()
+        .map_err(unavailable)
 }
 
 /// One call of the schema's append function; its result code.

@@ -101,16 +101,7 @@ async fn a_stale_worker_is_fenced_once_its_run_was_taken_over() {
 
     // Worker a stalls: its heartbeat stops, its lease expires, b takes the run over.
     a.pause_heartbeat(true);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match b.claim(r).await {
-            Ok(()) => break,
-            Err(Error::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("takeover failed: {e}"),
-        }
-    }
+    take_over(&b, r).await;
     // a wakes up and writes as if nothing happened: fenced, nothing written.
     let err = a.append(batch(r, 1, None)).await.unwrap_err();
     assert!(matches!(err, Error::Fenced { run } if run == r), "{err:?}");
@@ -137,11 +128,7 @@ async fn a_fenced_append_in_a_group_leaves_the_others_standing() {
         a.append(batch(*r, 0, Some(meta(1)))).await.unwrap();
     }
     a.pause_heartbeat(true);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while b.claim(lost).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "no takeover");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    take_over(&b, lost).await;
     // a still holds the others in the database: nobody claimed them.
     let before = a.commit_stats();
     let appends = std::iter::once(&lost)
@@ -418,4 +405,19 @@ async fn release_all_frees_every_run_the_worker_owns() {
     // a's heartbeat is still fresh: only the release lets b in.
     b.claim(held).await.unwrap();
     b.claim(lost).await.unwrap();
+}
+
+/// Waits until `worker` claims `r` from a worker whose heartbeat stopped; fails the test on
+/// any error but a lease still held, or after ten seconds.
+async fn take_over(worker: &PgStore, r: RunId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match worker.claim(r).await {
+            Ok(()) => return,
+            Err(Error::LeaseHeld { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("takeover of {r:?} failed: {e}"),
+        }
+    }
 }
